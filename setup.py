@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+with open('README.md', encoding='utf-8') as f:
+    long_description = f.read()
+
+setup(
+    name='pesf_ext',
+    version='0.1.0',
+    description='Parameter-efficient, student-friendly knowledge distillation (PESF-KD, FT-KD, Z-score) for torchdistill',
+    long_description=long_description,
+    long_description_content_type='text/markdown',
+    license='MIT',
+    packages=find_packages(include=['pesf_ext', 'pesf_ext.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'torch>=2.1',
+        'torchvision>=0.16',
+        'torchdistill>=1.1,<1.2',
+        'numpy',
+        'scipy',
+        'scikit-learn',
+        'pyyaml',
+    ],
+    extras_require={
+        'test': ['pytest>=7'],
+        'plots': ['matplotlib'],
+        'nlp': ['transformers>=4.30'],
+    },
+)
