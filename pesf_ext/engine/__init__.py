@@ -1,0 +1,1 @@
+"""Shared machinery of the runners: config checks, distributed set-up, loops, checkpoints."""

@@ -1,0 +1,160 @@
+"""Checkpoints that survive crashes and resume exactly.
+
+Two files per run, next to the YAML's ``dst_ckpt``:
+
+* ``dst_ckpt`` — the best student in torchdistill's format (``model``, ``optimizer``, ``best_value``,
+  ``lr_scheduler``, ``args``), so torchdistill's tools keep reading it; beside it ``<stem>_teacher.pt`` with what
+  was trained on the teacher side (adapters, or the whole teacher for FT-KD and online KD);
+* ``<stem>_last.pt`` — the full training state after the latest epoch: student, trainable teacher state,
+  optimizer, scheduler, criterion buffers (e.g. CRD memory), epoch, best metric and every RNG state.
+
+Every write goes to a temporary file in the same directory and is renamed over the target (``os.replace`` is
+atomic on POSIX), so a crash mid-write leaves the previous checkpoint intact.
+"""
+import logging
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+from torchdistill.common.module_util import check_if_wrapped
+
+from .distributed import is_main_process
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap(model):
+    return model.module if check_if_wrapped(model) else model
+
+
+def checkpoint_paths(dst_ckpt):
+    """Returns (best student, best teacher side, last full state) paths derived from ``dst_ckpt``."""
+    stem, ext = os.path.splitext(dst_ckpt)
+    ext = ext or '.pt'
+    return dst_ckpt, f'{stem}_teacher{ext}', f'{stem}_last{ext}'
+
+
+def atomic_save(obj, path):
+    """``torch.save`` to a temp file in the target directory, then an atomic rename; only the main process writes."""
+    if not is_main_process():
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix='.tmp_', suffix='.pt', dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def trainable_state_dict(model):
+    """State of the parts of ``model`` that training changes: trainable parameters plus the buffers of the modules
+    that own them (e.g. BatchNorm statistics of a fine-tuned teacher). Frozen parts stay out: they are the
+    pretrained weights, which the YAML already points to."""
+    model = unwrap(model)
+    state = {}
+    for module_name, module in model.named_modules():
+        own_params = list(module.named_parameters(recurse=False))
+        if not any(p.requires_grad for _, p in own_params):
+            continue
+        prefix = f'{module_name}.' if module_name else ''
+        for name, tensor in list(own_params) + list(module.named_buffers(recurse=False)):
+            state[prefix + name] = tensor.detach().clone()
+    return state
+
+
+def load_trainable_state_dict(model, state):
+    """Loads :func:`trainable_state_dict` output; every saved key must exist in ``model``."""
+    model = unwrap(model)
+    missing = set(state) - set(model.state_dict())
+    if missing:
+        raise KeyError(f'teacher checkpoint has keys the model lacks: {sorted(missing)[:5]}')
+    model.load_state_dict(state, strict=False)
+
+
+def rng_state():
+    return {
+        'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if state.get('cuda') is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _teacher(box):
+    return getattr(box, 'teacher_model', None)
+
+
+def _student(box):
+    return box.student_model if hasattr(box, 'student_model') else box.model
+
+
+def save_best(box, student_model, best_value, args, dst_ckpt):
+    """Best student in torchdistill's format, plus the trained teacher side when there is one."""
+    student_path, teacher_path, _ = checkpoint_paths(dst_ckpt)
+    scheduler = box.lr_scheduler
+    atomic_save({
+        'model': unwrap(student_model).state_dict(), 'optimizer': box.optimizer.state_dict(),
+        'best_value': best_value, 'lr_scheduler': scheduler.state_dict() if scheduler is not None else None,
+        'args': args,
+    }, student_path)
+    teacher = _teacher(box)
+    if teacher is not None and any(p.requires_grad for p in teacher.parameters()):
+        atomic_save({'teacher': trainable_state_dict(teacher), 'best_value': best_value}, teacher_path)
+
+
+def save_last(box, epoch, best_value, args, dst_ckpt):
+    """Full training state after ``epoch`` (0-based), for ``--resume``."""
+    _, _, last_path = checkpoint_paths(dst_ckpt)
+    teacher = _teacher(box)
+    atomic_save({
+        'epoch': epoch, 'best_value': best_value, 'args': args,
+        'student': unwrap(_student(box)).state_dict(),
+        'teacher': trainable_state_dict(teacher) if teacher is not None else None,
+        'optimizer': box.optimizer.state_dict(),
+        'lr_scheduler': box.lr_scheduler.state_dict() if box.lr_scheduler is not None else None,
+        'criterion': box.criterion.state_dict() if isinstance(box.criterion, torch.nn.Module) else None,
+        'rng': rng_state(),
+    }, last_path)
+
+
+def load_last(box, dst_ckpt):
+    """Restores :func:`save_last`'s state into ``box``; returns (next epoch, best value) or None if absent."""
+    _, _, last_path = checkpoint_paths(dst_ckpt)
+    if not os.path.isfile(last_path):
+        return None
+    state = torch.load(last_path, map_location='cpu', weights_only=False)
+    unwrap(_student(box)).load_state_dict(state['student'])
+    if state['teacher'] is not None:
+        load_trainable_state_dict(_teacher(box), state['teacher'])
+    box.optimizer.load_state_dict(state['optimizer'])
+    if state['lr_scheduler'] is not None:
+        box.lr_scheduler.load_state_dict(state['lr_scheduler'])
+    if state['criterion'] is not None:
+        box.criterion.load_state_dict(state['criterion'])
+    set_rng_state(state['rng'])
+    logger.info('Resumed from %s after epoch %d (best %.4f)', last_path, state['epoch'], state['best_value'])
+    return state['epoch'] + 1, state['best_value']
+
+
+def load_teacher_side(teacher, dst_ckpt):
+    """Loads the trained teacher side (adapters or fine-tuned teacher) saved by :func:`save_best`, if present."""
+    _, teacher_path, _ = checkpoint_paths(dst_ckpt)
+    if not os.path.isfile(teacher_path):
+        return False
+    load_trainable_state_dict(teacher, torch.load(teacher_path, map_location='cpu', weights_only=False)['teacher'])
+    return True

@@ -1,0 +1,221 @@
+"""Loading and checking a YAML before hours of training are spent on it.
+
+Every problem is reported as one :class:`ConfigError` whose message starts with the YAML key (or the file)
+at fault and, for unknown names, lists the closest valid ones. torchdistill 1.x builds datasets while the YAML
+is read (``!import_call``), so data files are checked then, by the dataset builders themselves; everything
+else here runs before the models are built or a step is taken.
+"""
+import difflib
+import os
+
+import yaml
+from torchdistill.common import yaml_util
+from torchdistill.common.main_util import import_dependencies
+from torchdistill.core.interfaces import registry as proc_registry
+from torchdistill.losses import registry as loss_registry
+from torchdistill.models import registry as model_registry
+from torchdistill.optim import registry as optim_registry
+
+from .errors import ConfigError
+from .models import is_known_model_key
+
+ONLINE_TEACHER_LOSSES = {'FTKDLoss', 'DMLLoss', 'KDCLLoss'}
+ADAPTER_LOSSES = {'PESFKDLoss'}
+PROCESS_REGISTRIES = {
+    'pre_epoch_process': proc_registry.PRE_EPOCH_PROC_FUNC_DICT,
+    'pre_forward_process': proc_registry.PRE_FORWARD_PROC_FUNC_DICT,
+    'post_forward_process': proc_registry.POST_FORWARD_PROC_FUNC_DICT,
+    'post_epoch_process': proc_registry.POST_EPOCH_PROC_FUNC_DICT,
+}
+
+
+def close_matches(name, candidates, n=5):
+    matches = difflib.get_close_matches(str(name), list(candidates), n=n, cutoff=0.5)
+    return f' Closest: {", ".join(matches)}.' if matches else ''
+
+
+def load_config(path):
+    """Reads a torchdistill YAML (with its ``!import_call`` tags) and imports its ``dependencies``."""
+    if not os.path.isfile(path):
+        raise ConfigError(f'--config: file not found: {path}')
+    try:
+        config = yaml_util.load_yaml_file(os.path.expanduser(path))
+    except yaml.YAMLError as error:
+        raise ConfigError(f'{path}: not valid YAML: {error}') from error
+    except FileNotFoundError as error:  # e.g. a dataset whose files are missing, raised while the YAML is built
+        raise ConfigError(f'{path} (datasets): {error}') from error
+    if not isinstance(config, dict):
+        raise ConfigError(f'{path}: expected a mapping at the top level')
+    import_dependencies(config.get('dependencies'))
+    return config
+
+
+def _check_key(yaml_key, key, registry_dicts, what):
+    known = set().union(*registry_dicts)
+    if key not in known:
+        raise ConfigError(f'{yaml_key}: unknown {what} `{key}`.{close_matches(key, known)}')
+
+
+def _check_numbers(yaml_key, kwargs):
+    for name, value in (kwargs or {}).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if name == 'temperature' and value <= 0:
+            raise ConfigError(f'{yaml_key}.temperature: must be > 0, got {value}')
+        if (name in {'alpha', 'beta', 'weight', 'teacher_alpha', 'teacher_beta'} or name.endswith('_weight')) \
+                and value < 0:
+            raise ConfigError(f'{yaml_key}.{name}: must be >= 0, got {value}')
+
+
+def _check_ckpt(yaml_key, path):
+    if path and not str(path).startswith(('http://', 'https://')) and not os.path.isfile(os.path.expanduser(path)):
+        raise ConfigError(f'{yaml_key}: checkpoint file not found: {path}')
+
+
+def criterion_terms(criterion_config, yaml_key='train.criterion'):
+    """Yields (yaml key, loss key, kwargs) for every mid-level term of a torchdistill criterion config."""
+    for name, term in ((criterion_config.get('kwargs') or {}).get('sub_terms') or {}).items():
+        sub = term.get('criterion', {})
+        yield f'{yaml_key}.kwargs.sub_terms.{name}', sub.get('key'), sub.get('kwargs') or {}, term
+
+
+def _validate_stage(stage, key_prefix, has_teacher, needs_training):
+    criterion = stage.get('criterion')
+    if criterion is None:
+        if needs_training:
+            raise ConfigError(f'{key_prefix}.criterion: missing')
+        return
+    _check_key(f'{key_prefix}.criterion.key', criterion.get('key'), [loss_registry.HIGH_LEVEL_LOSS_DICT],
+               'high-level loss')
+    loss_keys = set()
+    for term_key, loss_key, kwargs, term in criterion_terms(criterion, f'{key_prefix}.criterion'):
+        _check_key(f'{term_key}.criterion.key', loss_key,
+                   [loss_registry.MIDDLE_LEVEL_LOSS_DICT, loss_registry.LOW_LEVEL_LOSS_DICT, loss_registry.LOSS_DICT],
+                   'loss')
+        _check_numbers(f'{term_key}.criterion.kwargs', kwargs)
+        _check_numbers(term_key, {'weight': term.get('weight')})
+        loss_keys.add(loss_key)
+    for proc_key, registry in PROCESS_REGISTRIES.items():
+        if stage.get(proc_key) is not None:
+            _check_key(f'{key_prefix}.{proc_key}', stage[proc_key], [registry], 'process')
+    for side in ('teacher', 'student'):
+        side_config = stage.get(side) or {}
+        wrapper = side_config.get('auxiliary_model_wrapper') or {}
+        if wrapper.get('key') is not None:
+            _check_key(f'{key_prefix}.{side}.auxiliary_model_wrapper.key', wrapper['key'],
+                       [model_registry.AUXILIARY_MODEL_WRAPPER_DICT], 'auxiliary model wrapper')
+        if side_config.get('forward_proc') is not None:
+            _check_key(f'{key_prefix}.{side}.forward_proc', side_config['forward_proc'],
+                       [proc_registry.FORWARD_PROC_FUNC_DICT], 'forward process')
+        _check_ckpt(f'{key_prefix}.{side}.src_ckpt', side_config.get('src_ckpt'))
+    optimizer = stage.get('optimizer') or {}
+    if optimizer.get('key') is not None:
+        _check_key(f'{key_prefix}.optimizer.key', optimizer['key'], [optim_registry.OPTIM_DICT], 'optimizer')
+    scheduler = stage.get('scheduler') or {}
+    if scheduler.get('key') is not None:
+        _check_key(f'{key_prefix}.scheduler.key', scheduler['key'], [optim_registry.SCHEDULER_DICT], 'scheduler')
+    if has_teacher:
+        _validate_teacher_side(stage, key_prefix, loss_keys)
+
+
+def _validate_teacher_side(stage, key_prefix, loss_keys):
+    teacher = stage.get('teacher') or {}
+    wrapper = teacher.get('auxiliary_model_wrapper') or {}
+    updatable = teacher.get('requires_grad', True)
+    if loss_keys & (ONLINE_TEACHER_LOSSES | ADAPTER_LOSSES) and not updatable:
+        method = sorted(loss_keys & (ONLINE_TEACHER_LOSSES | ADAPTER_LOSSES))[0]
+        raise ConfigError(f'{key_prefix}.teacher.requires_grad: {method} trains the teacher side, but the teacher '
+                          'is frozen (requires_grad: False); set it to True')
+    if loss_keys & ADAPTER_LOSSES:
+        if wrapper.get('key') != 'AdapterTeacher':
+            raise ConfigError(f'{key_prefix}.teacher.auxiliary_model_wrapper: PESFKDLoss needs adapters on the '
+                              "teacher (key: 'AdapterTeacher'); without them the teacher side has nothing to train")
+        kwargs = wrapper.get('kwargs') or {}
+        if not kwargs.get('adapters'):
+            raise ConfigError(f'{key_prefix}.teacher.auxiliary_model_wrapper.kwargs.adapters: empty; PESF-KD '
+                              'needs at least one adapter')
+        if kwargs.get('freeze_base', True) is False:
+            raise ConfigError(f'{key_prefix}.teacher.auxiliary_model_wrapper.kwargs.freeze_base: PESF-KD trains '
+                              'adapters on a frozen teacher; set freeze_base: True (use FTKDLoss to fine-tune it)')
+
+
+def validate_config(config, needs_training=True):
+    """Static checks of a loaded YAML (see module docstring); raises :class:`ConfigError`."""
+    models = config.get('models')
+    if not isinstance(models, dict):
+        raise ConfigError('models: missing')
+    for name, model_config in models.items():
+        if not isinstance(model_config, dict):
+            continue
+        key = model_config.get('key')
+        if not is_known_model_key(key) and not model_config.get('repo_or_dir'):
+            raise ConfigError(f'models.{name}.key: unknown model `{key}`.'
+                              f'{close_matches(key, known_model_keys())}')
+        _check_ckpt(f'models.{name}.src_ckpt', model_config.get('src_ckpt'))
+    student_name = 'student_model' if 'student_model' in models else 'model'
+    if student_name not in models:
+        raise ConfigError('models.student_model: missing (or models.model for training without a teacher)')
+    if needs_training and not models[student_name].get('dst_ckpt'):
+        raise ConfigError(f'models.{student_name}.dst_ckpt: missing; where should the trained student be saved?')
+    datasets = config.get('datasets') or {}
+    train = config.get('train') or {}
+    stages = [(f'train.{k}', v) for k, v in train.items() if k.startswith('stage')] or [('train', train)]
+    for prefix, stage in stages:
+        for loader in ('train_data_loader', 'val_data_loader'):
+            dataset_id = (stage.get(loader) or {}).get('dataset_id')
+            if dataset_id is not None and dataset_id not in datasets:
+                raise ConfigError(f'{prefix}.{loader}.dataset_id: `{dataset_id}` is not in datasets.'
+                                  f'{close_matches(dataset_id, datasets)}')
+        if needs_training:
+            _validate_stage(stage, prefix, 'teacher_model' in models, needs_training)
+    test_loader = (config.get('test') or {}).get('test_data_loader') or {}
+    if test_loader.get('dataset_id') not in datasets:
+        raise ConfigError(f'test.test_data_loader.dataset_id: `{test_loader.get("dataset_id")}` is not in '
+                          f'datasets.{close_matches(test_loader.get("dataset_id"), datasets)}')
+
+
+def known_model_keys():
+    from torchvision import models as tv_models
+    return set(model_registry.MODEL_DICT) | {k for k in tv_models.__dict__ if k.islower() and not k.startswith('_')}
+
+
+def _module_names(model):
+    return {name for name, _ in model.named_modules() if name}
+
+
+def _check_path(yaml_key, path, model, wrapped):
+    names = _module_names(model)
+    candidate = path[1:] if path.startswith('+') else path
+    if candidate in names or candidate == '.':
+        return
+    if wrapped and candidate.startswith('model.') and candidate[len('model.'):] in names:
+        return
+    if wrapped and candidate.split('.')[0] not in names:
+        return  # a module of the auxiliary wrapper itself (e.g. 'normalizer'); checked when torchdistill hooks it
+    raise ConfigError(f'{yaml_key}: module path `{path}` is not in the model.{close_matches(candidate, names)}')
+
+
+def validate_model_paths(config, teacher, student):
+    """Checks forward-hook paths and adapter targets against the built models, listing the nearest real paths."""
+    from fnmatch import fnmatchcase
+    train = config.get('train') or {}
+    stages = [(f'train.{k}', v) for k, v in train.items() if k.startswith('stage')] or [('train', train)]
+    for prefix, stage in stages:
+        for side, model in (('teacher', teacher), ('student', student)):
+            side_config = stage.get(side) or {}
+            if model is None or not side_config:
+                continue
+            wrapper = side_config.get('auxiliary_model_wrapper') or {}
+            wrapped = wrapper.get('key') is not None
+            hooks = side_config.get('forward_hook') or {}
+            for io in ('input', 'output'):
+                for i, path in enumerate(hooks.get(io) or []):
+                    _check_path(f'{prefix}.{side}.forward_hook.{io}[{i}]', path, model, wrapped)
+            if wrapper.get('key') == 'AdapterTeacher':
+                names = _module_names(model)
+                for i, spec in enumerate((wrapper.get('kwargs') or {}).get('adapters') or []):
+                    for pattern in spec.get('modules') or []:
+                        if not any(fnmatchcase(name, pattern) for name in names):
+                            raise ConfigError(
+                                f'{prefix}.{side}.auxiliary_model_wrapper.kwargs.adapters[{i}].modules: '
+                                f'`{pattern}` matches no module of the teacher.{close_matches(pattern, names)}')

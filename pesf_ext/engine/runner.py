@@ -1,0 +1,204 @@
+"""The experiment driver behind ``tools/image_classification.py`` (and the text runner): one YAML, one run.
+
+It keeps the command line of torchdistill's ``examples/torchvision/image_classification.py`` and its YAML
+schema, and adds what long runs need: teacher train/eval modes handled, the adapted teacher evaluated and saved,
+atomic checkpoints with ``-resume``, torchrun on CPU (gloo) as well as GPU (NCCL), NaN stops, validation of the
+YAML before any data is touched, and a final table with accuracy, sharpness gap, seconds per step and
+trainable parameters.
+"""
+import argparse
+import datetime
+import json
+import logging
+import os
+import time
+
+import torch
+from torch.backends import cudnn
+from torchdistill.common.main_util import load_ckpt, set_seed
+from torchdistill.core.distillation import get_distillation_box
+from torchdistill.core.training import get_training_box
+from torchdistill.datasets.util import build_data_loader
+from torchdistill.misc.log import set_basic_log_config, setup_log_file
+from torchdistill.models.wrapper import build_auxiliary_model_wrapper
+
+from ..adapters.inject import count_parameters
+from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_best, save_last, unwrap
+from .config import load_config, validate_config, validate_model_paths
+from .distributed import barrier, init_distributed, is_main_process, resolve_device, wrap_box_models
+from .loop import evaluate, train_one_epoch
+
+logger = logging.getLogger(__name__)
+DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS = 'distillation_pre_epoch_process'
+
+
+def get_args(argv=None, description='Knowledge distillation with pesf_ext (torchdistill runner)'):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--config', required=True, help='yaml file path')
+    parser.add_argument('--device', default=None, help='device (default: cuda when available, else cpu)')
+    parser.add_argument('--run_log', help='log file path')
+    parser.add_argument('--start_epoch', default=0, type=int, metavar='N', help='start epoch')
+    parser.add_argument('--seed', type=int, help='seed in random number generator')
+    parser.add_argument('-disable_cudnn_benchmark', action='store_true', help='disable torch.backend.cudnn.benchmark')
+    parser.add_argument('-test_only', action='store_true', help='only test the models')
+    parser.add_argument('-student_only', action='store_true', help='test the student model only')
+    parser.add_argument('-log_config', action='store_true', help='log config')
+    parser.add_argument('-resume', action='store_true',
+                        help='resume from <dst_ckpt stem>_last.pt (weights, optimizer, scheduler, epoch, RNG states)')
+    parser.add_argument('--summary_json', help='also write the final results to this JSON file')
+    parser.add_argument('--max_steps_per_epoch', type=int, help='cap on training steps per epoch (smoke runs)')
+    parser.add_argument('--world_size', default=1, type=int, help='number of distributed processes')
+    parser.add_argument('--dist_url', default='env://', help='url used to set up distributed training')
+    parser.add_argument('-adjust_lr', action='store_true',
+                        help='multiply learning rate by number of distributed processes (world_size)')
+    return parser.parse_args(argv)
+
+
+def student_config_of(models_config):
+    return models_config['student_model'] if 'student_model' in models_config else models_config['model']
+
+
+def build_box(teacher, student, config, device, device_ids, distributed, lr_factor):
+    train_config = config['train']
+    if teacher is None:
+        return get_training_box(student, config['datasets'], train_config, device, device_ids, distributed, lr_factor)
+    if 'stage1' not in train_config:
+        train_config.setdefault('pre_epoch_process', DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS)
+    return get_distillation_box(teacher, student, config['datasets'], train_config, device, device_ids,
+                                distributed, lr_factor)
+
+
+def parameter_counts(box):
+    """(trainable, total) parameters of the student and teacher as set up for training (before clean-up)."""
+    counts = {'student': count_parameters(unwrap(box.student_model if hasattr(box, 'student_model') else box.model))}
+    if getattr(box, 'teacher_model', None) is not None:
+        counts['teacher'] = count_parameters(unwrap(box.teacher_model))
+    return counts
+
+
+def train(teacher, student, config, device, device_ids, distributed, world_size, args):
+    student_config = student_config_of(config['models'])
+    dst_ckpt = student_config['dst_ckpt']
+    lr_factor = world_size if distributed and args.adjust_lr else 1
+    box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
+    if distributed:
+        wrap_box_models(box, device_ids)
+    counts = parameter_counts(box)
+    for name, (trainable, total) in counts.items():
+        logger.info('%s: %s trainable / %s total parameters', name, f'{trainable:,}', f'{total:,}')
+    start_epoch, best_value = args.start_epoch, 0.0
+    if args.resume:
+        resumed = load_last(box, dst_ckpt)
+        if resumed is None:
+            logger.info('-resume: no %s yet, starting from scratch', checkpoint_paths(dst_ckpt)[2])
+        else:
+            start_epoch, best_value = resumed
+    log_freq = config['train'].get('log_freq', 1000)
+    student_model = box.student_model if hasattr(box, 'student_model') else box.model
+    timing = {'steps': 0, 'step_seconds': 0.0}
+    start_time = time.time()
+    for epoch in range(start_epoch, box.num_epochs):
+        box.pre_epoch_process(epoch=epoch)
+        stats = train_one_epoch(box, device, epoch, log_freq, args.max_steps_per_epoch)
+        timing['steps'] += stats['steps']
+        timing['step_seconds'] += stats['step_seconds']
+        logger.info('Epoch %d: %.4f s/step over %d steps', epoch, stats['seconds_per_step'], stats['steps'])
+        val_top1 = evaluate({'student': student_model}, box.val_data_loader, device, 'Validation:',
+                            log_freq)['student']['top1']
+        if val_top1 > best_value or not os.path.isfile(dst_ckpt):
+            logger.info('Best top-1 accuracy: %.4f -> %.4f; saving %s', best_value, val_top1, dst_ckpt)
+            best_value = max(best_value, val_top1)
+            save_best(box, student_model, best_value, args, dst_ckpt)
+        box.post_epoch_process()
+        save_last(box, epoch, best_value, args, dst_ckpt)
+    barrier()
+    logger.info('Training time %s', datetime.timedelta(seconds=int(time.time() - start_time)))
+    trained_teacher = box.teacher_model if getattr(box, 'teacher_model', None) is not None else None
+    box.clean_modules()
+    seconds_per_step = timing['step_seconds'] / max(timing['steps'], 1)
+    return {'counts': counts, 'seconds_per_step': seconds_per_step, 'best_val_top1': best_value,
+            'trained_teacher': trained_teacher}
+
+
+def teacher_for_test(teacher, config, device, dst_ckpt, trained_teacher):
+    """The teacher to report: the adapted/fine-tuned one when its teacher side was trained, else the original."""
+    if trained_teacher is not None and any(p.requires_grad for p in trained_teacher.parameters()):
+        load_teacher_side(trained_teacher, dst_ckpt)  # the teacher side saved with the best student
+        return trained_teacher
+    teacher_train_config = config.get('train', {}).get('teacher', {})
+    if trained_teacher is None and teacher_train_config.get('auxiliary_model_wrapper'):
+        wrapped = build_auxiliary_model_wrapper(teacher_train_config, teacher_model=teacher, device=device,
+                                                device_ids=None, distributed=False)
+        if wrapped is not None and load_teacher_side(wrapped, dst_ckpt):
+            return wrapped
+    return teacher
+
+
+def format_summary(results):
+    lines = ['', f'{"model":<10}{"top-1":>9}{"top-5":>9}{"trainable params":>20}{"total params":>16}']
+    for name in ('teacher', 'student'):
+        if name not in results['test']:
+            continue
+        res, (trainable, total) = results['test'][name], results['counts'].get(name, (0, 0))
+        lines.append(f'{name:<10}{res["top1"]:>9.2f}{res["top5"]:>9.2f}{trainable:>20,}{total:>16,}')
+    if 'sharpness_gap' in results['test']:
+        lines.append(f'mean sharpness gap S(z_t) - S(z_s) on the test set: {results["test"]["sharpness_gap"]:.4f}')
+    if results.get('seconds_per_step') is not None:
+        lines.append(f'mean seconds per training step: {results["seconds_per_step"]:.4f}')
+    return '\n'.join(lines)
+
+
+def run(args, build_model, default_log_freq=1000, config=None):
+    """Runs one YAML: validate, build, train (unless ``-test_only``), test, summarise. Returns the results dict.
+
+    ``config`` (an already loaded YAML dict) replaces reading ``args.config``; tests use it to shrink a run.
+    """
+    set_basic_log_config()
+    device = resolve_device(args.device)
+    distributed, world_size, device_ids, device = init_distributed(device, args.world_size, args.dist_url)
+    if is_main_process() and args.run_log:
+        setup_log_file(os.path.expanduser(args.run_log))
+    logger.info(args)
+    cudnn.benchmark = not args.disable_cudnn_benchmark
+    config = load_config(args.config) if config is None else config
+    validate_config(config, needs_training=not args.test_only)
+    if args.log_config:
+        logger.info(config)
+    set_seed(args.seed)
+    models_config = config['models']
+    teacher_config = models_config.get('teacher_model')
+    teacher = build_model(teacher_config, device, distributed, 'models.teacher_model') if teacher_config else None
+    if teacher is not None:
+        teacher.eval()
+    student_config = student_config_of(models_config)
+    student_key = 'models.student_model' if 'student_model' in models_config else 'models.model'
+    student = build_model(student_config, device, distributed, student_key)
+    validate_model_paths(config, teacher, student)
+    results = {'config': args.config, 'seed': args.seed, 'seconds_per_step': None, 'counts': {}}
+    trained_teacher = None
+    if not args.test_only:
+        train_results = train(teacher, student, config, device, device_ids, distributed, world_size, args)
+        trained_teacher = train_results.pop('trained_teacher')
+        results.update(train_results)
+    dst_ckpt = student_config.get('dst_ckpt')
+    if dst_ckpt and os.path.isfile(dst_ckpt):
+        load_ckpt(dst_ckpt, model=unwrap(student), strict=True)
+    test_config = config['test']['test_data_loader']
+    test_loader = build_data_loader(config['datasets'][test_config['dataset_id']], test_config, distributed)
+    cudnn.benchmark, cudnn.deterministic = False, True
+    models = {'student': student}
+    if teacher is not None and not args.student_only:
+        models = {'teacher': teacher_for_test(teacher, config, device, dst_ckpt, trained_teacher), **models}
+        if not results['counts']:
+            results['counts'] = {'teacher': count_parameters(unwrap(models['teacher']))}
+    results['counts'].setdefault('student', count_parameters(unwrap(student)))
+    results['test'] = evaluate(models, test_loader, device, 'Test:', config['test'].get('log_freq', default_log_freq))
+    if is_main_process():
+        logger.info(format_summary(results))
+        if args.summary_json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.summary_json)), exist_ok=True)
+            with open(args.summary_json, 'w') as f:
+                json.dump(results, f, indent=2, default=str)
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return results

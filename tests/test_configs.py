@@ -1,0 +1,98 @@
+"""Every shipped config loads, validates and trains two steps on tiny data, through the real runner.
+
+The configs are not edited: the test swaps the dataset builders they call (Fashion-MNIST, CIFAR-100,
+ImageFolder) for tiny random datasets, torchvision's pretrained-weight download for a random state dict
+(no internet here), and shrinks epochs and batch size in the loaded dict.
+"""
+import os
+import sys
+
+import pytest
+import torch
+import torchvision
+from torch.utils.data import Dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+import pesf_ext  # noqa: E402,F401
+import make_configs  # noqa: E402
+from pesf_ext.engine.config import load_config  # noqa: E402
+from pesf_ext.engine.models import build_model  # noqa: E402
+from pesf_ext.engine.runner import get_args, run  # noqa: E402
+
+CONFIGS = sorted(make_configs.all_configs())
+BATCH, NUM_SAMPLES = 4, 8
+
+
+class TinyImages(Dataset):
+    """Random images with random labels; 8 samples so a batch of 4 gives two steps."""
+
+    def __init__(self, num_classes, size=32):
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(NUM_SAMPLES, 3, size, size, generator=generator)
+        self.targets = torch.randint(0, num_classes, (NUM_SAMPLES,), generator=generator)
+
+    def __len__(self):
+        return NUM_SAMPLES
+
+    def __getitem__(self, index):
+        return self.images[index], int(self.targets[index])
+
+
+@pytest.fixture
+def tiny_world(monkeypatch, tmp_path):
+    monkeypatch.setattr(pesf_ext.data, 'fashion_mnist', lambda **kwargs: TinyImages(10))
+    monkeypatch.setattr(torchvision.datasets, 'CIFAR100', lambda **kwargs: TinyImages(100))
+    monkeypatch.setattr(torchvision.datasets, 'ImageFolder', lambda **kwargs: TinyImages(1000, size=64))
+
+    def random_state_dict(weights, *args, **kwargs):
+        builder = type(weights).__name__[:-len('_Weights')].lower()
+        return torchvision.models.get_model(builder, weights=None).state_dict()
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, 'get_state_dict', random_state_dict)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_committed_configs_match_generator():
+    for rel_path, text in make_configs.all_configs().items():
+        with open(os.path.join(ROOT, 'configs', rel_path)) as f:
+            assert f.read() == text, f'configs/{rel_path} differs from tools/make_configs.py output'
+
+
+def shrink(config):
+    train = config['train']
+    train['num_epochs'] = 1
+    for loader in ('train_data_loader', 'val_data_loader'):
+        train[loader]['kwargs'].update(batch_size=BATCH, num_workers=0, pin_memory=False)
+    config['test']['test_data_loader']['kwargs'].update(batch_size=BATCH, num_workers=0, pin_memory=False)
+
+
+def make_teacher_checkpoint(config):
+    """Distillation configs load the teacher trained by the CE config; stand in a random one."""
+    teacher_config = config['models'].get('teacher_model')
+    if teacher_config and teacher_config.get('src_ckpt'):
+        teacher = build_model({**teacher_config, 'src_ckpt': None}, torch.device('cpu'), False, 'models.teacher_model')
+        os.makedirs(os.path.dirname(teacher_config['src_ckpt']), exist_ok=True)
+        torch.save({'model': teacher.state_dict()}, teacher_config['src_ckpt'])
+
+
+@pytest.mark.parametrize('rel_path', CONFIGS)
+def test_config_trains_two_steps(rel_path, tiny_world):
+    path = os.path.join(ROOT, 'configs', rel_path)
+    config = load_config(path)
+    shrink(config)
+    make_teacher_checkpoint(config)
+    args = get_args(['--config', path, '--device', 'cpu', '--seed', '0'])
+    results = run(args, build_model, config=config)
+    assert results['counts']['student'][0] > 0
+    assert 0.0 <= results['test']['student']['top1'] <= 100.0
+    dst_ckpt = (config['models'].get('student_model') or config['models']['model'])['dst_ckpt']
+    assert os.path.isfile(dst_ckpt)
+    if 'pesfkd' in rel_path:
+        teacher_trainable, teacher_total = results['counts']['teacher']
+        assert 0 < teacher_trainable < 0.2 * teacher_total, 'PESF-KD must train only a small adapter part'
+    if 'ftkd' in rel_path:
+        teacher_trainable, teacher_total = results['counts']['teacher']
+        assert teacher_trainable == teacher_total
