@@ -69,11 +69,27 @@ def shrink(config):
     config['test']['test_data_loader']['kwargs'].update(batch_size=BATCH, num_workers=0, pin_memory=False)
 
 
+def calibrate_batch_norm(model):
+    """Sets BatchNorm statistics from one batch, as training would: a random deep ResNet with the default
+    statistics (mean 0, var 1) blows its logits up to inf in eval mode."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: one batch sets the statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.1
+
+
 def make_teacher_checkpoint(config):
     """Distillation configs load the teacher trained by the CE config; stand in a random one."""
     teacher_config = config['models'].get('teacher_model')
     if teacher_config and teacher_config.get('src_ckpt'):
         teacher = build_model({**teacher_config, 'src_ckpt': None}, torch.device('cpu'), False, 'models.teacher_model')
+        calibrate_batch_norm(teacher)
         os.makedirs(os.path.dirname(teacher_config['src_ckpt']), exist_ok=True)
         torch.save({'model': teacher.state_dict()}, teacher_config['src_ckpt'])
 

@@ -375,6 +375,7 @@ def teacher_block(data, pair, method):
         modules = ', '.join(f"'{m}'" for m in pair.adapter_modules)
         shape = list(data.input_shape)
         return f"""  teacher:
+    forward_proc: 'forward_batch_only'
     sequential: []
     auxiliary_model_wrapper:
       key: 'AdapterTeacher'
@@ -391,6 +392,7 @@ def teacher_block(data, pair, method):
     frozen_modules: []
 """
     return f"""  teacher:
+    forward_proc: 'forward_batch_only'
     sequential: []
     forward_hook:
       input: []
@@ -460,6 +462,7 @@ train:
   train_data_loader:
 {loader_block(data, 'train', train=True)}  val_data_loader:
 {loader_block(data, 'val', train=False)}{teacher_block(data, pair, method)}  student:
+    forward_proc: 'forward_batch_only'
     sequential: []
     forward_hook:
       input: []
@@ -492,6 +495,7 @@ train:
   train_data_loader:
 {loader_block(data, 'train', train=True)}  val_data_loader:
 {loader_block(data, 'val', train=False)}  model:
+    forward_proc: 'forward_batch_only'
     sequential: []
     forward_hook:
       input: []
