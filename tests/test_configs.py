@@ -1,7 +1,7 @@
 """Every shipped config loads, validates and trains two steps on tiny data, through the real runner.
 
 The configs are not edited: the test swaps the dataset builders they call (Fashion-MNIST, CIFAR-100,
-ImageFolder) for tiny random datasets, torchvision's pretrained-weight download for a random state dict
+ImageFolder) for tiny random datasets (pesf_ext.engine.synthetic), torchvision's pretrained-weight download for a random state dict
 (no internet here), and shrinks epochs and batch size in the loaded dict.
 """
 import os
@@ -9,50 +9,29 @@ import sys
 
 import pytest
 import torch
-import torchvision
-from torch.utils.data import Dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 import pesf_ext  # noqa: E402,F401
 import make_configs  # noqa: E402
+from _crd_compat import give_datasets_classes  # noqa: E402
 from pesf_ext.engine.config import load_config  # noqa: E402
 from pesf_ext.engine.models import build_model  # noqa: E402
 from pesf_ext.engine.runner import get_args, run  # noqa: E402
+from pesf_ext.engine.synthetic import synthetic_data  # noqa: E402
 
 CONFIGS = sorted(make_configs.all_configs())
 BATCH, NUM_SAMPLES = 4, 8
-
-
-class TinyImages(Dataset):
-    """Random images with random labels; 8 samples so a batch of 4 gives two steps."""
-
-    def __init__(self, num_classes, size=32):
-        generator = torch.Generator().manual_seed(0)
-        self.images = torch.randn(NUM_SAMPLES, 3, size, size, generator=generator)
-        self.targets = torch.randint(0, num_classes, (NUM_SAMPLES,), generator=generator)
-
-    def __len__(self):
-        return NUM_SAMPLES
-
-    def __getitem__(self, index):
-        return self.images[index], int(self.targets[index])
+CRD_NEGATIVES = 4  # CRD negatives per sample on the tiny data (configs: 16384)
 
 
 @pytest.fixture
 def tiny_world(monkeypatch, tmp_path):
-    monkeypatch.setattr(pesf_ext.data, 'fashion_mnist', lambda **kwargs: TinyImages(10))
-    monkeypatch.setattr(torchvision.datasets, 'CIFAR100', lambda **kwargs: TinyImages(100))
-    monkeypatch.setattr(torchvision.datasets, 'ImageFolder', lambda **kwargs: TinyImages(1000, size=64))
-
-    def random_state_dict(weights, *args, **kwargs):
-        builder = type(weights).__name__[:-len('_Weights')].lower()
-        return torchvision.models.get_model(builder, weights=None).state_dict()
-
-    monkeypatch.setattr(torchvision.models._api.WeightsEnum, 'get_state_dict', random_state_dict)
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    give_datasets_classes(monkeypatch)  # CRDDatasetWrapper reads dataset.classes (see tests/_crd_compat.py)
+    with synthetic_data(num_samples=NUM_SAMPLES):
+        yield tmp_path
 
 
 def test_committed_configs_match_generator():
@@ -67,6 +46,14 @@ def shrink(config):
     for loader in ('train_data_loader', 'val_data_loader'):
         train[loader]['kwargs'].update(batch_size=BATCH, num_workers=0, pin_memory=False)
     config['test']['test_data_loader']['kwargs'].update(batch_size=BATCH, num_workers=0, pin_memory=False)
+    # CRD: one memory row per train sample and K negatives per sample, in the dataset wrapper and in the loss alike
+    wrapper = train['train_data_loader'].get('dataset_wrapper') or {}
+    if wrapper.get('key') == 'CRDDatasetWrapper':
+        wrapper['kwargs']['num_negative_samples'] = CRD_NEGATIVES
+    for term in (train['criterion'].get('kwargs') or {}).get('sub_terms', {}).values():
+        if term['criterion']['key'] == 'CRDLoss':
+            term['criterion']['kwargs'].update(num_samples=NUM_SAMPLES, output_size=NUM_SAMPLES,
+                                               num_negative_samples=CRD_NEGATIVES)
 
 
 def calibrate_batch_norm(model):

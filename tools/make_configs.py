@@ -2,12 +2,19 @@
 models (a fair comparison is the point). ``python tools/make_configs.py`` rewrites them;
 ``tests/test_configs.py`` checks that the committed files are what this script writes.
 
+Layout: ``Dataset`` (data, schedule), ``Pair`` (teacher -> student), ``Method`` (loss terms and what the teacher side
+trains); a method's terms are small functions of a ``Context`` (dataset, pair, method) that return one
+``WeightedSumLoss`` sub-term, so the same term (e.g. CRD) serves alone and on top of PESF-KD. The representation
+losses (PKT, RKD, CRD) also decide the forward hooks and, for CRD, the ``Linear4CRD`` wrappers and the
+``CRDDatasetWrapper``.
+
 The YAML files are plain torchdistill 1.x configs: edit a generated file by hand if you like, but then the sync
 test will remind you to move the change here.
 """
 import os
 import sys
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -27,7 +34,9 @@ class Dataset:
     num_workers: int
     log_freq: int
     ckpt_root: str
+    train_size: int                     # images in the train split (CRD's memory has one row per image)
     teacher_from_training: bool = True  # teacher weights from our own CE run (else: pretrained kwargs)
+    dkd_warmup_epochs: int = 20         # DKD: linear warm-up of its KD terms (authors: 20 of 240 CIFAR epochs)
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class Pair:
     teacher_kwargs: str = ''            # extra YAML kwargs of the teacher (e.g. torchvision weights)
     adapter_modules: tuple = ()         # bottleneck-adapter targets on the teacher (PESF-KD eq. 6)
     name: str = ''
+    dkd_beta: float = 8.0               # DKD's NCKD weight (mdistiller: 8 by default, tuned per CIFAR pair)
 
     @property
     def tag(self):
@@ -46,9 +56,30 @@ class Pair:
 @dataclass(frozen=True)
 class Method:
     name: str
-    criterion: str                      # YAML of sub_terms, with {placeholders}
-    teacher_side: str = 'frozen'        # frozen | adapters | full
-    extra: dict = field(default_factory=dict)
+    terms: tuple                        # functions Context -> YAML of one WeightedSumLoss sub-term
+    teacher_side: str = 'frozen'        # frozen | adapters (PESF-KD) | full (FT-KD, DML, KDCL)
+    features: str = ''                  # representation loss among the terms: '' | 'pkt' | 'rkd' | 'crd'
+
+    @property
+    def crd(self):
+        return self.features == 'crd'
+
+
+@dataclass(frozen=True)
+class Features:
+    """Where a network's penultimate feature is."""
+    pool: str                           # module whose output is the pooled feature (N, d, 1, 1): RKD, CRD flatten it
+    head: str                           # the classifier, whose input is the flat feature (N, d): PKT
+    dim: int
+
+
+CIFAR_RESNET_FEATURES = Features('avgpool', 'fc', 64)
+FEATURES = {
+    'resnet20': CIFAR_RESNET_FEATURES, 'resnet32': CIFAR_RESNET_FEATURES, 'resnet56': CIFAR_RESNET_FEATURES,
+    'resnet110': CIFAR_RESNET_FEATURES, 'vgg8': Features('pool4', 'classifier', 512),
+    'vgg13': Features('pool4', 'classifier', 512), 'resnet18': Features('avgpool', 'fc', 512),
+    'resnet50': Features('avgpool', 'fc', 2048),
+}
 
 
 FASHION_MNIST_BLOCK = """\
@@ -70,6 +101,7 @@ FASHION_MNIST_BLOCK = """\
       kwargs:
         root: *root_dir
         split: 'val'
+        num_samples: &num_val_samples null     # null = all 5,000
         transform: &eval_transform !import_call
           key: 'pesf_ext.data.fashion_mnist_transform'
           init:
@@ -200,7 +232,8 @@ IMAGENET_BLOCK = """\
 
 FASHION_MNIST = Dataset(
     name='fashion_mnist', num_classes=10, input_shape=(1, 3, 32, 32), blocks=FASHION_MNIST_BLOCK, batch_size=64,
-    lr=0.05, weight_decay=5e-4, num_epochs=30, num_workers=2, log_freq=100,
+    lr=0.05, weight_decay=5e-4, num_epochs=30, num_workers=2, log_freq=100, train_size=55000,
+    dkd_warmup_epochs=3,                # the DKD authors' 20 of 240 epochs, scaled to this 30-epoch schedule
     scheduler="""    key: 'MultiStepLR'
     kwargs:
       milestones: [15, 25]
@@ -211,21 +244,22 @@ CIFAR100 = Dataset(
     scheduler="""    key: 'MultiStepLR'
     kwargs:
       milestones: [150, 180, 210]
-      gamma: 0.1""", ckpt_root='./resource/ckpt/cifar100')
+      gamma: 0.1""", ckpt_root='./resource/ckpt/cifar100', train_size=50000)
 IMAGENET = Dataset(
     name='ilsvrc2012', num_classes=1000, input_shape=(1, 3, 224, 224), blocks=IMAGENET_BLOCK, batch_size=256,
     lr=0.1, weight_decay=1e-4, num_epochs=100, num_workers=16, log_freq=1000,
     scheduler="""    key: 'StepLR'
     kwargs:
       step_size: 30
-      gamma: 0.1""", ckpt_root='./resource/ckpt/ilsvrc2012', teacher_from_training=False)
+      gamma: 0.1""", ckpt_root='./resource/ckpt/ilsvrc2012', train_size=1281167,
+    teacher_from_training=False)
 
 FTKD_TEACHER_LR = 1e-3                  # PESF-KD paper: the fine-tuned teacher's learning rate
 RESNET_CIFAR_ADAPTERS = ('layer3.?',)   # every block of the last stage; pattern '?' = one character
 PAIRS_CIFAR = (
-    Pair('resnet56', 'resnet20', adapter_modules=RESNET_CIFAR_ADAPTERS),
+    Pair('resnet56', 'resnet20', adapter_modules=RESNET_CIFAR_ADAPTERS, dkd_beta=2.0),
     Pair('resnet110', 'resnet32', adapter_modules=('layer3.?', 'layer3.1?')),
-    Pair('vgg13', 'vgg8', adapter_modules=('block4',)),
+    Pair('vgg13', 'vgg8', adapter_modules=('block4',), dkd_beta=6.0),
     Pair('resnet56', 'vgg8', adapter_modules=RESNET_CIFAR_ADAPTERS),
 )
 PAIR_IMAGENET = Pair(
@@ -233,22 +267,65 @@ PAIR_IMAGENET = Pair(
     teacher_kwargs="""      num_classes: 1000
       weights: !getattr [!import_get {key: 'torchvision.models.ResNet50_Weights'}, 'IMAGENET1K_V1']
 """)
+# Sources of the baselines' settings (cited in the YAML comments):
+MDISTILLER_CFG = 'sunshangquan/logit-standardization-KD mdistiller/engine/cfg.py'   # = mdistiller's defaults
+ZSCORE_TRAIN = 'sunshangquan/logit-standardization-KD tools/train.py'               # --logit-stand rules
+DKD_PAIR_CFG = 'megvii-research/mdistiller configs/cifar100/dkd/'                   # per-pair DKD beta
 
-KD = """        kd:
+
+@dataclass(frozen=True)
+class Context:
+    """What a loss term or a model block needs to know about the config being written."""
+    data: Dataset
+    pair: Pair
+    method: Method
+
+    @property
+    def teacher_wrapped(self):
+        return self.method.teacher_side == 'adapters' or self.method.crd
+
+    @property
+    def student_wrapped(self):
+        return self.method.crd
+
+    def path(self, side, module):
+        """Module path as the box sees it: inside an auxiliary wrapper the network is ``model``."""
+        wrapped = self.teacher_wrapped if side == 'teacher' else self.student_wrapped
+        return f'model.{module}' if wrapped else module
+
+    def features(self, side):
+        return FEATURES[self.pair.teacher if side == 'teacher' else self.pair.student]
+
+
+LOGITS = """              student_module_path: '.'
+              student_module_io: 'output'
+              teacher_module_path: '.'
+              teacher_module_io: 'output'
+"""
+
+
+# ---- loss terms: each returns the YAML of one WeightedSumLoss sub-term ----
+
+def kd_term(ctx):
+    return f"""        kd:
           criterion:
             key: 'KDLoss'
             kwargs:
-{logits}              temperature: 4.0
+{LOGITS}              temperature: 4.0
               alpha: 0.1        # torchdistill: alpha weights CE; the paper's alpha (KL weight) is beta = 0.9
               beta: 0.9
               reduction: 'batchmean'
           weight: 1.0
 """
-PESFKD = """        pesfkd:
+
+
+def pesfkd_term(temperature=4.0, beta=0.9, zscore=False):
+    def term(ctx):
+        return f"""        pesfkd:
           criterion:
             key: 'PESFKDLoss'
             kwargs:
-{logits}              temperature: {temperature}
+{LOGITS}              temperature: {temperature}
               alpha: 0.1        # CE weight; the paper's alpha (KL weight) is beta
               beta: {beta}
               teacher_kl: 'reverse'   # eq. 8; 'shared' = the authors' released code
@@ -256,30 +333,108 @@ PESFKD = """        pesfkd:
               reduction: 'batchmean'
           weight: 1.0
 """
-FTKD = """        ftkd:
+    return term
+
+
+def ftkd_term(temperature=4.0, beta=0.9, zscore=False):
+    def term(ctx):
+        return f"""        ftkd:
           criterion:
             key: 'FTKDLoss'
             kwargs:
-{logits}              temperature: 4.0
+{LOGITS}              temperature: {temperature}
               alpha: 0.1
-              beta: 0.9
+              beta: {beta}
               teacher_ce_weight: 1.0
               logit_standardization: {zscore}
               reduction: 'batchmean'
           weight: 1.0
 """
-ZSCORE = """        zscore:
+    return term
+
+
+def zscore_term(ctx):
+    return f"""        zscore:
           criterion:
             key: 'ZScoreKDLoss'
             kwargs:
-{logits}              temperature: 2.0  # Z-score paper: base temperature 2, lambda_CE 0.1, lambda_KD 9
+{LOGITS}              temperature: 2.0  # Z-score paper: base temperature 2, lambda_CE 0.1, lambda_KD 9
               alpha: 0.1
               beta: 9.0
               std: 'unbiased'
               reduction: 'batchmean'
           weight: 1.0
 """
-CE_STUDENT = """        ce:
+
+
+ONLINE_TEACHER_NOTE = f"""\
+              # Online KD: the whole teacher trains with the student, from its pretrained checkpoint, at the FT-KD
+              # teacher lr {FTKD_TEACHER_LR} (PESF-KD paper), so DML, KDCL and FT-KD differ only in the loss. (The DML and
+              # KDCL papers train both networks from scratch at one lr; the PESF-KD authors' released code trains a
+              # pretrained teacher at its own lr, 1e-4, whenever the teacher has a loss: 1170300319/PESF-KD
+              # cv/train_student_DDP.py.)
+"""
+
+
+def dml_term(ctx):
+    return f"""        dml:
+          criterion:
+            key: 'DMLLoss'
+            kwargs:
+{ONLINE_TEACHER_NOTE}{LOGITS}              temperature: 1.0  # DML paper: plain softmax; each network CE + KL(other || self)
+              alpha: 1.0
+              beta: 1.0
+              reduction: 'batchmean'
+          weight: 1.0
+"""
+
+
+def kdcl_term(target):
+    def term(ctx):
+        return f"""        kdcl:
+          criterion:
+            key: 'KDCLLoss'
+            kwargs:
+{ONLINE_TEACHER_NOTE}{LOGITS}              temperature: 2.0
+              alpha: 1.0
+              beta: 1.0
+              target: '{target}'   # 'min_logit' = KDCL-MinLogit (default here), 'naive' = mean of the two logits
+              reduction: 'batchmean'
+          weight: 1.0
+"""
+    return term
+
+
+def dkd_term(zscore):
+    def term(ctx):
+        beta = ctx.pair.dkd_beta
+        if zscore:
+            weights = f"""              # Z-score authors' DKD + logit standardization: alpha and beta times --kd-weight 9, temperature
+              # --base-temp 2 ({ZSCORE_TRAIN}, --logit-stand branch)
+              alpha: 9.0
+              beta: {9 * beta}
+              temperature: 2.0
+"""
+        else:
+            weights = f"""              alpha: 1.0        # TCKD weight (DKD's alpha; the CE weight is ce_weight)
+              beta: {beta}         # NCKD weight, {DKD_PAIR_CFG}{{res56_res20: 2, vgg13_vgg8: 6}}.yaml, else 8
+              temperature: 4.0
+"""
+        return f"""        dkd:
+          criterion:
+            key: 'DKDLoss'
+            kwargs:
+{LOGITS}              ce_weight: 1.0    # DKD defaults: {MDISTILLER_CFG} (CE 1, alpha 1, beta 8, T 4, warm-up 20)
+{weights}              warmup_epochs: {ctx.data.dkd_warmup_epochs}  # epoch fed by distillation_pre_epoch_process
+              logit_standardization: {zscore}
+              std: 'unbiased'
+          weight: 1.0
+"""
+    return term
+
+
+def ce_term(ctx):
+    return """        ce:
           criterion:
             key: 'CrossEntropyLoss'
             kwargs:
@@ -295,23 +450,85 @@ CE_STUDENT = """        ce:
                 uses_label: True
           weight: 1.0
 """
-LOGITS = """              student_module_path: '.'
-              student_module_io: 'output'
-              teacher_module_path: '.'
-              teacher_module_io: 'output'
+
+
+def pkt_term(ctx):
+    return f"""        pkt:
+          criterion:
+            key: 'PKTLoss'
+            kwargs:
+              student_module_path: '{ctx.path('student', ctx.features('student').head)}'
+              student_module_io: 'input'   # the classifier's input: the penultimate feature
+              teacher_module_path: '{ctx.path('teacher', ctx.features('teacher').head)}'
+              teacher_module_io: 'input'
+              eps: 0.0000001
+          weight: 30000.0       # {MDISTILLER_CFG}: PKT feature weight 30000, CE 1
 """
 
-METHODS = {
-    'kd': Method('kd', KD),
-    'pesfkd': Method('pesfkd', PESFKD.format(logits='{logits}', temperature=4.0, beta=0.9, zscore=False),
-                     teacher_side='adapters'),
-    'ftkd': Method('ftkd', FTKD.replace('{zscore}', 'False'), teacher_side='full'),
-    'zscore': Method('zscore', ZSCORE),
-    'pesfkd_zscore': Method('pesfkd_zscore', PESFKD.format(logits='{logits}', temperature=2.0, beta=9.0,
-                                                           zscore=True), teacher_side='adapters'),
-}
+
+def rkd_term(ctx):
+    return f"""        rkd:
+          criterion:
+            key: 'RKDLoss'
+            kwargs:
+              student_output_path: '{ctx.path('student', ctx.features('student').pool)}'   # pooled feature, flattened by RKDLoss
+              teacher_output_path: '{ctx.path('teacher', ctx.features('teacher').pool)}'
+              dist_factor: 25.0   # {MDISTILLER_CFG}: distance 25, angle 50, feature weight 1, CE 1
+              angle_factor: 50.0
+              reduction: 'mean'
+          weight: 1.0
+"""
 
 
+def crd_term(ctx):
+    return f"""        crd:
+          criterion:
+            key: 'CRDLoss'
+            kwargs:
+              teacher_norm_module_path: 'normalizer'
+              student_norm_module_path: 'normalizer'
+              student_empty_module_path: 'empty'
+              input_size: *crd_feature_dim
+              output_size: *crd_num_samples
+              num_negative_samples: *crd_num_negative_samples
+              num_samples: *crd_num_samples
+              temperature: 0.07   # {MDISTILLER_CFG}:
+              momentum: 0.5       #   NCE T 0.07, momentum 0.5, K 16384, dim 128, CRD weight 0.8, CE 1
+              eps: 0.0000001
+          weight: 0.8
+"""
+
+
+CE_ONLY = (ce_term,)
+METHODS = {m.name: m for m in (
+    Method('kd', (kd_term,)),
+    Method('pesfkd', (pesfkd_term(),), teacher_side='adapters'),
+    Method('ftkd', (ftkd_term(),), teacher_side='full'),
+    Method('zscore', (zscore_term,)),
+    Method('pesfkd_zscore', (pesfkd_term(temperature=2.0, beta=9.0, zscore=True),), teacher_side='adapters'),
+    Method('ftkd_zscore', (ftkd_term(temperature=2.0, beta=9.0, zscore=True),), teacher_side='full'),
+    Method('dml', (dml_term,), teacher_side='full'),
+    Method('kdcl', (kdcl_term('min_logit'),), teacher_side='full'),
+    Method('kdcl_naive', (kdcl_term('naive'),), teacher_side='full'),
+    Method('dkd', (dkd_term(zscore=False),)),
+    Method('dkd_zscore', (dkd_term(zscore=True),)),
+    # representation methods as in CRD / RepDistiller: CE + weight * loss; with PESF-KD: the PESF-KD loss + the same
+    Method('pkt', CE_ONLY + (pkt_term,), features='pkt'),
+    Method('rkd', CE_ONLY + (rkd_term,), features='rkd'),
+    Method('crd', CE_ONLY + (crd_term,), features='crd'),
+    Method('pesfkd_pkt', (pesfkd_term(), pkt_term), teacher_side='adapters', features='pkt'),
+    Method('pesfkd_rkd', (pesfkd_term(), rkd_term), teacher_side='adapters', features='rkd'),
+    Method('pesfkd_crd', (pesfkd_term(), crd_term), teacher_side='adapters', features='crd'),
+)}
+
+
+# ---- model, data and optimizer blocks ----
+
+def yaml_list(items):
+    return '[' + ', '.join(f"'{item}'" for item in items) + ']'
+
+
+@functools.lru_cache(maxsize=None)
 def trainable_children(model_key, num_classes):
     """Names of the direct children that hold parameters (for module_wise_configs)."""
     import pesf_ext  # noqa: F401
@@ -319,19 +536,21 @@ def trainable_children(model_key, num_classes):
     import torch
     model = build_model({'key': model_key, 'kwargs': {'num_classes': num_classes}}, torch.device('cpu'), False,
                         'models')
-    return [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+    return tuple(name for name, child in model.named_children() if any(True for _ in child.parameters()))
 
 
-def module_wise(model_key, num_classes, lr, weight_decay, is_teacher=False):
-    lines = []
-    for name in trainable_children(model_key, num_classes):
-        lines.append(f"""      - module: '{name}'
+def param_group(module, lr, weight_decay, is_teacher=False):
+    return f"""      - module: '{module}'
         is_teacher: {is_teacher}
         kwargs:
           lr: {lr}
           momentum: 0.9
-          weight_decay: {weight_decay}""")
-    return '\n'.join(lines)
+          weight_decay: {weight_decay}"""
+
+
+def module_wise(model_key, num_classes, lr, weight_decay, is_teacher=False, prefix=''):
+    return '\n'.join(param_group(prefix + name, lr, weight_decay, is_teacher)
+                     for name in trainable_children(model_key, num_classes))
 
 
 def models_block(data, pair, ckpt_dir, experiment):
@@ -355,10 +574,19 @@ def models_block(data, pair, ckpt_dir, experiment):
 """
 
 
-def loader_block(data, dataset_anchor, train):
+CRD_DATASET_WRAPPER = """    dataset_wrapper:           # CRD: each sample also brings its index and K negative indices
+      key: 'CRDDatasetWrapper'
+      kwargs:
+        num_negative_samples: *crd_num_negative_samples
+        mode: 'exact'
+        ratio: 1.0
+"""
+
+
+def loader_block(data, dataset_anchor, train, wrapper=''):
     sampler = 'RandomSampler' if train else 'SequentialSampler'
     return f"""    dataset_id: *{dataset_anchor}
-    sampler:
+{wrapper}    sampler:
       class_or_func: !import_get
         key: 'torch.utils.data.{sampler}'
       kwargs:
@@ -370,50 +598,91 @@ def loader_block(data, dataset_anchor, train):
 """
 
 
-def teacher_block(data, pair, method):
-    if method.teacher_side == 'adapters':
-        modules = ', '.join(f"'{m}'" for m in pair.adapter_modules)
-        shape = list(data.input_shape)
-        return f"""  teacher:
-    forward_proc: 'forward_batch_only'
+def hooks(ctx, side):
+    """(input, output) forward-hook paths that the representation loss reads on ``side``."""
+    features = ctx.features(side)
+    if ctx.method.features == 'pkt':
+        return [ctx.path(side, features.head)], []
+    if ctx.method.features == 'rkd':
+        return [], [ctx.path(side, features.pool)]
+    if ctx.method.crd:
+        return ['empty'] if side == 'student' else [], [ctx.path(side, features.pool), 'normalizer']
+    return [], []
+
+
+def linear4crd_kwargs(ctx, side, indent):
+    """kwargs of torchdistill's Linear4CRD: an embedding head ('normalizer') on the pooled feature."""
+    pad = ' ' * indent
+    return (f"{pad}input_module_path: 'model.{ctx.features(side).pool}'\n"
+            f"{pad}linear_kwargs:\n"
+            f"{pad}  in_features: {ctx.features(side).dim}\n"
+            f"{pad}  out_features: *crd_feature_dim\n"
+            f"{pad}  bias: True\n"
+            f"{pad}power: 2\n")
+
+
+def side_block(ctx, side, wrapper, requires_grad, frozen_modules=()):
+    forward_proc = 'forward_batch_supp_dict' if ctx.method.crd else 'forward_batch_only'
+    inputs, outputs = hooks(ctx, side)
+    return f"""  {side}:
+    forward_proc: '{forward_proc}'
     sequential: []
-    auxiliary_model_wrapper:
+{wrapper}    forward_hook:
+      input: {yaml_list(inputs)}
+      output: {yaml_list(outputs)}
+    requires_grad: {requires_grad}
+    frozen_modules: {yaml_list(frozen_modules)}
+"""
+
+
+def teacher_block(ctx):
+    data, pair, method = ctx.data, ctx.pair, ctx.method
+    if method.teacher_side == 'adapters':
+        inner = ''
+        if method.crd:
+            inner = ("        wrapper:                 # CRD's embedding head on the adapted teacher (trains too)\n"
+                     "          key: 'Linear4CRD'\n          kwargs:\n" + linear4crd_kwargs(ctx, 'teacher', 12))
+        wrapper = f"""    auxiliary_model_wrapper:
       key: 'AdapterTeacher'
       kwargs:
         adapters:
-          - modules: [{modules}]
+          - modules: [{', '.join(f"'{m}'" for m in pair.adapter_modules)}]
             kind: 'bottleneck'   # PESF-KD eq. 6: h + relu(h W_down) W_up, W_up zero-initialised
             bottleneck: 32
-        input_shape: {shape}
-    forward_hook:
-      input: []
-      output: []
-    requires_grad: True          # the teacher forward runs with grad, only the adapters train
-    frozen_modules: []
-"""
-    return f"""  teacher:
-    forward_proc: 'forward_batch_only'
-    sequential: []
-    forward_hook:
-      input: []
-      output: []
-    requires_grad: {method.teacher_side == 'full'}
-    frozen_modules: []
-"""
+        input_shape: {list(data.input_shape)}
+{inner}"""
+        trained = 'the adapters and the CRD head train' if method.crd else 'only the adapters train'
+        block = side_block(ctx, 'teacher', wrapper, True)
+        return block.replace('requires_grad: True\n', f'requires_grad: True          # the teacher forward runs with '
+                                                       f'grad, {trained}\n')
+    if method.crd:
+        wrapper = ("    auxiliary_model_wrapper:   # CRD trains the teacher's embedding head ('normalizer') only\n"
+                   "      key: 'Linear4CRD'\n      kwargs:\n" + linear4crd_kwargs(ctx, 'teacher', 8))
+        return side_block(ctx, 'teacher', wrapper, True, frozen_modules=['model'])
+    return side_block(ctx, 'teacher', '', method.teacher_side == 'full')
 
 
-def optimizer_block(data, pair, method):
-    groups = [module_wise(pair.student, data.num_classes, data.lr, data.weight_decay)]
+def student_block(ctx):
+    wrapper = ''
+    if ctx.method.crd:
+        wrapper = ("    auxiliary_model_wrapper:\n      key: 'Linear4CRD'\n      kwargs:\n"
+                   + linear4crd_kwargs(ctx, 'student', 8))
+    return side_block(ctx, 'student', wrapper, True)
+
+
+def optimizer_block(ctx):
+    data, pair, method = ctx.data, ctx.pair, ctx.method
+    groups = [module_wise(pair.student, data.num_classes, data.lr, data.weight_decay,
+                          prefix=ctx.path('student', ''))]
+    if method.crd:
+        groups.append(param_group('normalizer', data.lr, data.weight_decay))
     if method.teacher_side == 'adapters':
-        groups.append(f"""      - module: 'adapters'
-        is_teacher: True
-        kwargs:
-          lr: {data.lr}
-          momentum: 0.9
-          weight_decay: {data.weight_decay}""")
+        groups.append(param_group('adapters', data.lr, data.weight_decay, is_teacher=True))
     elif method.teacher_side == 'full':
         groups.append(module_wise(pair.teacher, data.num_classes, FTKD_TEACHER_LR, data.weight_decay,
-                                  is_teacher=True))
+                                  is_teacher=True, prefix=ctx.path('teacher', '')))
+    if method.crd:
+        groups.append(param_group('normalizer', data.lr, data.weight_decay, is_teacher=True))
     return f"""  optimizer:
     key: 'SGD'
     kwargs:
@@ -425,7 +694,7 @@ def optimizer_block(data, pair, method):
 """
 
 
-def header(data, description):
+def header(data, description, settings=''):
     return f"""# {description}
 # Generated by tools/make_configs.py; run with
 #   python tools/image_classification.py --config <this file>
@@ -436,9 +705,18 @@ settings:
   ckpt_root: &ckpt_root '{data.ckpt_root}'
   num_workers: &num_workers {data.num_workers}
   num_epochs: &num_epochs {data.num_epochs}
-
+{settings}
 datasets:
 {data.blocks}
+"""
+
+
+def crd_settings(data):
+    return f"""  # CRD memory: one row per train image, so crd_num_samples must equal the train set size (change it together
+  # with num_train_samples); K negatives per sample and the embedding size as in CRD (Tian et al., ICLR 2020)
+  crd_num_samples: &crd_num_samples {data.train_size}
+  crd_num_negative_samples: &crd_num_negative_samples 16384
+  crd_feature_dim: &crd_feature_dim 128
 """
 
 
@@ -451,8 +729,10 @@ test:
 
 
 def distillation_config(data, pair, method):
+    ctx = Context(data, pair, method)
     experiment = f'{data.name}-{pair.student}_from_{pair.teacher}'
-    text = header(data, f'{method.name} on {data.name}: {pair.teacher} -> {pair.student}')
+    text = header(data, f'{method.name} on {data.name}: {pair.teacher} -> {pair.student}',
+                  crd_settings(data) if method.crd else '')
     text += models_block(data, pair, method.name, experiment)
     text += f"""
 train:
@@ -460,22 +740,14 @@ train:
   num_epochs: *num_epochs
   pre_epoch_process: 'distillation_pre_epoch_process'   # teacher eval where frozen, train where trainable
   train_data_loader:
-{loader_block(data, 'train', train=True)}  val_data_loader:
-{loader_block(data, 'val', train=False)}{teacher_block(data, pair, method)}  student:
-    forward_proc: 'forward_batch_only'
-    sequential: []
-    forward_hook:
-      input: []
-      output: []
-    requires_grad: True
-    frozen_modules: []
-{optimizer_block(data, pair, method)}  scheduler:
+{loader_block(data, 'train', train=True, wrapper=CRD_DATASET_WRAPPER if method.crd else '')}  val_data_loader:
+{loader_block(data, 'val', train=False)}{teacher_block(ctx)}{student_block(ctx)}{optimizer_block(ctx)}  scheduler:
 {data.scheduler}
   criterion:
     key: 'WeightedSumLoss'
     kwargs:
       sub_terms:
-{method.criterion.replace('{logits}', LOGITS)}"""
+{''.join(term(ctx) for term in method.terms)}"""
     return text + test_block(data)
 
 
@@ -514,8 +786,18 @@ train:
     key: 'WeightedSumLoss'
     kwargs:
       sub_terms:
-{CE_STUDENT}"""
+{ce_term(None)}"""
     return text + test_block(data)
+
+
+# ---- which configs exist ----
+FASHION_MNIST_METHODS = tuple(METHODS)                   # every method and combination
+CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair (PESF-KD Table I, DML/KDCL rows)
+CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
+    'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore'),
+    'vgg13_vgg8': ('dkd', 'dkd_zscore'),
+}
+IMAGENET_METHODS = ('kd', 'pkt', 'crd', 'rkd', 'kdcl', 'dml', 'ftkd', 'pesfkd', 'zscore', 'pesfkd_crd')  # Table II
 
 
 def all_configs():
@@ -524,16 +806,16 @@ def all_configs():
     fm_pair = PAIRS_CIFAR[0]
     configs['fashion_mnist/resnet56_teacher_ce.yaml'] = training_config(FASHION_MNIST, fm_pair.teacher, 'teacher')
     configs['fashion_mnist/resnet20_student_ce.yaml'] = training_config(FASHION_MNIST, fm_pair.student, 'student')
-    for name in ('kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore'):
+    for name in FASHION_MNIST_METHODS:
         configs[f'fashion_mnist/{fm_pair.tag}_{name}.yaml'] = distillation_config(FASHION_MNIST, fm_pair, METHODS[name])
     teachers = []
     for pair in PAIRS_CIFAR:
         if pair.teacher not in teachers:
             teachers.append(pair.teacher)
             configs[f'cifar100/{pair.teacher}_teacher_ce.yaml'] = training_config(CIFAR100, pair.teacher, 'teacher')
-        for name in ('kd', 'pesfkd', 'ftkd', 'zscore'):
+        for name in CIFAR_METHODS + CIFAR_EXTRA_METHODS.get(pair.tag, ()):
             configs[f'cifar100/{pair.tag}_{name}.yaml'] = distillation_config(CIFAR100, pair, METHODS[name])
-    for name in ('kd', 'pesfkd', 'ftkd', 'zscore'):
+    for name in IMAGENET_METHODS:
         configs[f'imagenet/{PAIR_IMAGENET.tag}_{name}.yaml'] = distillation_config(IMAGENET, PAIR_IMAGENET,
                                                                                  METHODS[name])
     return configs

@@ -4,8 +4,8 @@ KD, PESF-KD, FT-KD and Z-score KD, and print one comparison table.
     python tools/quickstart.py            # about 10-15 minutes on 2 CPU cores
     python tools/quickstart.py --full     # the configs' full schedule (30 epochs on 55,000 images each)
 
-The budget run uses the shipped configs in configs/fashion_mnist/ unchanged except for four YAML anchors:
-``num_train_samples`` (a fixed random subset), ``num_epochs``, ``num_workers`` and ``ckpt_root`` (so the budget
+The budget run uses the shipped configs in configs/fashion_mnist/ unchanged except for a few YAML anchors:
+``num_train_samples`` / ``num_val_samples`` (fixed random subsets), ``num_epochs``, ``num_workers`` and ``ckpt_root`` (so the budget
 checkpoints land in runs/quickstart/ and never overwrite full-schedule ones). Each run is a separate process of
 tools/image_classification.py, exactly as a user would start it.
 """
@@ -21,8 +21,9 @@ CONFIG_DIR = os.path.join(ROOT, 'configs', 'fashion_mnist')
 TEACHER = 'resnet56_teacher_ce.yaml'
 METHODS = (('KD', 'resnet56_resnet20_kd.yaml'), ('PESF-KD', 'resnet56_resnet20_pesfkd.yaml'),
            ('FT-KD', 'resnet56_resnet20_ftkd.yaml'), ('Z-score KD', 'resnet56_resnet20_zscore.yaml'))
-BUDGET = {'num_train_samples': 4000, 'num_test_samples': 2000, 'num_epochs': 2, 'num_workers': 0}
-TEACHER_EPOCHS = 3
+BUDGET = {'num_train_samples': 6000, 'num_val_samples': 2000, 'num_test_samples': 10000, 'num_epochs': 3,
+          'num_workers': 0}
+TEACHER_EPOCHS = 4
 
 
 def set_anchor(text, anchor, value):

@@ -60,8 +60,7 @@ def _copy_from_debian(root, debian_dir):
 
 
 def fashion_mnist(root='./resource/dataset/fashion_mnist', split='train', transform=None, target_transform=None,
-                  download=True, val_size=5000, num_samples=None, subset_seed=0,
-                  debian_dir=DEBIAN_FASHION_MNIST_DIR):
+                  download=True, val_size=5000, num_samples=None, subset_seed=0, debian_dir=None):
     """Builds torchvision's ``FashionMNIST`` from the first place that has it.
 
     Looks in ``root`` (torchvision layout ``root/FashionMNIST/raw``), then in ``debian_dir`` (decompressed into
@@ -72,6 +71,7 @@ def fashion_mnist(root='./resource/dataset/fashion_mnist', split='train', transf
     if split not in ('train', 'val', 'test'):
         raise ValueError(f"split: expected 'train', 'val' or 'test', got {split!r}")
     train = split != 'test'
+    debian_dir = debian_dir or DEBIAN_FASHION_MNIST_DIR
     if not _has_raw_files(root) and not _copy_from_debian(root, debian_dir):
         download_error = 'not allowed (download: False)'
         if download:

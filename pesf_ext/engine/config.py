@@ -5,8 +5,11 @@ at fault and, for unknown names, lists the closest valid ones. torchdistill 1.x 
 is read (``!import_call``), so data files are checked then, by the dataset builders themselves; everything
 else here runs before the models are built or a step is taken.
 """
+import copy
 import difflib
 import os
+
+import torch
 
 import yaml
 from torchdistill.common import yaml_util
@@ -16,6 +19,7 @@ from torchdistill.losses import registry as loss_registry
 from torchdistill.models import registry as model_registry
 from torchdistill.optim import registry as optim_registry
 
+from ..adapters import inject_adapters
 from .errors import ConfigError
 from .models import is_known_model_key
 
@@ -197,7 +201,6 @@ def _check_path(yaml_key, path, model, wrapped):
 
 def validate_model_paths(config, teacher, student):
     """Checks forward-hook paths and adapter targets against the built models, listing the nearest real paths."""
-    from fnmatch import fnmatchcase
     train = config.get('train') or {}
     stages = [(f'train.{k}', v) for k, v in train.items() if k.startswith('stage')] or [('train', train)]
     for prefix, stage in stages:
@@ -212,10 +215,19 @@ def validate_model_paths(config, teacher, student):
                 for i, path in enumerate(hooks.get(io) or []):
                     _check_path(f'{prefix}.{side}.forward_hook.{io}[{i}]', path, model, wrapped)
             if wrapper.get('key') == 'AdapterTeacher':
-                names = _module_names(model)
-                for i, spec in enumerate((wrapper.get('kwargs') or {}).get('adapters') or []):
-                    for pattern in spec.get('modules') or []:
-                        if not any(fnmatchcase(name, pattern) for name in names):
-                            raise ConfigError(
-                                f'{prefix}.{side}.auxiliary_model_wrapper.kwargs.adapters[{i}].modules: '
-                                f'`{pattern}` matches no module of the teacher.{close_matches(pattern, names)}')
+                _check_adapters(f'{prefix}.{side}.auxiliary_model_wrapper.kwargs.adapters', model,
+                                wrapper.get('kwargs') or {})
+
+
+def _check_adapters(yaml_key, teacher, kwargs):
+    """Injects the adapters into a copy of the teacher (and runs it once when ``input_shape`` is given), so wrong
+    paths, kinds, options or dimensions fail now with the YAML key, not inside torchdistill's set-up."""
+    probe = copy.deepcopy(teacher)
+    try:
+        inject_adapters(probe, kwargs.get('adapters') or [], kwargs.get('input_shape'))
+        if kwargs.get('input_shape'):
+            device = next(probe.parameters()).device
+            with torch.no_grad():
+                probe.eval()(torch.zeros(*kwargs['input_shape'], device=device))
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise ConfigError(f'{yaml_key}: {error}') from error

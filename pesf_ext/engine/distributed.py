@@ -69,19 +69,33 @@ class DistributedAuxiliaryModelWrapper(DistributedDataParallel, AuxiliaryModelWr
         return self.module.post_epoch_process(*args, **kwargs)
 
 
+def _params_under_ddp(model):
+    """Names of parameters that already sit inside a DDP module nested in ``model`` (e.g. Linear4CRD's normalizer)."""
+    names = set()
+    for module_name, module in model.named_modules():
+        if module_name and check_if_wrapped(module):
+            names.update(f'{module_name}.{name}' for name, _ in module.named_parameters())
+    return names
+
+
 def wrap_for_distributed(model, device_ids=None):
     """Wraps ``model`` in DDP when it has trainable parameters and is not wrapped yet; frozen models stay bare.
 
-    torchdistill's own wrappers (e.g. ``Linear4CRD``) already wrap their trainable parts with
-    ``wrap_if_distributed``; those are left alone.
+    Parameters that an inner DDP already synchronises (torchdistill's ``Linear4CRD`` wraps its normalizer with
+    ``wrap_if_distributed``) are excluded, so nothing is reduced twice; a model whose trainable parameters are all
+    under such inner DDPs is left alone.
     """
-    if check_if_wrapped(model) or not has_trainable_params(model) or getattr(model, 'handles_distribution', False):
+    if check_if_wrapped(model) or not has_trainable_params(model):
         return model
-    if isinstance(model, AuxiliaryModelWrapper):
-        if any(check_if_wrapped(child) for child in model.children()):
-            return model
-        return DistributedAuxiliaryModelWrapper(model, device_ids=device_ids)
-    return DistributedDataParallel(model, device_ids=device_ids)
+    already_synced = _params_under_ddp(model)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if trainable <= already_synced:
+        return model
+    if already_synced:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sorted(already_synced))
+    wrapper_cls = DistributedAuxiliaryModelWrapper if isinstance(model, AuxiliaryModelWrapper) \
+        else DistributedDataParallel
+    return wrapper_cls(model, device_ids=device_ids)
 
 
 def wrap_box_models(box, device_ids=None):

@@ -113,7 +113,8 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
         save_last(box, epoch, best_value, args, dst_ckpt)
     barrier()
     logger.info('Training time %s', datetime.timedelta(seconds=int(time.time() - start_time)))
-    trained_teacher = box.teacher_model if getattr(box, 'teacher_model', None) is not None else None
+    # torchdistill's clean-up unfreezes every teacher parameter, so decide now whether the teacher side trained
+    trained_teacher = box.teacher_model if counts.get('teacher', (0, 0))[0] > 0 else None
     box.clean_modules()
     seconds_per_step = timing['step_seconds'] / max(timing['steps'], 1)
     return {'counts': counts, 'seconds_per_step': seconds_per_step, 'best_val_top1': best_value,
@@ -121,17 +122,17 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
 
 
 def teacher_for_test(teacher, config, device, dst_ckpt, trained_teacher):
-    """The teacher to report: the adapted/fine-tuned one when its teacher side was trained, else the original."""
-    if trained_teacher is not None and any(p.requires_grad for p in trained_teacher.parameters()):
-        load_teacher_side(trained_teacher, dst_ckpt)  # the teacher side saved with the best student
+    """The teacher to report: the adapted/fine-tuned one saved with the best student when its teacher side was
+    trained (in this run, or in an earlier one for ``-test_only``), else the teacher as given."""
+    if trained_teacher is not None:
+        load_teacher_side(trained_teacher, dst_ckpt)
         return trained_teacher
-    teacher_train_config = config.get('train', {}).get('teacher', {})
-    if trained_teacher is None and teacher_train_config.get('auxiliary_model_wrapper'):
-        wrapped = build_auxiliary_model_wrapper(teacher_train_config, teacher_model=teacher, device=device,
-                                                device_ids=None, distributed=False)
-        if wrapped is not None and load_teacher_side(wrapped, dst_ckpt):
-            return wrapped
-    return teacher
+    candidate = teacher
+    teacher_train_config = (config.get('train') or {}).get('teacher') or {}
+    if teacher_train_config.get('auxiliary_model_wrapper'):
+        candidate = build_auxiliary_model_wrapper(teacher_train_config, teacher_model=teacher, device=device,
+                                                  device_ids=None, distributed=False) or teacher
+    return candidate if load_teacher_side(candidate, dst_ckpt) else teacher
 
 
 def format_summary(results):
@@ -201,4 +202,5 @@ def run(args, build_model, default_log_freq=1000, config=None):
                 json.dump(results, f, indent=2, default=str)
     if distributed:
         torch.distributed.destroy_process_group()
+    results['_models'] = models  # the evaluated networks, for callers that inspect them (not written to JSON)
     return results
