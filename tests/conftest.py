@@ -4,6 +4,7 @@ import re
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
@@ -38,3 +39,43 @@ def small_config(tmp_path, fashion_mnist_root):
         path.write_text(text)
         return str(path)
     return make
+
+
+def calibrate_batch_norm(model, batches):
+    """Re-estimates BatchNorm statistics as the exact average over ``batches`` ("precise BN").
+
+    A teacher trained for only a few steps in a test has running statistics far from its activations' (the
+    momentum-0.1 average has not caught up), and a deep ResNet in eval mode then produces logits in the
+    thousands; a teacher trained for real does not need this.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    for norm in norms:
+        norm.momentum = 0.1
+    return model.eval()
+
+
+@pytest.fixture
+def trained_teacher(small_config):
+    """A ResNet-56 teacher trained for 8 steps on 512 real Fashion-MNIST images, with precise BatchNorm
+    statistics, saved where the distillation configs of ``small_config`` look for it; returns its config path."""
+    from pesf_ext.engine import runner
+    from pesf_ext.engine.config import load_config
+    from pesf_ext.engine.models import build_model
+    path = small_config('resnet56_teacher_ce.yaml', num_train_samples=512)
+    runner.run(runner.get_args(['--config', path, '--device', 'cpu', '--seed', '0']), build_model)
+    config = load_config(path)
+    ckpt_path = config['models']['model']['dst_ckpt']
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    model = build_model({'key': 'resnet56', 'kwargs': {'num_classes': 10}}, torch.device('cpu'), False, 'test')
+    model.load_state_dict(ckpt['model'])
+    images = torch.stack([image for image, _ in config['datasets']['fashion_mnist/train']])
+    ckpt['model'] = calibrate_batch_norm(model, images.split(128)).state_dict()
+    torch.save(ckpt, ckpt_path)
+    return path

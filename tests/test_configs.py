@@ -20,6 +20,7 @@ from pesf_ext.engine.config import load_config  # noqa: E402
 from pesf_ext.engine.models import build_model  # noqa: E402
 from pesf_ext.engine.runner import get_args, run  # noqa: E402
 from pesf_ext.engine.synthetic import synthetic_data  # noqa: E402
+from conftest import calibrate_batch_norm  # noqa: E402
 
 CONFIGS = sorted(make_configs.all_configs())
 BATCH, NUM_SAMPLES = 4, 8
@@ -56,27 +57,12 @@ def shrink(config):
                                                num_negative_samples=CRD_NEGATIVES)
 
 
-def calibrate_batch_norm(model):
-    """Sets BatchNorm statistics from one batch, as training would: a random deep ResNet with the default
-    statistics (mean 0, var 1) blows its logits up to inf in eval mode."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one batch sets the statistics
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.momentum = 0.1
-
-
 def make_teacher_checkpoint(config):
     """Distillation configs load the teacher trained by the CE config; stand in a random one."""
     teacher_config = config['models'].get('teacher_model')
     if teacher_config and teacher_config.get('src_ckpt'):
         teacher = build_model({**teacher_config, 'src_ckpt': None}, torch.device('cpu'), False, 'models.teacher_model')
-        calibrate_batch_norm(teacher)
+        calibrate_batch_norm(teacher, [torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))])
         os.makedirs(os.path.dirname(teacher_config['src_ckpt']), exist_ok=True)
         torch.save({'model': teacher.state_dict()}, teacher_config['src_ckpt'])
 
@@ -96,6 +82,9 @@ def test_config_trains_two_steps(rel_path, tiny_world):
     if 'pesfkd' in rel_path:
         teacher_trainable, teacher_total = results['counts']['teacher']
         assert 0 < teacher_trainable < 0.2 * teacher_total, 'PESF-KD must train only a small adapter part'
-    if 'ftkd' in rel_path:
+    if any(name in rel_path for name in ('ftkd', 'dml', 'kdcl')):
         teacher_trainable, teacher_total = results['counts']['teacher']
-        assert teacher_trainable == teacher_total
+        assert teacher_trainable == teacher_total, 'FT-KD and online KD train the whole teacher'
+    if rel_path.endswith('_crd.yaml') and 'pesfkd' not in rel_path:
+        teacher_trainable, teacher_total = results['counts']['teacher']
+        assert 0 < teacher_trainable < 0.2 * teacher_total, 'CRD trains the teacher-side embedding head only'

@@ -21,10 +21,7 @@ def torchrun(out_dir, config_path, log_path):
 
 
 @pytest.mark.parametrize('method', ['pesfkd', 'ftkd'])
-def test_two_cpu_processes_stay_in_sync(method, small_config, tmp_path):
-    teacher_config = small_config('resnet56_teacher_ce.yaml', num_train_samples=256)
-    subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'image_classification.py'), '--config',
-                    teacher_config, '--device', 'cpu', '--seed', '0'], check=True, capture_output=True, cwd=ROOT)
+def test_two_cpu_processes_stay_in_sync(method, trained_teacher, small_config, tmp_path):
     config = small_config(f'resnet56_resnet20_{method}.yaml', num_train_samples=256)
     torchrun(tmp_path, config, tmp_path / 'torchrun.log')
     log = open(tmp_path / 'torchrun.log').read()

@@ -20,16 +20,8 @@ def run(config_path, *extra, config=None):
     return runner.run(args, build_model, config=config)
 
 
-@pytest.fixture
-def trained_teacher(small_config):
-    """A ResNet-56 teacher trained for two epochs on 512 real images (enough for sane BatchNorm statistics)."""
-    path = small_config('resnet56_teacher_ce.yaml', num_train_samples=512, num_epochs=2)
-    run(path)
-    return path
-
-
-def student_ckpt(config_path):
-    return load_config(config_path)['models']['student_model']['dst_ckpt']
+def student_ckpt(config_path, name='student_model'):
+    return load_config(config_path)['models'][name]['dst_ckpt']
 
 
 def test_pesfkd_end_to_end_on_fashion_mnist(trained_teacher, small_config):

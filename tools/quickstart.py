@@ -54,7 +54,9 @@ def run(config_path, out_dir, label, seed):
     command = [sys.executable, os.path.join(ROOT, 'tools', 'image_classification.py'), '--config', config_path,
                '--device', 'cpu', '--seed', str(seed), '--summary_json', summary, '--run_log', log]
     print(f'[{label}] {" ".join(command)}', flush=True)
-    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    completed = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if completed.returncode != 0:
+        sys.exit(f'[{label}] failed:\n{completed.stderr[-3000:]}')
     with open(summary) as f:
         return json.load(f)
 
