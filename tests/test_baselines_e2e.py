@@ -5,8 +5,6 @@ Each test runs a config of configs/fashion_mnist/ through the real runner on a t
 method is supposed to change (and leave alone), not just that it runs.
 """
 import copy
-import os
-import shutil
 
 import pytest
 import torch
@@ -15,46 +13,23 @@ from torchdistill.models.wrapper import Linear4CRD
 
 import pesf_ext  # noqa: F401
 from _crd_compat import give_datasets_classes
-from conftest import FASHION_MNIST_CONFIGS
 from pesf_ext.adapters import AdapterTeacher
 from pesf_ext.engine import runner
 from pesf_ext.engine.checkpoint import checkpoint_paths
 from pesf_ext.engine.config import load_config
 from pesf_ext.engine.models import build_model
 from pesf_ext.losses import DKDLoss
-from quickstart import set_anchor
+
+pytestmark = pytest.mark.usefixtures('trained_teacher')  # conftest: a short CE run with precise BatchNorm
 
 
-@pytest.fixture(scope='module')
-def teacher_ckpt(tmp_path_factory, fashion_mnist_root):
-    """A ResNet-56 teacher trained for two epochs on 512 real images (sane BatchNorm statistics), shared by the
-    module's tests; returns the checkpoint path."""
-    directory = tmp_path_factory.mktemp('teacher')
-    with open(os.path.join(FASHION_MNIST_CONFIGS, 'resnet56_teacher_ce.yaml')) as f:
-        text = f.read()
-    anchors = {'num_train_samples': 512, 'num_val_samples': 64, 'num_test_samples': 64, 'num_epochs': 2,
-               'num_workers': 0, 'ckpt_root': str(directory / 'ckpt'), 'root_dir': fashion_mnist_root}
-    for anchor, value in anchors.items():
-        text = set_anchor(text, anchor, value)
-    path = directory / 'teacher.yaml'
-    path.write_text(text)
-    run_config(str(path))
-    return load_config(str(path))['models']['model']['dst_ckpt']
-
-
-def run_config(path, config=None):
-    args = runner.get_args(['--config', path, '--device', 'cpu', '--seed', '0'])
-    return runner.run(args, build_model, config=config)
-
-
-def distill(small_config, teacher_ckpt, name, **anchors):
-    """Runs configs/fashion_mnist/<name> (tiny budget) with the shared teacher; returns (config, results)."""
+def distill(small_config, name, **anchors):
+    """Runs configs/fashion_mnist/<name> on a tiny budget with the teacher of conftest's ``trained_teacher``;
+    returns (loaded config, results); the runner only adds defaults to the config it is given."""
     path = small_config(name, **anchors)
     config = load_config(path)
-    src_ckpt = config['models']['teacher_model']['src_ckpt']
-    os.makedirs(os.path.dirname(src_ckpt), exist_ok=True)
-    shutil.copy(teacher_ckpt, src_ckpt)
-    return config, run_config(path, config=copy.deepcopy(config))
+    args = runner.get_args(['--config', path, '--device', 'cpu', '--seed', '0'])
+    return config, runner.run(args, build_model, config=config)
 
 
 def pretrained_state(config):
@@ -80,8 +55,8 @@ def assert_adapters_trained(teacher, saved):
 
 
 @pytest.mark.parametrize('name', ['resnet56_resnet20_dml.yaml', 'resnet56_resnet20_kdcl.yaml'])
-def test_online_kd_fine_tunes_the_whole_pretrained_teacher(small_config, teacher_ckpt, name):
-    config, results = distill(small_config, teacher_ckpt, name, num_train_samples=256)
+def test_online_kd_fine_tunes_the_whole_pretrained_teacher(small_config, name):
+    config, results = distill(small_config, name, num_train_samples=256)
     trainable, total = results['counts']['teacher']
     assert trainable == total > 0
     pretrained = pretrained_state(config)
@@ -100,7 +75,7 @@ def test_online_kd_fine_tunes_the_whole_pretrained_teacher(small_config, teacher
     assert 0.0 <= results['test']['teacher']['top1'] <= 100.0 and isinstance(results['test']['sharpness_gap'], float)
 
 
-def test_pesfkd_on_crd_trains_adapters_and_both_crd_heads_only(small_config, teacher_ckpt, monkeypatch):
+def test_pesfkd_on_crd_trains_adapters_and_both_crd_heads_only(small_config, monkeypatch):
     give_datasets_classes(monkeypatch)  # CRDDatasetWrapper reads dataset.classes (see tests/_crd_compat.py)
     built = []
     real_init = Linear4CRD.__init__
@@ -110,7 +85,7 @@ def test_pesfkd_on_crd_trains_adapters_and_both_crd_heads_only(small_config, tea
         built.append((self, copy.deepcopy(self.normalizer.state_dict())))
 
     monkeypatch.setattr(Linear4CRD, '__init__', recording_init)
-    config, results = distill(small_config, teacher_ckpt, 'resnet56_resnet20_pesfkd_crd.yaml', num_train_samples=256,
+    config, results = distill(small_config, 'resnet56_resnet20_pesfkd_crd.yaml', num_train_samples=256,
                               crd_num_samples=256, crd_num_negative_samples=64)
     teacher, student = results['_models']['teacher'], results['_models']['student']
     # both CRD wrappers were built, one inside the adapted teacher, one around the student
@@ -135,26 +110,28 @@ def test_pesfkd_on_crd_trains_adapters_and_both_crd_heads_only(small_config, tea
     assert best.keys() == student.state_dict().keys()
 
 
-def test_pesfkd_on_pkt_matches_penultimate_features(small_config, teacher_ckpt, monkeypatch):
+def test_pesfkd_on_pkt_matches_penultimate_features(small_config, monkeypatch):
     seen = []
     real_forward = PKTLoss.forward
 
     def recording_forward(self, student_io_dict, teacher_io_dict, *args, **kwargs):
+        teacher_features = teacher_io_dict[self.teacher_module_path][self.teacher_module_io]
         seen.append((student_io_dict[self.student_module_path][self.student_module_io].shape,
-                     teacher_io_dict[self.teacher_module_path][self.teacher_module_io].shape))
+                     teacher_features.shape, teacher_features.requires_grad))
         return real_forward(self, student_io_dict, teacher_io_dict, *args, **kwargs)
 
     monkeypatch.setattr(PKTLoss, 'forward', recording_forward)
-    config, results = distill(small_config, teacher_ckpt, 'resnet56_resnet20_pesfkd_pkt.yaml', num_train_samples=128)
-    # PKT compared the 64-d penultimate features (the classifiers' inputs) of student and adapted teacher
-    assert seen and all(s[1:] == t[1:] == (64,) and s[0] == t[0] for s, t in seen)
+    config, results = distill(small_config, 'resnet56_resnet20_pesfkd_pkt.yaml', num_train_samples=128)
+    # PKT compared the 64-d penultimate features (the classifiers' inputs) of student and adapted teacher; the
+    # teacher's depend on the adapters, so PKT's gradient reaches them too (as the config's comment says)
+    assert seen and all(s[1:] == t[1:] == (64,) and s[0] == t[0] and grad for s, t, grad in seen)
     teacher = results['_models']['teacher']
     assert isinstance(teacher, AdapterTeacher)
     assert_same_state(teacher.model.state_dict(), pretrained_state(config))
     assert_adapters_trained(teacher, teacher_side_ckpt(config))
 
 
-def test_dkd_with_zscore_warms_up_per_epoch(small_config, teacher_ckpt, monkeypatch):
+def test_dkd_with_zscore_warms_up_per_epoch(small_config, monkeypatch):
     calls = []
     real_forward = DKDLoss.forward
 
@@ -165,7 +142,7 @@ def test_dkd_with_zscore_warms_up_per_epoch(small_config, teacher_ckpt, monkeypa
         return loss
 
     monkeypatch.setattr(DKDLoss, 'forward', recording_forward)
-    config, results = distill(small_config, teacher_ckpt, 'resnet56_resnet20_dkd_zscore.yaml', num_train_samples=128,
+    config, results = distill(small_config, 'resnet56_resnet20_dkd_zscore.yaml', num_train_samples=128,
                               num_epochs=2)
     dkd = calls[0]['module']
     # the Z-score authors' DKD settings: alpha, beta x 9 (beta = 2 for ResNet-56 -> ResNet-20), base temperature 2

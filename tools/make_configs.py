@@ -11,9 +11,10 @@ losses (PKT, RKD, CRD) also decide the forward hooks and, for CRD, the ``Linear4
 The YAML files are plain torchdistill 1.x configs: edit a generated file by hand if you like, but then the sync
 test will remind you to move the change here.
 """
+import functools
 import os
 import sys
-import functools
+import textwrap
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -273,6 +274,12 @@ ZSCORE_TRAIN = 'sunshangquan/logit-standardization-KD tools/train.py'           
 DKD_PAIR_CFG = 'megvii-research/mdistiller configs/cifar100/dkd/'                   # per-pair DKD beta
 
 
+def comment(text, indent=14, width=118):
+    """``text`` as YAML comment lines at ``indent`` spaces, wrapped to ``width`` columns."""
+    pad = ' ' * indent
+    return ''.join(f'{pad}# {line}\n' for line in textwrap.wrap(text, width - indent - 2, break_on_hyphens=False))
+
+
 @dataclass(frozen=True)
 class Context:
     """What a loss term or a model block needs to know about the config being written."""
@@ -367,13 +374,11 @@ def zscore_term(ctx):
 """
 
 
-ONLINE_TEACHER_NOTE = f"""\
-              # Online KD: the whole teacher trains with the student, from its pretrained checkpoint, at the FT-KD
-              # teacher lr {FTKD_TEACHER_LR} (PESF-KD paper), so DML, KDCL and FT-KD differ only in the loss. (The DML and
-              # KDCL papers train both networks from scratch at one lr; the PESF-KD authors' released code trains a
-              # pretrained teacher at its own lr, 1e-4, whenever the teacher has a loss: 1170300319/PESF-KD
-              # cv/train_student_DDP.py.)
-"""
+ONLINE_TEACHER_NOTE = comment(
+    f'Online KD: the whole teacher trains with the student, from its pretrained checkpoint, at the FT-KD teacher lr '
+    f'{FTKD_TEACHER_LR} (PESF-KD paper), so DML, KDCL and FT-KD differ only in the loss. (The DML and KDCL papers '
+    "train both networks from scratch at one lr; the PESF-KD authors' released code trains a pretrained teacher at "
+    'its own lr, 1e-4, whenever the teacher has a loss: 1170300319/PESF-KD cv/train_student_DDP.py.)')
 
 
 def dml_term(ctx):
@@ -381,7 +386,7 @@ def dml_term(ctx):
           criterion:
             key: 'DMLLoss'
             kwargs:
-{ONLINE_TEACHER_NOTE}{LOGITS}              temperature: 1.0  # DML paper: plain softmax; each network CE + KL(other || self)
+{ONLINE_TEACHER_NOTE}{LOGITS}              temperature: 1.0  # DML paper: plain softmax, CE + KL(other || self) each
               alpha: 1.0
               beta: 1.0
               reduction: 'batchmean'
@@ -407,27 +412,31 @@ def kdcl_term(target):
 
 def dkd_term(zscore):
     def term(ctx):
-        beta = ctx.pair.dkd_beta
+        beta, warmup = ctx.pair.dkd_beta, ctx.data.dkd_warmup_epochs
         if zscore:
-            weights = f"""              # Z-score authors' DKD + logit standardization: alpha and beta times --kd-weight 9, temperature
-              # --base-temp 2 ({ZSCORE_TRAIN}, --logit-stand branch)
+            weights = comment(f'DKD + Z-score as its authors run it ({ZSCORE_TRAIN} with --logit-stand --base-temp 2 '
+                              "--kd-weight 9): DKD's alpha and beta times 9, temperature 2") + f"""\
               alpha: 9.0
-              beta: {9 * beta}
+              beta: {9 * beta}        # 9 x this pair's DKD beta ({beta})
               temperature: 2.0
 """
         else:
-            weights = f"""              alpha: 1.0        # TCKD weight (DKD's alpha; the CE weight is ce_weight)
-              beta: {beta}         # NCKD weight, {DKD_PAIR_CFG}{{res56_res20: 2, vgg13_vgg8: 6}}.yaml, else 8
+            weights = f"""\
+              alpha: 1.0        # TCKD weight (DKD's alpha, not a CE weight)
+              beta: {beta}         # NCKD weight
               temperature: 4.0
 """
         return f"""        dkd:
           criterion:
             key: 'DKDLoss'
             kwargs:
-{LOGITS}              ce_weight: 1.0    # DKD defaults: {MDISTILLER_CFG} (CE 1, alpha 1, beta 8, T 4, warm-up 20)
-{weights}              warmup_epochs: {ctx.data.dkd_warmup_epochs}  # epoch fed by distillation_pre_epoch_process
+{LOGITS}{comment(f'DKD defaults: CE 1, alpha 1, beta 8, T 4, warm-up 20 of 240 epochs ({MDISTILLER_CFG}); beta per '
+                  f'CIFAR pair: 2 in {DKD_PAIR_CFG}res56_res20.yaml, 6 in vgg13_vgg8.yaml. The warm-up epoch is set by '
+                  f'distillation_pre_epoch_process; here {warmup} of {ctx.data.num_epochs} epochs.')}\
+              ce_weight: 1.0
+{weights}              warmup_epochs: {warmup}
               logit_standardization: {zscore}
-              std: 'unbiased'
+              std: 'unbiased'   # as the Z-score authors' mdistiller/distillers/DKD.py normalize()
           weight: 1.0
 """
     return term
@@ -457,12 +466,13 @@ def pkt_term(ctx):
           criterion:
             key: 'PKTLoss'
             kwargs:
+{comment(f'PKT weight 30000 (alone: with CE 1), as RepDistiller ({MDISTILLER_CFG})')}\
               student_module_path: '{ctx.path('student', ctx.features('student').head)}'
               student_module_io: 'input'   # the classifier's input: the penultimate feature
               teacher_module_path: '{ctx.path('teacher', ctx.features('teacher').head)}'
               teacher_module_io: 'input'
               eps: 0.0000001
-          weight: 30000.0       # {MDISTILLER_CFG}: PKT feature weight 30000, CE 1
+          weight: 30000.0
 """
 
 
@@ -471,9 +481,11 @@ def rkd_term(ctx):
           criterion:
             key: 'RKDLoss'
             kwargs:
-              student_output_path: '{ctx.path('student', ctx.features('student').pool)}'   # pooled feature, flattened by RKDLoss
+{comment(f'distance 25, angle 50, weight 1 (alone: with CE 1), as RepDistiller ({MDISTILLER_CFG}); on the pooled '
+          'penultimate feature (RKDLoss flattens it)')}\
+              student_output_path: '{ctx.path('student', ctx.features('student').pool)}'
               teacher_output_path: '{ctx.path('teacher', ctx.features('teacher').pool)}'
-              dist_factor: 25.0   # {MDISTILLER_CFG}: distance 25, angle 50, feature weight 1, CE 1
+              dist_factor: 25.0
               angle_factor: 50.0
               reduction: 'mean'
           weight: 1.0
@@ -485,6 +497,8 @@ def crd_term(ctx):
           criterion:
             key: 'CRDLoss'
             kwargs:
+{comment(f'NCE temperature 0.07, momentum 0.5, K 16384, embedding 128, weight 0.8 (alone: with CE 1), as RepDistiller '
+          f'({MDISTILLER_CFG})')}\
               teacher_norm_module_path: 'normalizer'
               student_norm_module_path: 'normalizer'
               student_empty_module_path: 'empty'
@@ -492,8 +506,8 @@ def crd_term(ctx):
               output_size: *crd_num_samples
               num_negative_samples: *crd_num_negative_samples
               num_samples: *crd_num_samples
-              temperature: 0.07   # {MDISTILLER_CFG}:
-              momentum: 0.5       #   NCE T 0.07, momentum 0.5, K 16384, dim 128, CRD weight 0.8, CE 1
+              temperature: 0.07
+              momentum: 0.5
               eps: 0.0000001
           weight: 0.8
 """
@@ -621,7 +635,8 @@ def linear4crd_kwargs(ctx, side, indent):
             f"{pad}power: 2\n")
 
 
-def side_block(ctx, side, wrapper, requires_grad, frozen_modules=()):
+def side_block(ctx, side, wrapper, requires_grad, frozen_modules=(), note=''):
+    """``train.teacher`` / ``train.student``: ``wrapper`` is the YAML of an auxiliary model wrapper (or '')."""
     forward_proc = 'forward_batch_supp_dict' if ctx.method.crd else 'forward_batch_only'
     inputs, outputs = hooks(ctx, side)
     return f"""  {side}:
@@ -630,7 +645,7 @@ def side_block(ctx, side, wrapper, requires_grad, frozen_modules=()):
 {wrapper}    forward_hook:
       input: {yaml_list(inputs)}
       output: {yaml_list(outputs)}
-    requires_grad: {requires_grad}
+    requires_grad: {requires_grad}{f'          # {note}' if note else ''}
     frozen_modules: {yaml_list(frozen_modules)}
 """
 
@@ -642,6 +657,10 @@ def teacher_block(ctx):
         if method.crd:
             inner = ("        wrapper:                 # CRD's embedding head on the adapted teacher (trains too)\n"
                      "          key: 'Linear4CRD'\n          kwargs:\n" + linear4crd_kwargs(ctx, 'teacher', 12))
+        if method.features in ('pkt', 'crd'):  # RKDLoss computes its teacher side under no_grad
+            inner += comment(f"The {method.features.upper()} loss reads the adapted teacher's features with grad, "
+                             'so its gradient reaches the adapters too (the released PESF-KD code adapts the logits '
+                             'only).', indent=8)
         wrapper = f"""    auxiliary_model_wrapper:
       key: 'AdapterTeacher'
       kwargs:
@@ -652,9 +671,7 @@ def teacher_block(ctx):
         input_shape: {list(data.input_shape)}
 {inner}"""
         trained = 'the adapters and the CRD head train' if method.crd else 'only the adapters train'
-        block = side_block(ctx, 'teacher', wrapper, True)
-        return block.replace('requires_grad: True\n', f'requires_grad: True          # the teacher forward runs with '
-                                                       f'grad, {trained}\n')
+        return side_block(ctx, 'teacher', wrapper, True, note=f'the teacher forward runs with grad, {trained}')
     if method.crd:
         wrapper = ("    auxiliary_model_wrapper:   # CRD trains the teacher's embedding head ('normalizer') only\n"
                    "      key: 'Linear4CRD'\n      kwargs:\n" + linear4crd_kwargs(ctx, 'teacher', 8))
@@ -712,8 +729,8 @@ datasets:
 
 
 def crd_settings(data):
-    return f"""  # CRD memory: one row per train image, so crd_num_samples must equal the train set size (change it together
-  # with num_train_samples); K negatives per sample and the embedding size as in CRD (Tian et al., ICLR 2020)
+    return f"""  # CRD memory: one row per train image, so crd_num_samples must equal the train set size (change it
+  # together with num_train_samples); K negatives per sample and embedding size as in CRD (Tian et al., 2020)
   crd_num_samples: &crd_num_samples {data.train_size}
   crd_num_negative_samples: &crd_num_negative_samples 16384
   crd_feature_dim: &crd_feature_dim 128

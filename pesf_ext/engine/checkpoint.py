@@ -21,6 +21,7 @@ import torch
 from torchdistill.common.module_util import check_if_wrapped
 
 from .distributed import is_main_process
+from .loop import inference_model
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +105,14 @@ def _student(box):
 
 
 def save_best(box, student_model, best_value, args, dst_ckpt):
-    """Best student in torchdistill's format, plus the trained teacher side when there is one."""
+    """Best student in torchdistill's format, plus the trained teacher side when there is one.
+
+    The student is saved bare (DDP and auxiliary wrappers such as CRD's ``Linear4CRD`` removed), so its keys are
+    those of ``models.student_model`` and ``dst_ckpt`` loads into a freshly built student."""
     student_path, teacher_path, _ = checkpoint_paths(dst_ckpt)
     scheduler = box.lr_scheduler
     atomic_save({
-        'model': unwrap(student_model).state_dict(), 'optimizer': box.optimizer.state_dict(),
+        'model': inference_model(student_model).state_dict(), 'optimizer': box.optimizer.state_dict(),
         'best_value': best_value, 'lr_scheduler': scheduler.state_dict() if scheduler is not None else None,
         'args': args,
     }, student_path)

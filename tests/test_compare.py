@@ -1,0 +1,40 @@
+"""tools/compare.py without training: the configs it writes and the table it prints."""
+import compare
+
+
+def fake_run(student_top1, seconds_per_step, teacher_top1=None, gap=None, teacher_trainable=None):
+    test = {'student': {'top1': student_top1, 'top5': 99.0}}
+    counts = {'student': [272474, 272474]}
+    if teacher_top1 is not None:
+        test['teacher'] = {'top1': teacher_top1, 'top5': 99.0}
+        test['sharpness_gap'] = gap
+        counts['teacher'] = [teacher_trainable, 861620]
+    return {'test': test, 'seconds_per_step': seconds_per_step, 'counts': counts}
+
+
+def test_write_config_sets_the_budget_and_the_crd_memory(tmp_path):
+    sizes = {'num_train_samples': 300, 'num_val_samples': 50, 'num_test_samples': 70}
+    path = compare.write_config('resnet56_resnet20_pesfkd_crd.yaml', str(tmp_path), 2, sizes, crd_negatives=128)
+    with open(path) as f:
+        text = f.read()
+    for expected in ('&num_train_samples 300', '&num_val_samples 50', '&num_test_samples 70', '&num_epochs 2',
+                     '&crd_num_samples 300', '&crd_num_negative_samples 128', f"&ckpt_root '{tmp_path}/ckpt'"):
+        assert expected in text
+    # configs without CRD are written with the same budget and no CRD anchors
+    path = compare.write_config(compare.config_name('kd'), str(tmp_path), 2, sizes, crd_negatives=128)
+    with open(path) as f:
+        text = f.read()
+    assert '&num_train_samples 300' in text and 'crd_num_samples' not in text
+
+
+def test_table_aggregates_seeds_and_relates_cost_to_kd():
+    rows = {
+        compare.STUDENT_CE: compare.summarize([fake_run(60.0, 0.1)]),
+        'kd': compare.summarize([fake_run(70.0, 0.2, 80.0, 1.0, 0), fake_run(72.0, 0.2, 80.0, 3.0, 0)]),
+        'pesfkd': compare.summarize([fake_run(73.0, 0.3, 81.0, 0.5, 37728), fake_run(74.0, 0.3, 83.0, 0.5, 37728)]),
+    }
+    lines = compare.table(rows, failures={'crd': ['crd_seed1']}).splitlines()
+    assert lines[2] == '| Student (CE) | 60.00 ± n/a (n=1) | - | - | 0.1000 | 0.50 | 272,474 / - |'
+    assert lines[3] == '| KD | 71.00 ± 1.41 (n=2) | 80.00 | 2.000 | 0.2000 | 1.00 | 272,474 / 0 |'
+    assert lines[4] == '| PESF-KD | 73.50 ± 0.71 (n=2) | 82.00 | 0.500 | 0.3000 | 1.50 | 272,474 / 37,728 |'
+    assert lines[5].startswith('| CRD | failed: crd_seed1')
