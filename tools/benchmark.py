@@ -5,8 +5,8 @@
 
 Each config is built through the same runner code (models, torchdistill box, optimizer, teacher modes) and fed
 the same random batches (no data loading cost; pretrained weights are random, which does not change the cost).
-Methods are timed in interleaved rounds so that drifts of the machine hit all of them alike; the table gives the
-median seconds per step (forward, backward, optimizer step), its ratio to the first config (KD by default), the
+Methods are timed round-robin, one step of each in turn, so that drifts of the machine hit all of them alike; the
+table gives the median seconds per step (forward, backward, optimizer step), its ratio to the first config (KD by default), the
 bytes of tensors autograd saves for backward during one step (the activation memory a method costs), and on
 CUDA the peak allocated memory.
 """
@@ -94,14 +94,15 @@ def measure(configs, batch_size, steps, warmup, rounds, device, input_size):
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
         entries.append({'name': os.path.basename(path), 'box': box, 'batches': batches, 'times': [],
                         'saved_mb': meter.megabytes, 'peak_mb': peak, 'counts': parameter_counts(box)})
-    for _ in range(rounds):
+    # round-robin, one step of each config in turn: a drift of the machine (frequency, another process) hits every
+    # config alike, which timing blocks of steps per config does not (blocks gave +-10% between equal methods)
+    for i in range(rounds * steps):
         for entry in entries:
-            for i in range(steps):
-                sync(device)
-                start = time.perf_counter()
-                step(entry['box'], entry['batches'][i % len(entry['batches'])])
-                sync(device)
-                entry['times'].append(time.perf_counter() - start)
+            sync(device)
+            start = time.perf_counter()
+            step(entry['box'], entry['batches'][i % len(entry['batches'])])
+            sync(device)
+            entry['times'].append(time.perf_counter() - start)
     return entries
 
 
@@ -127,7 +128,7 @@ def main(argv=None):
     parser.add_argument('--batch_size', type=int, default=64)
     parser.add_argument('--steps', type=int, default=10, help='timed steps per config and round')
     parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--rounds', type=int, default=4, help='timed steps per config = rounds x steps')
     parser.add_argument('--input_size', type=int, default=224, help='image size of ImageNet configs')
     parser.add_argument('--device', default=None)
     parser.add_argument('--seed', type=int, default=0)

@@ -14,12 +14,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quickstart import BUDGET, ROOT, TEACHER, budget_config, run, set_anchor  # noqa: E402
+from quickstart import BUDGET, ROOT, TEACHER, RunFailed, budget_config, run, set_anchor  # noqa: E402
 
 STUDENT_CE = 'student_ce'
 LABELS = {
@@ -120,7 +119,7 @@ def main(argv=None):
             label = f'{method}_seed{seed}'
             try:
                 runs.append(run(config, out_dir, label, seed))
-            except subprocess.CalledProcessError:
+            except RunFailed:
                 failures.setdefault(method, []).append(label)
                 print(f'[{label}] failed; see {os.path.join(out_dir, "logs", label + ".log")}', flush=True)
         if runs:

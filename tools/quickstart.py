@@ -47,7 +47,12 @@ def budget_config(name, out_dir, epochs):
     return path
 
 
+class RunFailed(RuntimeError):
+    """A run of tools/image_classification.py exited with an error (its stderr tail is the message)."""
+
+
 def run(config_path, out_dir, label, seed):
+    """Runs one config in its own process; returns its summary JSON, raises :class:`RunFailed` on failure."""
     summary = os.path.join(out_dir, 'results', f'{label}.json')
     log = os.path.join(out_dir, 'logs', f'{label}.log')
     os.makedirs(os.path.dirname(log), exist_ok=True)
@@ -56,7 +61,7 @@ def run(config_path, out_dir, label, seed):
     print(f'[{label}] {" ".join(command)}', flush=True)
     completed = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if completed.returncode != 0:
-        sys.exit(f'[{label}] failed:\n{completed.stderr[-3000:]}')
+        raise RunFailed(f'[{label}] failed (log: {log}):\n{completed.stderr[-3000:]}')
     with open(summary) as f:
         return json.load(f)
 
@@ -85,9 +90,12 @@ def main(argv=None):
     def config(name, epochs):
         return os.path.join(CONFIG_DIR, name) if args.full else budget_config(name, out_dir, epochs)
 
-    rows = [('teacher CE', run(config(TEACHER, TEACHER_EPOCHS), out_dir, 'teacher_ce', args.seed))]
-    for label, name in METHODS:
-        rows.append((label, run(config(name, BUDGET['num_epochs']), out_dir, label.replace(' ', '_'), args.seed)))
+    try:
+        rows = [('teacher CE', run(config(TEACHER, TEACHER_EPOCHS), out_dir, 'teacher_ce', args.seed))]
+        for label, name in METHODS:
+            rows.append((label, run(config(name, BUDGET['num_epochs']), out_dir, label.replace(' ', '_'), args.seed)))
+    except RunFailed as error:
+        sys.exit(str(error))
     text = table(rows)
     print(text)
     with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
