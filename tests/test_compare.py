@@ -18,7 +18,8 @@ def test_write_config_sets_the_budget_and_the_crd_memory(tmp_path):
     with open(path) as f:
         text = f.read()
     for expected in ('&num_train_samples 300', '&num_val_samples 50', '&num_test_samples 70', '&num_epochs 2',
-                     '&crd_num_samples 300', '&crd_num_negative_samples 128', f"&ckpt_root '{tmp_path}/ckpt'"):
+                     '&crd_num_samples 300', '&crd_num_negative_samples 128', f"&ckpt_root '{tmp_path}/ckpt'",
+                     'milestones: [1]'):
         assert expected in text
     # configs without CRD are written with the same budget and no CRD anchors
     path = compare.write_config(compare.config_name('kd'), str(tmp_path), 2, sizes, crd_negatives=128)

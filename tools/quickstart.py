@@ -5,8 +5,10 @@ KD, PESF-KD, FT-KD and Z-score KD, and print one comparison table.
     python tools/quickstart.py --full     # the configs' full schedule (30 epochs on 55,000 images each)
 
 The budget run uses the shipped configs in configs/fashion_mnist/ unchanged except for a few YAML anchors:
-``num_train_samples`` / ``num_val_samples`` (fixed random subsets), ``num_epochs``, ``num_workers`` and ``ckpt_root`` (so the budget
-checkpoints land in runs/quickstart/ and never overwrite full-schedule ones). Each run is a separate process of
+``num_train_samples`` / ``num_val_samples`` (fixed random subsets), ``num_epochs``, ``num_workers`` and ``ckpt_root``
+(so the budget checkpoints land in runs/quickstart/ and never overwrite full-schedule ones), and the learning-rate
+milestones, moved to the last epoch (x0.1 there, as the full schedule's decays at epochs 15 and 25), so that a
+few-epoch run ends on a settled model instead of a high-learning-rate snapshot. Each run is a separate process of
 tools/image_classification.py, exactly as a user would start it.
 """
 import argparse
@@ -24,6 +26,7 @@ METHODS = (('KD', 'resnet56_resnet20_kd.yaml'), ('PESF-KD', 'resnet56_resnet20_p
 BUDGET = {'num_train_samples': 6000, 'num_val_samples': 2000, 'num_test_samples': 10000, 'num_epochs': 3,
           'num_workers': 0}
 TEACHER_EPOCHS = 4
+MILESTONES = re.compile(r'milestones: \[[^\]]*\]')
 
 
 def set_anchor(text, anchor, value):
@@ -40,6 +43,9 @@ def budget_config(name, out_dir, epochs):
     for anchor, value in {**BUDGET, 'num_epochs': epochs}.items():
         text = set_anchor(text, anchor, value)
     text = set_anchor(text, 'ckpt_root', os.path.join(out_dir, 'ckpt'))
+    if epochs > 1:
+        text, count = MILESTONES.subn(f'milestones: [{epochs - 1}]', text)
+        assert count == 1, f'{name}: expected one MultiStepLR milestones line, found {count}'
     path = os.path.join(out_dir, 'configs', name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
