@@ -127,6 +127,13 @@ def test_bad_numbers(pesf_config, name, value, fragment):
     expect(path, config, f'{PESF_TERM}.criterion.kwargs.{name}', fragment)
 
 
+@pytest.mark.parametrize('value, fragment', [('2e-5', 'must be a number'), (0.0, 'must be > 0')])
+def test_bad_learning_rate_names_the_param_group(pesf_config, value, fragment):
+    path, config = pesf_config
+    config['train']['optimizer']['module_wise_configs'][-1]['kwargs']['lr'] = value  # the adapters' group
+    expect(path, config, 'train.optimizer.module_wise_configs[6].kwargs.lr', fragment)
+
+
 def test_missing_checkpoint(pesf_config):
     path, config = pesf_config
     config['models']['teacher_model']['src_ckpt'] = '/nonexistent/teacher.pt'
@@ -146,7 +153,9 @@ def test_missing_dst_ckpt_and_unknown_dataset_id(pesf_config):
 def test_missing_data_files_name_every_place_looked(small_config, tmp_path, monkeypatch):
     path = small_config(PESF, root_dir=str(tmp_path / 'empty'))
     with open(path) as f:
-        text = f.read().replace('download: True', 'download: False')
+        text = f.read()
+    assert 'download:' not in text  # the loader's default is True; no network attempt in this test
+    text = text.replace("        split: '", "        download: False\n        split: '")
     with open(path, 'w') as f:
         f.write(text)
     monkeypatch.setattr(fashion_mnist_module, 'DEBIAN_FASHION_MNIST_DIR', str(tmp_path / 'no_debian'))
@@ -154,7 +163,7 @@ def test_missing_data_files_name_every_place_looked(small_config, tmp_path, monk
         load_config(path)
     message = str(error.value)
     assert path in message and str(tmp_path / 'empty') in message and 'no_debian' in message
-    assert 'download' in message
+    assert 'a download: not allowed (download: False)' in message
 
 
 def test_command_line_prints_one_message(small_config):

@@ -101,6 +101,9 @@ def main(argv=None):
                         help="CRD's negatives per sample (configs and paper: 16384, ~7 s/step on 2 CPU cores; "
                              '4096 keeps the CPU budget affordable)')
     parser.add_argument('--out_dir', default=os.path.join(ROOT, 'runs', 'compare'))
+    parser.add_argument('-reuse', action='store_true',
+                        help='keep the results already in --out_dir (teacher and method/seed runs whose summary JSON '
+                             'exists) and run only the missing ones; delete a JSON to redo that run')
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m != STUDENT_CE and m not in LABELS]
     if unknown:
@@ -109,8 +112,16 @@ def main(argv=None):
     sizes = {'num_train_samples': args.num_train_samples, 'num_val_samples': args.num_val_samples,
              'num_test_samples': args.num_test_samples}
 
+    def run_or_reuse(config, label, seed):
+        summary = os.path.join(out_dir, 'results', f'{label}.json')
+        if args.reuse and os.path.isfile(summary):
+            print(f'[{label}] reusing {summary}', flush=True)
+            with open(summary) as f:
+                return json.load(f)
+        return run(config, out_dir, label, seed)
+
     # one teacher for every method and seed
-    run(write_config(TEACHER, out_dir, args.teacher_epochs, sizes, args.crd_negatives), out_dir, 'teacher_ce', 0)
+    run_or_reuse(write_config(TEACHER, out_dir, args.teacher_epochs, sizes, args.crd_negatives), 'teacher_ce', 0)
     rows, failures = {}, {}
     for method in args.methods:
         config = write_config(config_name(method), out_dir, args.num_epochs, sizes, args.crd_negatives)
@@ -118,7 +129,7 @@ def main(argv=None):
         for seed in range(args.seeds):
             label = f'{method}_seed{seed}'
             try:
-                runs.append(run(config, out_dir, label, seed))
+                runs.append(run_or_reuse(config, label, seed))
             except RunFailed:
                 failures.setdefault(method, []).append(label)
                 print(f'[{label}] failed; see {os.path.join(out_dir, "logs", label + ".log")}', flush=True)

@@ -71,6 +71,23 @@ def _check_numbers(yaml_key, kwargs):
             raise ConfigError(f'{yaml_key}.{name}: must be >= 0, got {value}')
 
 
+def _check_learning_rates(yaml_key, optimizer):
+    """``lr`` of the optimizer and of each ``module_wise_configs`` entry: a number > 0. YAML 1.1 reads '2e-5'
+    (no dot) as a string, which torch would only reject at the first step."""
+    groups = [(f'{yaml_key}.kwargs', optimizer.get('kwargs') or {})]
+    groups += [(f'{yaml_key}.module_wise_configs[{i}].kwargs', group.get('kwargs') or {})
+               for i, group in enumerate(optimizer.get('module_wise_configs') or [])]
+    for key, kwargs in groups:
+        lr = kwargs.get('lr')
+        if lr is None:
+            continue
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            hint = ' (YAML reads 2e-5 as a string; write 2.0e-5 or 0.00002)' if isinstance(lr, str) else ''
+            raise ConfigError(f'{key}.lr: must be a number, got {lr!r}{hint}')
+        if lr <= 0:
+            raise ConfigError(f'{key}.lr: must be > 0, got {lr}')
+
+
 def _check_ckpt(yaml_key, path):
     if path and not str(path).startswith(('http://', 'https://')) and not os.path.isfile(os.path.expanduser(path)):
         raise ConfigError(f'{yaml_key}: checkpoint file not found: {path}')
@@ -115,6 +132,7 @@ def _validate_stage(stage, key_prefix, has_teacher, needs_training):
     optimizer = stage.get('optimizer') or {}
     if optimizer.get('key') is not None:
         _check_key(f'{key_prefix}.optimizer.key', optimizer['key'], [optim_registry.OPTIM_DICT], 'optimizer')
+    _check_learning_rates(f'{key_prefix}.optimizer', optimizer)
     scheduler = stage.get('scheduler') or {}
     if scheduler.get('key') is not None:
         _check_key(f'{key_prefix}.scheduler.key', scheduler['key'], [optim_registry.SCHEDULER_DICT], 'scheduler')
