@@ -12,7 +12,6 @@ from torchdistill.losses.mid_level import PKTLoss
 from torchdistill.models.wrapper import Linear4CRD
 
 import pesf_ext  # noqa: F401
-from _crd_compat import give_datasets_classes
 from pesf_ext.adapters import AdapterTeacher
 from pesf_ext.engine import runner
 from pesf_ext.engine.checkpoint import checkpoint_paths
@@ -76,7 +75,6 @@ def test_online_kd_fine_tunes_the_whole_pretrained_teacher(small_config, name):
 
 
 def test_pesfkd_on_crd_trains_adapters_and_both_crd_heads_only(small_config, monkeypatch):
-    give_datasets_classes(monkeypatch)  # CRDDatasetWrapper reads dataset.classes (see tests/_crd_compat.py)
     built = []
     real_init = Linear4CRD.__init__
 

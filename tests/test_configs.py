@@ -15,7 +15,6 @@ sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 import pesf_ext  # noqa: E402,F401
 import make_configs  # noqa: E402
-from _crd_compat import give_datasets_classes  # noqa: E402
 from pesf_ext.engine.config import load_config  # noqa: E402
 from pesf_ext.engine.models import build_model  # noqa: E402
 from pesf_ext.engine.runner import get_args, run  # noqa: E402
@@ -30,7 +29,6 @@ CRD_NEGATIVES = 4  # CRD negatives per sample on the tiny data (configs: 16384)
 @pytest.fixture
 def tiny_world(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    give_datasets_classes(monkeypatch)  # CRDDatasetWrapper reads dataset.classes (see tests/_crd_compat.py)
     with synthetic_data(num_samples=NUM_SAMPLES):
         yield tmp_path
 

@@ -100,6 +100,7 @@ def fashion_mnist(root='./resource/dataset/fashion_mnist', split='train', transf
     indices = indices.tolist()
     subset = Subset(dataset, indices)
     subset.targets = dataset.targets[indices]
+    subset.classes = dataset.classes  # torchdistill's CRDDatasetWrapper reads both
     return subset
 
 

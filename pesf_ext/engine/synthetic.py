@@ -16,6 +16,7 @@ class RandomImages(Dataset):
         generator = torch.Generator().manual_seed(seed)
         self.images = torch.randn(num_samples, 3, size, size, generator=generator)
         self.targets = torch.randint(0, num_classes, (num_samples,), generator=generator)
+        self.classes = [str(label) for label in range(num_classes)]
 
     def __len__(self):
         return len(self.targets)
