@@ -1,7 +1,7 @@
 """CPU quickstart on real data: train a ResNet-56 teacher on Fashion-MNIST, distil it into a ResNet-20 with
 KD, PESF-KD, FT-KD and Z-score KD, and print one comparison table.
 
-    python tools/quickstart.py            # about 10-15 minutes on 2 CPU cores
+    python tools/quickstart.py            # 10 min 9 s measured on 2 CPU cores (4,000 train images, 3 epochs)
     python tools/quickstart.py --full     # the configs' full schedule (30 epochs on 55,000 images each)
 
 The budget run uses the shipped configs in configs/fashion_mnist/ unchanged except for a few YAML anchors:
@@ -23,7 +23,7 @@ CONFIG_DIR = os.path.join(ROOT, 'configs', 'fashion_mnist')
 TEACHER = 'resnet56_teacher_ce.yaml'
 METHODS = (('KD', 'resnet56_resnet20_kd.yaml'), ('PESF-KD', 'resnet56_resnet20_pesfkd.yaml'),
            ('FT-KD', 'resnet56_resnet20_ftkd.yaml'), ('Z-score KD', 'resnet56_resnet20_zscore.yaml'))
-BUDGET = {'num_train_samples': 6000, 'num_val_samples': 2000, 'num_test_samples': 10000, 'num_epochs': 3,
+BUDGET = {'num_train_samples': 4000, 'num_val_samples': 1000, 'num_test_samples': 5000, 'num_epochs': 3,
           'num_workers': 0}
 TEACHER_EPOCHS = 4
 MILESTONES = re.compile(r'milestones: \[[^\]]*\]')
