@@ -6,9 +6,9 @@
 Each config is built through the same runner code (models, torchdistill box, optimizer, teacher modes) and fed
 the same random batches (no data loading cost; pretrained weights are random, which does not change the cost).
 Methods are timed round-robin, one step of each in turn, so that drifts of the machine hit all of them alike; the
-table gives the median seconds per step (forward, backward, optimizer step), its ratio to the first config (KD by default), the
-bytes of tensors autograd saves for backward during one step (the activation memory a method costs), and on
-CUDA the peak allocated memory.
+table gives the median seconds per step (forward, backward, optimizer step), its ratio to the first config (KD by
+default), the bytes of tensors autograd saves for backward during one step (the activation memory a method costs),
+and on CUDA the peak allocated memory.
 """
 import argparse
 import os

@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quickstart import BUDGET, ROOT, TEACHER, RunFailed, budget_config, run, set_anchor  # noqa: E402
+from quickstart import BUDGET, ROOT, TEACHER, RunFailed, budget_config, run, set_anchor, summary_path  # noqa: E402
 
 STUDENT_CE = 'student_ce'
 LABELS = {
@@ -113,7 +113,7 @@ def main(argv=None):
              'num_test_samples': args.num_test_samples}
 
     def run_or_reuse(config, label, seed):
-        summary = os.path.join(out_dir, 'results', f'{label}.json')
+        summary = summary_path(out_dir, label)
         if args.reuse and os.path.isfile(summary):
             print(f'[{label}] reusing {summary}', flush=True)
             with open(summary) as f:

@@ -256,10 +256,8 @@ IMAGENET = Dataset(
     teacher_from_training=False)
 
 FTKD_TEACHER_LR = 1e-3                  # PESF-KD paper: the fine-tuned teacher's learning rate
-ADAPTER_LR = 2e-5   # PESF-KD authors' code: --adapter_lr default (1170300319/PESF-KD cv/train_student_DDP.py); the
-                    # paper's GLUE grid for the teacher side is {2e-6, 1e-5, 2e-5}. At the student's lr (0.05) the
-                    # adapters drag the teacher to the untrained student within an epoch (Fashion-MNIST budget run:
-                    # adapted teacher 82.4% -> 61-65%, student 41-51% vs 65-71% with KD, 3 seeds).
+ADAPTER_LR = 2e-5   # PESF-KD authors' code: --adapter_lr default (1170300319/PESF-KD cv/train_student_DDP.py); at
+                    # the student's lr the adapters drag the teacher to the untrained student (docs/results_*.md)
 # One eq.-6 bottleneck adapter on the output of the teacher's last block (the feature its classifier pools), the
 # place the authors' released code adapts (their 'head' adapter reads the same feature). Autograd then differentiates
 # only pooling and classifier of the teacher, so PESF-KD costs ~1.02x KD; adapters in every block of the last stage

@@ -57,9 +57,14 @@ class RunFailed(RuntimeError):
     """A run of tools/image_classification.py exited with an error (its stderr tail is the message)."""
 
 
+def summary_path(out_dir, label):
+    """Where the run ``label`` writes its summary JSON (``--summary_json``)."""
+    return os.path.join(out_dir, 'results', f'{label}.json')
+
+
 def run(config_path, out_dir, label, seed):
     """Runs one config in its own process; returns its summary JSON, raises :class:`RunFailed` on failure."""
-    summary = os.path.join(out_dir, 'results', f'{label}.json')
+    summary = summary_path(out_dir, label)
     log = os.path.join(out_dir, 'logs', f'{label}.log')
     os.makedirs(os.path.dirname(log), exist_ok=True)
     command = [sys.executable, os.path.join(ROOT, 'tools', 'image_classification.py'), '--config', config_path,
