@@ -27,6 +27,7 @@ from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_bes
 from .config import load_config, validate_config, validate_model_paths
 from .distributed import barrier, init_distributed, is_main_process, resolve_device, wrap_box_models
 from .loop import evaluate, train_one_epoch
+from .rng import DataStream, isolated_stream
 
 logger = logging.getLogger(__name__)
 DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS = 'distillation_pre_epoch_process'
@@ -80,7 +81,9 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     student_config = student_config_of(config['models'])
     dst_ckpt = student_config['dst_ckpt']
     lr_factor = world_size if distributed and args.adjust_lr else 1
-    box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
+    with isolated_stream(args.seed, 'teacher_side'):  # adapters, heads, loss modules: off the student's streams
+        box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
+    box.data_stream = DataStream(args.seed)
     if distributed:
         wrap_box_models(box, device_ids)
     counts = parameter_counts(box)
@@ -99,6 +102,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     start_time = time.time()
     for epoch in range(start_epoch, box.num_epochs):
         box.pre_epoch_process(epoch=epoch)
+        box.train_data_loader = box.data_stream.wrap(box.train_data_loader)
         stats = train_one_epoch(box, device, epoch, log_freq, args.max_steps_per_epoch)
         timing['steps'] += stats['steps']
         timing['step_seconds'] += stats['step_seconds']
@@ -173,7 +177,8 @@ def run(args, build_model, default_log_freq=1000, config=None):
         teacher.eval()
     student_config = student_config_of(models_config)
     student_key = 'models.student_model' if 'student_model' in models_config else 'models.model'
-    student = build_model(student_config, device, distributed, student_key)
+    with isolated_stream(args.seed, 'student'):  # same initialisation whatever the teacher side draws
+        student = build_model(student_config, device, distributed, student_key)
     validate_model_paths(config, teacher, student)
     results = {'config': args.config, 'seed': args.seed, 'seconds_per_step': None, 'counts': {}}
     trained_teacher = None
