@@ -15,6 +15,7 @@ import time
 
 import torch
 from torch.backends import cudnn
+from tqdm import tqdm
 from torchdistill.common.main_util import load_ckpt, set_seed
 from torchdistill.core.distillation import get_distillation_box
 from torchdistill.core.training import get_training_box
@@ -133,7 +134,9 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     timing = {'steps': 0, 'step_seconds': 0.0}
     start_time = time.time()
     epoch_kwargs = epoch_metrics_kwargs(box, config, args, dst_ckpt)
-    for epoch in range(start_epoch, box.num_epochs):
+    progress = tqdm(range(start_epoch, box.num_epochs), initial=start_epoch, total=box.num_epochs, unit='epoch',
+                    desc='epochs', dynamic_ncols=True, disable=None if is_main_process() else True)  # console only
+    for epoch in progress:
         box.pre_epoch_process(epoch=epoch)
         box.train_data_loader = box.data_stream.wrap(box.train_data_loader)
         stats = train_one_epoch(box, device, epoch, log_freq, args.max_steps_per_epoch)
@@ -146,6 +149,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
             logger.info('Best top-1 accuracy: %.4f -> %.4f; saving %s', best_value, val_top1, dst_ckpt)
             best_value = max(best_value, val_top1)
             save_best(box, student_model, best_value, args, dst_ckpt)
+        progress.set_postfix({'val top-1': f'{val_top1:.2f}', 's/step': f'{stats["seconds_per_step"]:.3f}'})
         box.post_epoch_process(**epoch_kwargs, **({'epoch': epoch, 'epoch_stats': stats} if epoch_kwargs else {}))
         save_last(box, epoch, best_value, args, dst_ckpt)
     barrier()
