@@ -16,7 +16,7 @@ Resumable: a run whose summary JSON exists in ``--out_dir`` is skipped (``-rerun
 interrupted run continues from its last epoch (``-resume``). Runs go in seed-major order, so an interrupted
 comparison still has complete pairs. ``--jobs N`` runs N at a time (``--devices cuda:0 cuda:1`` gives each slot a
 GPU). ``--commands_only`` prints the command of every missing run instead, one per line, for a cluster launcher
-(a Slurm job array, submitit); run compare again afterwards to build the table from their JSON files.
+(a Slurm job array, submitit); ``-table_only`` then builds the table from their JSON files without running anything.
 """
 import argparse
 import itertools
@@ -42,7 +42,8 @@ LABELS = {
     'kdcl_naive': 'KDCL (naive)', 'pkt': 'PKT', 'crd': 'CRD', 'rkd': 'RKD', 'pesfkd_pkt': 'PKT + PESF-KD',
     'pesfkd_crd': 'CRD + PESF-KD', 'pesfkd_rkd': 'RKD + PESF-KD', 'dkd': 'DKD', 'dkd_zscore': 'DKD + Z-score',
 }
-DEFAULT_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore')
+DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
+                   'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')
 FULL_TRAIN_SIZE = 55000  # Fashion-MNIST train split
 
 
@@ -182,6 +183,8 @@ def get_args(argv=None):
     parser.add_argument('-reuse', action='store_true', help='(default now; kept for old command lines)')
     parser.add_argument('--commands_only', action='store_true',
                         help='print the commands of the missing runs (for a cluster launcher) and exit')
+    parser.add_argument('-table_only', action='store_true',
+                        help='run nothing: build the table from the runs already finished in --out_dir')
     return parser.parse_args(argv)
 
 
@@ -210,6 +213,8 @@ def main(argv=None):
             for point, overrides in grid[m]]
     teacher_run = ('teacher', 'teacher_ce', teacher_config, 0, [*EPOCH_METRICS_OVERRIDES, *args.overrides])
     pending = [r for r in [teacher_run, *runs] if args.rerun or not os.path.isfile(summary_path(out_dir, r[1]))]
+    if args.table_only:
+        pending = []
     if args.commands_only:
         for _, run_label, config, seed, overrides in pending:
             print(' '.join(run_command(config, out_dir, run_label, seed, overrides, 'cpu', resume=True)))
