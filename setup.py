@@ -22,7 +22,7 @@ setup(
         'pyyaml',
     ],
     extras_require={
-        'test': ['pytest>=7'],
+        'test': ['pytest>=7', 'ruamel.yaml>=0.17.21'],   # ruamel.yaml: tools/make_configs.py, its sync test
         'plots': ['matplotlib'],
         'nlp': ['transformers>=4.30'],
     },

@@ -441,9 +441,9 @@ def teacher_block(ctx):
                      'kind': note('bottleneck', 'PESF-KD eq. 6: h + relu(h W_down) W_up, W_up zero-initialised'),
                      'bottleneck': 32}]
         if method.features in ('pkt', 'crd'):  # RKDLoss computes its teacher side under no_grad
-            adapters = note(adapters, f"The {method.features.upper()} loss reads the adapted teacher's features with "
-                                      'grad, so its gradient reaches the adapters too (the released PESF-KD code adapts '
-                                      'the logits only).', above=True)
+            adapters = note(adapters, f"The {method.features.upper()} loss reads the adapted teacher's features "
+                                      'with grad, so its gradient reaches the adapters too (the released PESF-KD code '
+                                      'adapts the logits only).', above=True)
         kwargs = {'adapters': adapters, 'input_shape': list(data.input_shape)}
         if method.crd:
             kwargs['wrapper'] = note(linear4crd(ctx, 'teacher'),
