@@ -99,3 +99,22 @@ def test_an_object_written_twice_needs_an_anchor():
     shared = {'mean': [0.5]}
     with pytest.raises(ValueError, match='appears twice'):
         dump_config({'a': shared, 'b': shared})
+
+
+def test_comments_above_keys_sit_at_the_key_and_wrap_to_the_page_width():
+    text = dump_config({'a': 1, 'b': note({'groups': [{'module': 'fc', 'lr': note(0.1, 'word ' * 40, above=True)}]},
+                                          'about b', above=True)})
+    lines = text.splitlines()
+    assert lines[:4] == ['a: 1', '', '# about b', 'b:']
+    comment = [line for line in lines if line.startswith('      # word')]
+    assert len(comment) == 2 and all(len(line) <= 118 for line in comment)
+    assert lines[-1] == '      lr: 0.1' and lines[lines.index(comment[0]) - 1] == "    - module: 'fc'"
+
+
+def test_docstring_example_is_what_dump_config_writes():
+    import yaml_writer
+    doc = yaml_writer.__doc__
+    example = doc[doc.index('Example::') + len('Example::'):doc.index('gives::')]
+    expected = doc[doc.index('gives::') + len('gives::'):].strip('\n')
+    written = eval(example.strip(), vars(yaml_writer))  # the example is one dump_config(...) call
+    assert written == '\n'.join(line[4:] for line in expected.splitlines()) + '\n'

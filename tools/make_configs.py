@@ -97,24 +97,22 @@ def transforms(*steps):
         import_call(f'torchvision.transforms.{key}', kwargs) for key, kwargs in steps]})
 
 
-def fashion_mnist_split(split, size_note, transform=None):
-    kwargs = {'root': alias('root_dir'), 'split': split,
-              'num_samples': note(anchor(f'num_{split}_samples', None), size_note),
-              'transform': transform or alias('eval_transform')}
-    return import_call('pesf_ext.data.fashion_mnist', kwargs)
+def fashion_mnist_split(split, root, size_note, transform):
+    return import_call('pesf_ext.data.fashion_mnist', {
+        'root': root, 'split': split, 'num_samples': note(anchor(f'num_{split}_samples', None), size_note),
+        'transform': transform})
 
 
 FASHION_MNIST_DATASETS = {
-    anchor('train', 'fashion_mnist/train'): import_call('pesf_ext.data.fashion_mnist', {
-        'root': anchor('root_dir', './resource/dataset/fashion_mnist'),
-        'split': 'train',
-        'num_samples': note(anchor('num_train_samples', None),
-                            'null = all 55,000 (5,000 of the 60,000 are held out for val)'),
-        'transform': import_call('pesf_ext.data.fashion_mnist_transform', {'train': True})}),
+    anchor('train', 'fashion_mnist/train'): fashion_mnist_split(
+        'train', anchor('root_dir', './resource/dataset/fashion_mnist'),
+        'null = all 55,000 (5,000 of the 60,000 are held out for val)',
+        import_call('pesf_ext.data.fashion_mnist_transform', {'train': True})),
     anchor('val', 'fashion_mnist/val'): fashion_mnist_split(
-        'val', 'null = all 5,000',
+        'val', alias('root_dir'), 'null = all 5,000',
         anchor('eval_transform', import_call('pesf_ext.data.fashion_mnist_transform', {'train': False}))),
-    anchor('test', 'fashion_mnist/test'): fashion_mnist_split('test', 'null = all 10,000'),
+    anchor('test', 'fashion_mnist/test'): fashion_mnist_split(
+        'test', alias('root_dir'), 'null = all 10,000', alias('eval_transform')),
 }
 CIFAR100_NORMALIZE = {'mean': [0.5071, 0.4865, 0.4409], 'std': [0.2673, 0.2564, 0.2762]}
 CIFAR100_DATASETS = {

@@ -2,7 +2,8 @@
 
 A config generator builds the config as data and calls :func:`dump_config`; nothing is glued from strings. Besides
 dicts (written in insertion order), lists (flow style ``[a, b]`` when every item is a scalar, else block style),
-strings (single-quoted values, plain keys), numbers, booleans (``True``/``False``) and ``None``, the data may hold:
+strings (single-quoted values, plain keys), numbers (floats as decimals, ``0.00002``: PyYAML, which torchdistill
+reads with, takes ``2e-05`` for a string), booleans (``True``/``False``) and ``None``, the data may hold:
 
 - ``anchor(name, value)``: ``&name value``. Anchored scalars are written ``&name value`` on the key's line, the form
   that tools and tests rewrite with the regex ``(&name )(\\S+)`` (e.g. ``&num_epochs 30``, ``&root_dir '...'``,
@@ -11,18 +12,32 @@ strings (single-quoted values, plain keys), numbers, booleans (``True``/``False`
 - ``tagged(tag, value)``: ``!tag value``, e.g. ``tagged('!join', [alias('ckpt_root'), '/ce/x.pt'])``. The helpers
   ``import_call(key, kwargs)``, ``import_get(key)`` and ``join(*parts)`` build torchdistill's ``!import_call``,
   ``!import_get`` and ``!join`` nodes.
-- ``note(value, text)``: ``key: value  # text`` (for a dict value; after ``key:`` when the value is a block), and
-  ``note(value, text, above=True)``: ``text`` as comment lines above ``key:``, wrapped to the page width.
+- ``note(value, text)``: ``key: value  # text`` (for a dict value; after ``key:`` when the value is a block; not on
+  an alias), and ``note(value, text, above=True)``: ``text`` as comment lines above ``key:``, wrapped to the page
+  width.
 
 ``dump_config(data, header_lines)`` returns the YAML text: ``header_lines`` as ``# `` comments on top, then the
 top-level dict with a blank line between its sections. A duplicate anchor name, an alias of a name not anchored
-before it, or an object appearing twice (which YAML would write as an unnamed ``&id001`` alias) raises ValueError.
+before it, a note on an alias, or an object appearing twice (which YAML would write as an unnamed ``&id001``
+alias) raises ValueError.
 
 Example::
 
-    dump_config({'settings': {'num_epochs': anchor('num_epochs', 30)},
-                 'train': {'num_epochs': note(alias('num_epochs'), 'all methods share it')}},
+    dump_config({'settings': {'ckpt_root': anchor('ckpt_root', './ckpt'),
+                              'num_epochs': note(anchor('num_epochs', 30), 'all methods share it')},
+                 'train': {'num_epochs': alias('num_epochs'), 'dst_ckpt': join(alias('ckpt_root'), '/kd.pt')}},
                 ['what this config is'])
+
+gives::
+
+    # what this config is
+    settings:
+      ckpt_root: &ckpt_root './ckpt'
+      num_epochs: &num_epochs 30            # all methods share it
+
+    train:
+      num_epochs: *num_epochs
+      dst_ckpt: !join [*ckpt_root, '/kd.pt']
 """
 import decimal
 import io
@@ -38,7 +53,7 @@ from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.scalarstring import SingleQuotedScalarString
 
 WIDTH = 118            # page width of wrapped comments
-COMMENT_COLUMN = 40    # end-of-line comments start here (or one space after a longer line)
+COMMENT_COLUMN = 40    # end-of-line comments start here (or two spaces after a longer line)
 
 
 @dataclass(eq=False)
@@ -172,7 +187,7 @@ class _Converter:
         if isinstance(value, dict):
             return self.mapping(value, column)
         if isinstance(value, (list, tuple)):
-            seq = CommentedSeq(self(item, column + 4) for item in value)
+            seq = CommentedSeq(self(item, column + 2) for item in value)
             if all(_is_scalar(item) for item in value):
                 seq.fa.set_flow_style()
             return seq
@@ -180,33 +195,38 @@ class _Converter:
             return SingleQuotedScalarString(value)
         return value
 
-    def mapping(self, data, column):
+    def mapping(self, data, column, blank_lines=False):
+        """A dict as a CommentedMap; ``blank_lines``: a blank line before every key but the first."""
         result = CommentedMap()
-        for key, value in data.items():
+        for index, (key, value) in enumerate(data.items()):
             notes = []
             while isinstance(value, Note):
                 notes.append(value)
                 value = value.value
             key = self(key, column, is_key=True)
             result[key] = self(value, column + 2)
+            above = [line for item in notes if item.above
+                     for line in textwrap.wrap(item.text, WIDTH - column - 2, break_on_hyphens=False)]
+            if above or (blank_lines and index):
+                before = '\n'.join(above)
+                result.yaml_set_comment_before_after_key(key, before='\n' + before if blank_lines and index else before,
+                                                         indent=column)
             for item in notes:
                 if item.above:
-                    lines = textwrap.wrap(item.text, WIDTH - column - 2, break_on_hyphens=False)
-                    result.yaml_set_comment_before_after_key(key, before='\n'.join(lines), indent=column)
-                elif isinstance(value, Alias):  # ruamel keeps end-of-line comments on the (shared) anchored node
+                    continue
+                if isinstance(value, Alias):  # ruamel keeps end-of-line comments on the (shared) anchored node
                     raise ValueError(f'note({item.text!r}) on *{value.name}: an alias takes no end-of-line comment')
-                else:
-                    result.yaml_add_eol_comment(f'# {item.text}', key, column=COMMENT_COLUMN)
+                result.yaml_add_eol_comment(f'# {item.text}', key, column=COMMENT_COLUMN)
         return result
 
 
 def dump_config(data, header_lines=()):
     """The YAML text of the dict ``data``: ``header_lines`` as comments on top, blank lines between sections."""
-    document = _Converter()(data, 0)
+    if not isinstance(data, dict):
+        raise ValueError(f'a config is a dict, not {type(data).__name__}')
+    document = _Converter().mapping(data, 0, blank_lines=True)
     if header_lines:
         document.yaml_set_start_comment('\n'.join(header_lines))
-    for key in list(document)[1:]:
-        document.yaml_set_comment_before_after_key(key, before='\n')
     yaml = YAML()
     yaml.Representer, yaml.Emitter = _Representer, _Emitter
     yaml.boolean_representation = ['False', 'True']
