@@ -373,7 +373,8 @@ def optimizer(data, module_wise_configs=None):
     return {**config, 'module_wise_configs': module_wise_configs} if module_wise_configs else config
 
 
-def student_model(data, key, ckpt_dir, experiment):
+def trained_model(data, key, ckpt_dir, experiment):
+    """A model trained from scratch and saved to ``dst_ckpt``."""
     return {'key': key, 'kwargs': {'num_classes': data.num_classes}, 'src_ckpt': None,
             'dst_ckpt': join(alias('ckpt_root'), f'/{ckpt_dir}/{experiment}.pt')}
 
@@ -383,7 +384,7 @@ def models_block(data, pair, ckpt_dir, experiment):
         else None
     return {'teacher_model': {'key': pair.teacher, 'kwargs': pair.teacher_kwargs or {'num_classes': data.num_classes},
                               'src_ckpt': teacher_ckpt},
-            'student_model': student_model(data, pair.student, ckpt_dir, experiment)}
+            'student_model': trained_model(data, pair.student, ckpt_dir, experiment)}
 
 
 def crd_dataset_wrapper():
@@ -498,9 +499,10 @@ def config(data, description, models, train, crd=False):
 def distillation_config(data, pair, method):
     ctx = Context(data, pair, method)
     experiment = f'{data.name}-{pair.student}_from_{pair.teacher}'
+    dataset_wrapper = crd_dataset_wrapper() if method.crd else None
     train = {
         'pre_epoch_process': note('distillation_pre_epoch_process', 'teacher eval where frozen, train where trainable'),
-        'train_data_loader': loader(data, 'train', train=True, dataset_wrapper=method.crd and crd_dataset_wrapper()),
+        'train_data_loader': loader(data, 'train', train=True, dataset_wrapper=dataset_wrapper),
         'val_data_loader': loader(data, 'val', train=False),
         'teacher': teacher_block(ctx),
         'student': side_block(ctx, 'student', linear4crd(ctx, 'student') if method.crd else None),
@@ -520,7 +522,7 @@ def training_config(data, model_key, role):
         'optimizer': optimizer(data), 'scheduler': data.scheduler,
         'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': ce_term(None)}}}
     return config(data, f'cross-entropy training of the {role} ({model_key}) on {data.name}',
-                  {'model': student_model(data, model_key, 'ce', f'{data.name}-{model_key}')}, train)
+                  {'model': trained_model(data, model_key, 'ce', f'{data.name}-{model_key}')}, train)
 
 
 # ---- which configs exist ----
