@@ -10,6 +10,9 @@ from yaml_writer import alias, anchor, dump_config, import_call, import_get, joi
 
 class TagLoader(yaml.FullLoader):
     """PyYAML's FullLoader (torchdistill's) with every ``!tag`` kept as {'!tag': value} and ``!join`` joined."""
+    # an own table: torchdistill's load_yaml_file adds its tag constructors to FullLoader's, which would run them
+    yaml_constructors = {tag: constructor for tag, constructor in yaml.FullLoader.yaml_constructors.items()
+                         if not (tag or '').startswith('!')}
 
 
 def _tag(loader, suffix, node):
