@@ -20,6 +20,7 @@ setup(
         'scipy',
         'scikit-learn',
         'pyyaml',
+        'tqdm',
     ],
     extras_require={
         'test': ['pytest>=7', 'ruamel.yaml>=0.17.21'],   # ruamel.yaml: tools/make_configs.py, its sync test

@@ -133,6 +133,7 @@ def save_last(box, epoch, best_value, args, dst_ckpt):
         'lr_scheduler': box.lr_scheduler.state_dict() if box.lr_scheduler is not None else None,
         'criterion': box.criterion.state_dict() if isinstance(box.criterion, torch.nn.Module) else None,
         'rng': rng_state(),
+        'data_rng': box.data_stream.state_dict() if getattr(box, 'data_stream', None) is not None else None,
     }, last_path)
 
 
@@ -151,6 +152,8 @@ def load_last(box, dst_ckpt):
     if state['criterion'] is not None:
         box.criterion.load_state_dict(state['criterion'])
     set_rng_state(state['rng'])
+    if state.get('data_rng') is not None and getattr(box, 'data_stream', None) is not None:
+        box.data_stream.load_state_dict(state['data_rng'])
     logger.info('Resumed from %s after epoch %d (best %.4f)', last_path, state['epoch'], state['best_value'])
     return state['epoch'] + 1, state['best_value']
 

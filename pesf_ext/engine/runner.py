@@ -12,9 +12,12 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch.backends import cudnn
+from tqdm import tqdm
 from torchdistill.common.main_util import load_ckpt, set_seed
 from torchdistill.core.distillation import get_distillation_box
 from torchdistill.core.training import get_training_box
@@ -23,16 +26,21 @@ from torchdistill.misc.log import set_basic_log_config, setup_log_file
 from torchdistill.models.wrapper import build_auxiliary_model_wrapper
 
 from ..adapters.inject import count_parameters
+from ..epoch_metrics import PROCESS_NAME, check_options, records_paths
 from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_best, save_last, unwrap
 from .config import load_config, validate_config, validate_model_paths
 from .distributed import barrier, init_distributed, is_main_process, resolve_device, wrap_box_models
-from .loop import evaluate, train_one_epoch
+from .errors import ConfigError
+from .overrides import apply_overrides
+from .loop import evaluate, inference_model, train_one_epoch
+from .rng import DataStream, isolated_stream
 
 logger = logging.getLogger(__name__)
 DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS = 'distillation_pre_epoch_process'
 
 
-def get_args(argv=None, description='Knowledge distillation with pesf_ext (torchdistill runner)'):
+def get_args(argv=None, description='Knowledge distillation with pesf_ext (torchdistill runner)', extra=None):
+    """The runners' command line; ``extra(parser)`` adds a runner's own arguments (the text runner's --data_dir)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--config', required=True, help='yaml file path')
     parser.add_argument('--device', default=None, help='device (default: cuda when available, else cpu)')
@@ -51,7 +59,17 @@ def get_args(argv=None, description='Knowledge distillation with pesf_ext (torch
     parser.add_argument('--dist_url', default='env://', help='url used to set up distributed training')
     parser.add_argument('-adjust_lr', action='store_true',
                         help='multiply learning rate by number of distributed processes (world_size)')
+    add_override_argument(parser)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args(argv)
+
+
+def add_override_argument(parser):
+    """``--set KEY=VALUE ...``: dotted, type-checked overrides of the YAML (:mod:`pesf_ext.engine.overrides`)."""
+    parser.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE',
+                        help='override YAML values, e.g. --set train.num_epochs=5 '
+                             '(lists by index; +KEY=VALUE adds a key; values read as YAML, type-checked)')
 
 
 def student_config_of(models_config):
@@ -76,11 +94,45 @@ def parameter_counts(box):
     return counts
 
 
-def train(teacher, student, config, device, device_ids, distributed, world_size, args):
+def epoch_metrics_kwargs(box, config, args, dst_ckpt):
+    """What the runner hands to ``epoch_metrics_post_epoch_process`` when the YAML switches it on (options checked
+    against the built models now, before training); {} otherwise."""
+    train_config = config['train']
+    if train_config.get('post_epoch_process') != PROCESS_NAME:
+        if 'epoch_metrics' in train_config:
+            raise ConfigError(f'train.epoch_metrics: set `train.post_epoch_process: {PROCESS_NAME}` to use it')
+        return {}
+    nets = {'student': inference_model(box.student_model if hasattr(box, 'student_model') else box.model)}
+    if getattr(box, 'teacher_model', None) is not None:
+        nets['teacher'] = inference_model(box.teacher_model)
+    options = check_options(train_config.get('epoch_metrics'), nets)
+    paths = records_paths(args.run_log, dst_ckpt)
+    if is_main_process():
+        os.makedirs(os.path.dirname(os.path.abspath(paths[0])), exist_ok=True)
+        if not args.resume and os.path.isfile(paths[0]):
+            os.remove(paths[0])
+    logger.info('Per-epoch metrics on the validation set -> %s', paths[0])
+    return {'records_path': paths, 'options': options}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a runner scores models: ``metric_fn(logits, labels) -> {name: value}`` over the whole set (None: top-1 /
+    top-5 accuracy, batch by batch) and the key of the validation metric that selects the best student."""
+    metric_fn: Optional[Callable] = None
+    score_key: str = 'top1'
+
+
+IMAGE_EVALUATION = Evaluation()
+
+
+def train(teacher, student, config, device, device_ids, distributed, world_size, args, evaluation=IMAGE_EVALUATION):
     student_config = student_config_of(config['models'])
     dst_ckpt = student_config['dst_ckpt']
     lr_factor = world_size if distributed and args.adjust_lr else 1
-    box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
+    with isolated_stream(args.seed, 'teacher_side'):  # adapters, heads, loss modules: off the student's streams
+        box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
+    box.data_stream = DataStream(args.seed)
     if distributed:
         wrap_box_models(box, device_ids)
     counts = parameter_counts(box)
@@ -97,19 +149,26 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     student_model = box.student_model if hasattr(box, 'student_model') else box.model
     timing = {'steps': 0, 'step_seconds': 0.0}
     start_time = time.time()
-    for epoch in range(start_epoch, box.num_epochs):
+    epoch_kwargs = epoch_metrics_kwargs(box, config, args, dst_ckpt)
+    progress = tqdm(range(start_epoch, box.num_epochs), initial=start_epoch, total=box.num_epochs, unit='epoch',
+                    desc='epochs', dynamic_ncols=True, disable=None if is_main_process() else True)  # console only
+    for epoch in progress:
         box.pre_epoch_process(epoch=epoch)
+        box.train_data_loader = box.data_stream.wrap(box.train_data_loader)
         stats = train_one_epoch(box, device, epoch, log_freq, args.max_steps_per_epoch)
         timing['steps'] += stats['steps']
         timing['step_seconds'] += stats['step_seconds']
         logger.info('Epoch %d: %.4f s/step over %d steps', epoch, stats['seconds_per_step'], stats['steps'])
-        val_top1 = evaluate({'student': student_model}, box.val_data_loader, device, 'Validation:',
-                            log_freq)['student']['top1']
-        if val_top1 > best_value or not os.path.isfile(dst_ckpt):
-            logger.info('Best top-1 accuracy: %.4f -> %.4f; saving %s', best_value, val_top1, dst_ckpt)
-            best_value = max(best_value, val_top1)
+        val_score = evaluate({'student': student_model}, box.val_data_loader, device, 'Validation:', log_freq,
+                             evaluation.metric_fn)['student'][evaluation.score_key]
+        if val_score > best_value or not os.path.isfile(dst_ckpt):
+            logger.info('Best validation %s: %.4f -> %.4f; saving %s', evaluation.score_key, best_value, val_score,
+                        dst_ckpt)
+            best_value = val_score if not os.path.isfile(dst_ckpt) else max(best_value, val_score)
             save_best(box, student_model, best_value, args, dst_ckpt)
-        box.post_epoch_process()
+        progress.set_postfix({f'val {evaluation.score_key}': f'{val_score:.4g}',
+                              's/step': f'{stats["seconds_per_step"]:.3f}'})
+        box.post_epoch_process(**epoch_kwargs, **({'epoch': epoch, 'epoch_stats': stats} if epoch_kwargs else {}))
         save_last(box, epoch, best_value, args, dst_ckpt)
     barrier()
     logger.info('Training time %s', datetime.timedelta(seconds=int(time.time() - start_time)))
@@ -117,7 +176,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     trained_teacher = box.teacher_model if counts.get('teacher', (0, 0))[0] > 0 else None
     box.clean_modules()
     seconds_per_step = timing['step_seconds'] / max(timing['steps'], 1)
-    return {'counts': counts, 'seconds_per_step': seconds_per_step, 'best_val_top1': best_value,
+    return {'counts': counts, 'seconds_per_step': seconds_per_step, f'best_val_{evaluation.score_key}': best_value,
             'trained_teacher': trained_teacher}
 
 
@@ -136,12 +195,14 @@ def teacher_for_test(teacher, config, device, dst_ckpt, trained_teacher):
 
 
 def format_summary(results):
-    lines = ['', f'{"model":<10}{"top-1":>9}{"top-5":>9}{"trainable params":>20}{"total params":>16}']
-    for name in ('teacher', 'student'):
-        if name not in results['test']:
-            continue
+    models = [name for name in ('teacher', 'student') if name in results['test']]
+    metrics = list(results['test'][models[-1]]) if models else []
+    header = ''.join(f'{("top-1" if m == "top1" else "top-5" if m == "top5" else m):>10}' for m in metrics)
+    lines = ['', f'{"model":<10}{header}{"trainable params":>20}{"total params":>16}']
+    for name in models:
         res, (trainable, total) = results['test'][name], results['counts'].get(name, (0, 0))
-        lines.append(f'{name:<10}{res["top1"]:>9.2f}{res["top5"]:>9.2f}{trainable:>20,}{total:>16,}')
+        values = ''.join(f'{res.get(m, float("nan")):>10.2f}' for m in metrics)
+        lines.append(f'{name:<10}{values}{trainable:>20,}{total:>16,}')
     if 'sharpness_gap' in results['test']:
         lines.append(f'mean sharpness gap S(z_t) - S(z_s) on the test set: {results["test"]["sharpness_gap"]:.4f}')
     if results.get('seconds_per_step') is not None:
@@ -149,10 +210,13 @@ def format_summary(results):
     return '\n'.join(lines)
 
 
-def run(args, build_model, default_log_freq=1000, config=None):
+def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_EVALUATION, prepare_data=None):
     """Runs one YAML: validate, build, train (unless ``-test_only``), test, summarise. Returns the results dict.
 
     ``config`` (an already loaded YAML dict) replaces reading ``args.config``; tests use it to shrink a run.
+    ``evaluation`` says how models are scored (:class:`Evaluation`). ``prepare_data(config, distributed,
+    world_size)``, when given, is called once the models are built and fills ``config['datasets']`` (the text
+    runner tokenizes there, with the student's tokenizer).
     """
     set_basic_log_config()
     device = resolve_device(args.device)
@@ -162,6 +226,8 @@ def run(args, build_model, default_log_freq=1000, config=None):
     logger.info(args)
     cudnn.benchmark = not args.disable_cudnn_benchmark
     config = load_config(args.config) if config is None else config
+    for key, old, new in apply_overrides(config, getattr(args, 'overrides', None)):
+        logger.info('--set %s: %r -> %r', key, old, new)
     validate_config(config, needs_training=not args.test_only)
     if args.log_config:
         logger.info(config)
@@ -173,12 +239,16 @@ def run(args, build_model, default_log_freq=1000, config=None):
         teacher.eval()
     student_config = student_config_of(models_config)
     student_key = 'models.student_model' if 'student_model' in models_config else 'models.model'
-    student = build_model(student_config, device, distributed, student_key)
+    with isolated_stream(args.seed, 'student'):  # same initialisation whatever the teacher side draws
+        student = build_model(student_config, device, distributed, student_key)
     validate_model_paths(config, teacher, student)
+    if prepare_data is not None:
+        prepare_data(config, distributed, world_size)
     results = {'config': args.config, 'seed': args.seed, 'seconds_per_step': None, 'counts': {}}
     trained_teacher = None
     if not args.test_only:
-        train_results = train(teacher, student, config, device, device_ids, distributed, world_size, args)
+        train_results = train(teacher, student, config, device, device_ids, distributed, world_size, args,
+                              evaluation)
         trained_teacher = train_results.pop('trained_teacher')
         results.update(train_results)
     dst_ckpt = student_config.get('dst_ckpt')
@@ -193,7 +263,8 @@ def run(args, build_model, default_log_freq=1000, config=None):
         if not results['counts']:
             results['counts'] = {'teacher': count_parameters(unwrap(models['teacher']))}
     results['counts'].setdefault('student', count_parameters(unwrap(student)))
-    results['test'] = evaluate(models, test_loader, device, 'Test:', config['test'].get('log_freq', default_log_freq))
+    results['test'] = evaluate(models, test_loader, device, 'Test:', config['test'].get('log_freq', default_log_freq),
+                               evaluation.metric_fn)
     if is_main_process():
         logger.info(format_summary(results))
         if args.summary_json:
