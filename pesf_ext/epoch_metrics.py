@@ -32,7 +32,7 @@ from torchdistill.core.interfaces.registry import register_post_epoch_proc_func
 from . import metrics
 from .engine.distributed import all_reduce_sum, is_main_process
 from .engine.errors import ConfigError
-from .engine.loop import batch_len, inference_model, logits_of, move_to
+from .engine.loop import batch_len, inference_model, logits_of, move_to, split_batch
 from .losses.functional import sharpness
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ def collect(models, data_loader, device, temperature=1.0, feature_modules=None, 
     samples = {'labels': []}
     try:
         for batch in data_loader:
-            inputs, targets = move_to(batch[0], device), move_to(batch[1], device)
+            inputs, targets, _ = split_batch(batch)
+            inputs, targets = move_to(inputs, device), move_to(targets, device)
             logits = {}
             for name, net in nets.items():
                 logits[name] = logits_of(net(**inputs) if isinstance(inputs, dict) else net(inputs)).float()

@@ -253,3 +253,15 @@ def test_minilm_rte_slice_end_to_end(tmp_path):
     assert results['counts']['teacher'][0] == 6 * 2 * (384 * 64 + 64 + 64 * 384 + 384)  # Houlsby, r = 64
     assert 0 <= results['test']['student']['accuracy'] <= 100
     assert len(results['_models']['student'].bert.encoder.layer) == 3
+
+
+def test_per_epoch_metrics_on_text(tiny_bert_dir, tiny_glue_dir, tmp_path, tiny_teacher_ckpt):  # noqa: F811
+    import json
+    config = shrunk(offline_config('minilm_l6_minilm_l3_pesfkd.yaml'), tmp_path)
+    config['train']['post_epoch_process'] = 'epoch_metrics_post_epoch_process'
+    log = tmp_path / 'run.log'
+    run_text(tiny_args(tiny_bert_dir, tiny_glue_dir, extra=['--run_log', str(log)]), config=config)
+    with open(tmp_path / 'run_epochs.jsonl') as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 1
+    assert 0.0 <= records[0]['agreement'] <= 1.0 and records[0]['kl'] >= 0.0

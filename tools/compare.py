@@ -41,6 +41,7 @@ LABELS = {
     'pesfkd_zscore': 'PESF-KD + Z-score', 'ftkd_zscore': 'FT-KD + Z-score', 'dml': 'DML', 'kdcl': 'KDCL',
     'kdcl_naive': 'KDCL (naive)', 'pkt': 'PKT', 'crd': 'CRD', 'rkd': 'RKD', 'pesfkd_pkt': 'PKT + PESF-KD',
     'pesfkd_crd': 'CRD + PESF-KD', 'pesfkd_rkd': 'RKD + PESF-KD', 'dkd': 'DKD', 'dkd_zscore': 'DKD + Z-score',
+    'pesfkd_head': 'PESF-KD (head adapter)', 'pkd': 'PKD', 'pkd_pesfkd': 'PKD + PESF-KD',
 }
 DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
                    'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')
@@ -97,15 +98,16 @@ def last_record(path):
     return json.loads(lines[-1]) if lines else None
 
 
-def summarize(runs):
-    """Aggregates one row (method + grid point) over seeds; ``runs`` maps seed -> (summary JSON, last record)."""
+def summarize(runs, metric='top1'):
+    """Aggregates one row (method + grid point) over seeds; ``runs`` maps seed -> (summary JSON, last record);
+    ``metric``: the test metric compared ('top1'; GLUE: 'accuracy', 'score', ...)."""
     test = {seed: result['test'] for seed, (result, _) in runs.items()}
     records = {seed: record for seed, (_, record) in runs.items() if record}
     first = next(iter(runs.values()))[0]
     return {
         'n': len(runs),
-        'student': {seed: t['student']['top1'] for seed, t in test.items()},
-        'teacher': [t['teacher']['top1'] for t in test.values() if 'teacher' in t],
+        'student': {seed: t['student'][metric] for seed, t in test.items()},
+        'teacher': [t['teacher'][metric] for t in test.values() if 'teacher' in t],
         'gap': [t['sharpness_gap'] for t in test.values() if 'sharpness_gap' in t],
         'kl': [r['kl'] for r in records.values() if 'kl' in r],
         'agreement': [r['agreement'] for r in records.values() if 'agreement' in r],
@@ -126,12 +128,13 @@ def paired_interval(row, reference, confidence=0.95):
     return mean(diffs), half, len(diffs)
 
 
-def table(rows, reference=None, failures=None):
-    """Markdown table: ``rows`` maps a row label (method or method@grid point) to :func:`summarize` output."""
+def table(rows, reference=None, failures=None, metric='top-1'):
+    """Markdown table: ``rows`` maps a row label (method or method@grid point) to :func:`summarize` output;
+    ``metric`` names the compared metric in the header."""
     ref = rows.get(reference)
     ref_speed = ref['seconds_per_step'] if ref else None
     ref_name = LABELS.get(reference, reference)
-    lines = [f'| method | student top-1 (mean ± std) | Δ top-1 vs {ref_name}, paired, 95% CI | teacher top-1 | '
+    lines = [f'| method | student {metric} (mean ± std) | Δ {metric} vs {ref_name}, paired, 95% CI | teacher {metric} | '
              f'sharpness gap (test) | KL (val) | agreement (val) | s/step | ratio to {ref_name} | '
              'trainable student / teacher |', '|' + '---|' * 10]
     for label, res in rows.items():

@@ -81,9 +81,10 @@ def count_lines(path):
         return 0
 
 
-def run_command(config_path, out_dir, label, seed, overrides=(), device='cpu', resume=False):
-    """The tools/image_classification.py command line of one run (summary JSON and log under ``out_dir``)."""
-    command = [sys.executable, os.path.join(ROOT, 'tools', 'image_classification.py'), '--config', config_path,
+def run_command(config_path, out_dir, label, seed, overrides=(), device='cpu', resume=False,
+                script='image_classification.py'):
+    """The command line of one run of ``tools/<script>`` (summary JSON and log under ``out_dir``)."""
+    command = [sys.executable, os.path.join(ROOT, 'tools', script), '--config', config_path,
                '--device', device, '--seed', str(seed), '--summary_json', summary_path(out_dir, label),
                '--run_log', os.path.join(out_dir, 'logs', f'{label}.log')]
     if resume:
@@ -93,14 +94,15 @@ def run_command(config_path, out_dir, label, seed, overrides=(), device='cpu', r
     return command
 
 
-def run(config_path, out_dir, label, seed, overrides=(), progress=None, device='cpu', resume=False):
+def run(config_path, out_dir, label, seed, overrides=(), progress=None, device='cpu', resume=False,
+        script='image_classification.py'):
     """Runs one config in its own process (``--set overrides`` passed on); returns its summary JSON, raises
     :class:`RunFailed` on failure. ``progress`` (a tqdm bar counting epochs) advances as the run's per-epoch
     records appear; ``resume`` continues an interrupted run from its last epoch."""
     summary = summary_path(out_dir, label)
     log = os.path.join(out_dir, 'logs', f'{label}.log')
     os.makedirs(os.path.dirname(log), exist_ok=True)
-    command = run_command(config_path, out_dir, label, seed, overrides, device, resume)
+    command = run_command(config_path, out_dir, label, seed, overrides, device, resume, script)
     (progress.write if progress is not None else print)(f'[{label}] {" ".join(command)}')
     records, done = records_path(out_dir, label), 0
     with open(os.path.join(out_dir, 'logs', f'{label}.stderr'), 'w+') as stderr:
