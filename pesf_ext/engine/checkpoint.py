@@ -132,6 +132,7 @@ def save_last(box, epoch, best_value, args, dst_ckpt):
         'optimizer': box.optimizer.state_dict(),
         'lr_scheduler': box.lr_scheduler.state_dict() if box.lr_scheduler is not None else None,
         'criterion': box.criterion.state_dict() if isinstance(box.criterion, torch.nn.Module) else None,
+        'grad_scaler': box.grad_scaler.state_dict() if getattr(box, 'grad_scaler', None) is not None else None,
         'rng': rng_state(),
     }, last_path)
 
@@ -150,6 +151,8 @@ def load_last(box, dst_ckpt):
         box.lr_scheduler.load_state_dict(state['lr_scheduler'])
     if state['criterion'] is not None:
         box.criterion.load_state_dict(state['criterion'])
+    if state.get('grad_scaler') is not None and getattr(box, 'grad_scaler', None) is not None:
+        box.grad_scaler.load_state_dict(state['grad_scaler'])  # fp16 mixed precision: the loss scale goes on
     set_rng_state(state['rng'])
     logger.info('Resumed from %s after epoch %d (best %.4f)', last_path, state['epoch'], state['best_value'])
     return state['epoch'] + 1, state['best_value']

@@ -27,6 +27,7 @@ from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_bes
 from .config import load_config, validate_config, validate_model_paths
 from .distributed import barrier, init_distributed, is_main_process, resolve_device, wrap_box_models
 from .loop import evaluate, train_one_epoch
+from .speed import add_speed_args, apply_speed, check_speed_fits, speed_options
 
 logger = logging.getLogger(__name__)
 DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS = 'distillation_pre_epoch_process'
@@ -51,6 +52,8 @@ def get_args(argv=None, description='Knowledge distillation with pesf_ext (torch
     parser.add_argument('--dist_url', default='env://', help='url used to set up distributed training')
     parser.add_argument('-adjust_lr', action='store_true',
                         help='multiply learning rate by number of distributed processes (world_size)')
+    parser.add_argument('--debug', action='store_true', help='on an error, print the full traceback')
+    add_speed_args(parser)
     return parser.parse_args(argv)
 
 
@@ -83,6 +86,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
     if distributed:
         wrap_box_models(box, device_ids)
+    apply_speed(box, speed_options(config, args), device)
     counts = parameter_counts(box)
     for name, (trainable, total) in counts.items():
         logger.info('%s: %s trainable / %s total parameters', name, f'{trainable:,}', f'{total:,}')
@@ -163,6 +167,7 @@ def run(args, build_model, default_log_freq=1000, config=None):
     cudnn.benchmark = not args.disable_cudnn_benchmark
     config = load_config(args.config) if config is None else config
     validate_config(config, needs_training=not args.test_only)
+    check_speed_fits(speed_options(config, args), config)
     if args.log_config:
         logger.info(config)
     set_seed(args.seed)
