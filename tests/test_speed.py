@@ -16,10 +16,12 @@ from pesf_ext.engine.speed import SpeedOptions, apply_speed, check_speed_fits, s
 CPU = torch.device('cpu')
 
 
-def build(config_path, options=None, edit=None, seed=0):
-    """The runner's box for a small real-data config, with a random teacher whose BatchNorm statistics are
-    calibrated on the training images (so its logits are of a trained network's size)."""
+def build(config_path, options=None, edit=None, seed=0, batch_size=8):
+    """The runner's box for a small real-data config (batches of ``batch_size``: mixed precision is slow on CPUs),
+    with a random teacher whose BatchNorm statistics are calibrated on the training images (so its logits are of a
+    trained network's size)."""
     config = load_config(config_path)
+    config['train']['train_data_loader']['kwargs']['batch_size'] = batch_size
     if edit is not None:
         edit(config)
     models = config['models']
@@ -93,8 +95,9 @@ PESF = 'resnet56_resnet20_pesfkd.yaml'
     SpeedOptions(amp='bf16'),
     SpeedOptions(amp='fp16'),
     SpeedOptions(channels_last=True),
-    SpeedOptions(compile=('student', 'teacher'), compile_backend='aot_eager'),
-    SpeedOptions(amp='bf16', channels_last=True, compile=('student',), compile_backend='aot_eager'),
+    # inductor (the default backend) needs minutes to compile these two ResNets on 2 cores; aot_eager traces the
+    # same graphs (hooks, adapters, autograd) without generating code
+    SpeedOptions(amp='bf16', channels_last=True, compile=('student', 'teacher'), compile_backend='aot_eager'),
 ], ids=lambda options: options.describe())
 def test_each_switch_trains_two_pesfkd_steps(small_config, options):
     box = build(small_config(PESF))
@@ -207,7 +210,9 @@ def test_runner_with_fp16_and_channels_last_saves_the_loss_scale(small_config):
     path = small_config('resnet20_student_ce.yaml')
     args = runner.get_args(['--config', path, '--device', 'cpu', '--seed', '0', '--max_steps_per_epoch', '2',
                             '--amp', 'fp16', '-channels_last'])
-    results = runner.run(args, build_model)
+    config = load_config(path)
+    config['train']['train_data_loader']['kwargs']['batch_size'] = 8
+    results = runner.run(args, build_model, config=config)
     assert 0.0 <= results['test']['student']['top1'] <= 100.0
     best, _, last = checkpoint_paths(load_config(path)['models']['model']['dst_ckpt'])
     state = torch.load(last, weights_only=False)
