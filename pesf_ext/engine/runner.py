@@ -24,6 +24,7 @@ from torchdistill.models.wrapper import build_auxiliary_model_wrapper
 
 from ..adapters.inject import count_parameters
 from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_best, save_last, unwrap
+from .cli import validate_args
 from .config import load_config, validate_config, validate_model_paths
 from .distributed import barrier, init_distributed, is_main_process, resolve_device, wrap_box_models
 from .loop import evaluate, train_one_epoch
@@ -159,6 +160,7 @@ def run(args, build_model, default_log_freq=1000, config=None):
     ``config`` (an already loaded YAML dict) replaces reading ``args.config``; tests use it to shrink a run.
     """
     set_basic_log_config()
+    validate_args(args)
     device = resolve_device(args.device)
     distributed, world_size, device_ids, device = init_distributed(device, args.world_size, args.dist_url)
     if is_main_process() and args.run_log:
