@@ -3,6 +3,6 @@
 Importing the package registers every loss, adapter wrapper, model, dataset and process with torchdistill's
 registries, so a YAML file only needs ``dependencies: [{name: pesf_ext}]`` (the project's runners import it).
 """
-from . import adapters, data, losses, models, procs  # noqa: F401  (registration side effects)
+from . import adapters, data, losses, models, nlp, procs  # noqa: F401  (registration side effects)
 
 __version__ = '0.1.0'

@@ -15,6 +15,7 @@ import traceback
 
 import torch
 
+from ..data.fashion_mnist import DatasetNotFoundError
 from .errors import ConfigError
 from .loop import NonFiniteLossError
 
@@ -27,7 +28,7 @@ def one_line(text):
 
 def describe(error):
     """(one-line message, whether the error is one the user caused and the message fully explains)."""
-    if isinstance(error, ConfigError):
+    if isinstance(error, (ConfigError, DatasetNotFoundError)):
         return f'Config error: {one_line(error)}', True
     if isinstance(error, NonFiniteLossError):
         return f'Training stopped: {one_line(error)}', True

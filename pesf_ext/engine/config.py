@@ -141,7 +141,8 @@ def validate_config(config, needs_training=True):
         if not isinstance(model_config, dict):
             continue
         key = model_config.get('key')
-        if not is_known_model_key(key) and not model_config.get('repo_or_dir'):
+        text_model = 'model_kwargs' in model_config  # Hugging Face schema: the key is a label
+        if not text_model and not is_known_model_key(key) and not model_config.get('repo_or_dir'):
             raise ConfigError(f'models.{name}.key: unknown model `{key}`.'
                               f'{close_matches(key, known_model_keys())}')
         _check_ckpt(f'models.{name}.src_ckpt', model_config.get('src_ckpt'))

@@ -116,6 +116,15 @@ def all_reduce_sum(values, device):
     return tensor.tolist()
 
 
+def all_gather_cpu(tensors):
+    """The list of CPU tensors of every rank, rank 0's first (the list itself in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensors
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, tensors)
+    return [tensor for rank_tensors in gathered for tensor in rank_tensors]
+
+
 def is_main_process():
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 

@@ -2,6 +2,7 @@
 import logging
 import math
 import time
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -9,8 +10,8 @@ from torchdistill.common.module_util import check_if_wrapped
 from torchdistill.misc.log import MetricLogger, SmoothedValue
 from torchdistill.models.wrapper import AuxiliaryModelWrapper
 
-from ..losses.functional import sharpness_gap
-from .distributed import all_reduce_sum
+from ..losses.functional import is_regression, sharpness_gap
+from .distributed import all_gather_cpu, all_reduce_sum
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +70,10 @@ def train_one_epoch(box, device, epoch, log_freq, max_steps=None):
     metric_logger.add_meter('img/s', SmoothedValue(window_size=10, fmt='{value:.1f}'))
     step_seconds, num_steps, num_samples = 0.0, 0, 0
     try:
-        for step, (sample_batch, targets, supp_dict) in enumerate(
-                metric_logger.log_every(box.train_data_loader, log_freq, f'Epoch: [{epoch}]')):
+        for step, batch in enumerate(metric_logger.log_every(box.train_data_loader, log_freq, f'Epoch: [{epoch}]')):
             if max_steps is not None and step >= max_steps:
                 break
+            sample_batch, targets, supp_dict = split_batch(batch)
             _sync(device)
             start = time.perf_counter()
             sample_batch, targets = move_to(sample_batch, device), move_to(targets, device)
@@ -97,10 +98,21 @@ def train_one_epoch(box, device, epoch, log_freq, max_steps=None):
             'seconds_per_step': step_seconds / max(num_steps, 1)}
 
 
+def split_batch(batch):
+    """(sample_batch, targets, supp_dict) of a loader's batch: torchdistill's (x, y[, supp_dict]) tuples, or a
+    tokenized text batch (a mapping with 'labels', as Hugging Face's DataCollatorWithPadding makes): its labels
+    become the targets and the rest is passed to the model as keyword arguments."""
+    if isinstance(batch, Mapping):
+        inputs = {k: v for k, v in batch.items() if k not in ('labels', 'label')}
+        return inputs, batch.get('labels', batch.get('label')), {}
+    sample_batch, targets = batch[0], batch[1]
+    return sample_batch, targets, batch[2] if len(batch) > 2 else {}
+
+
 def move_to(obj, device):
     if torch.is_tensor(obj):
         return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):
         return {k: move_to(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(move_to(v, device) for v in obj)
@@ -125,39 +137,58 @@ def logits_of(output):
     return output.logits if hasattr(output, 'logits') else output
 
 
-@torch.inference_mode()
-def evaluate(models, data_loader, device, header='Test:', log_freq=1000):
-    """Top-1/top-5 accuracy of each model in ``models`` (name → module) on the same batches, plus the mean
-    sharpness gap S(z_teacher) − S(z_student) when both 'teacher' and 'student' are given.
+def run_models(nets, sample_batch):
+    return {name: logits_of(net(**sample_batch) if isinstance(sample_batch, Mapping) else net(sample_batch))
+            for name, net in nets.items()}
 
-    Sums are all-reduced, so every rank returns the same numbers. Models are put in eval mode; the next
-    pre-epoch process restores their training modes.
+
+@torch.inference_mode()
+def evaluate(models, data_loader, device, header='Test:', log_freq=1000, metric_fn=None):
+    """Metrics of each model in ``models`` (name -> module) on the same batches, plus the mean sharpness gap
+    S(z_teacher) - S(z_student) when both 'teacher' and 'student' are given (classification heads only).
+
+    Without ``metric_fn``: top-1/top-5 accuracy in %, accumulated batch by batch. With ``metric_fn(logits, labels)
+    -> {name: value}`` (e.g. GLUE's F1, Matthews, Pearson/Spearman, which need every prediction at once): logits
+    and labels are gathered over the whole set (and over ranks) first. Every rank returns the same numbers. Models
+    are put in eval mode; the next pre-epoch process restores their training modes.
     """
     nets = {name: inference_model(model) for name, model in models.items()}
     for net in nets.values():
         net.eval()
     sums = {name: [0.0, 0.0] for name in nets}
-    gap_sum, count = 0.0, 0
+    collected = {name: [] for name in nets}
+    labels = []
+    gap_sum, count, regression = 0.0, 0, False
     metric_logger = MetricLogger(delimiter='  ')
     for batch in metric_logger.log_every(data_loader, log_freq, header):
-        sample_batch, targets = move_to(batch[0], device), move_to(batch[1], device)
-        logits = {name: logits_of(net(**sample_batch) if isinstance(sample_batch, dict) else net(sample_batch))
-                  for name, net in nets.items()}
+        sample_batch, targets, _ = split_batch(batch)
+        sample_batch, targets = move_to(sample_batch, device), move_to(targets, device)
+        logits = run_models(nets, sample_batch)
         for name, z in logits.items():
+            if metric_fn is not None:
+                collected[name].append(z.float().cpu())
+                continue
             top5 = z.topk(min(5, z.shape[1]), dim=1).indices
             correct = top5.eq(targets[:, None])
             sums[name][0] += correct[:, 0].sum().item()
             sums[name][1] += correct.any(dim=1).sum().item()
-        if 'teacher' in logits and 'student' in logits:
+        labels.append(targets.cpu())
+        regression = regression or any(is_regression(z) for z in logits.values())
+        if 'teacher' in logits and 'student' in logits and not regression:
             gap_sum += sharpness_gap(logits['teacher'].float(), logits['student'].float()).sum().item()
         count += batch_len(targets)
     flat = all_reduce_sum([v for name in nets for v in sums[name]] + [gap_sum, count], device)
     total = max(flat[-1], 1)
-    results = {name: {'top1': 100.0 * flat[2 * i] / total, 'top5': 100.0 * flat[2 * i + 1] / total}
-               for i, name in enumerate(nets)}
-    if 'teacher' in nets and 'student' in nets:
+    if metric_fn is None:
+        results = {name: {'top1': 100.0 * flat[2 * i] / total, 'top5': 100.0 * flat[2 * i + 1] / total}
+                   for i, name in enumerate(nets)}
+    else:
+        gold = torch.cat(all_gather_cpu(labels)) if labels else torch.empty(0)
+        results = {name: metric_fn(torch.cat(all_gather_cpu(collected[name])).numpy(), gold.numpy())
+                   for name in nets}
+    if 'teacher' in nets and 'student' in nets and not regression:
         results['sharpness_gap'] = flat[-2] / total
     for name, res in results.items():
         if isinstance(res, dict):
-            logger.info('%s %s: Acc@1 %.4f  Acc@5 %.4f', header, name, res['top1'], res['top5'])
+            logger.info('%s %s: %s', header, name, '  '.join(f'{k} {v:.4f}' for k, v in res.items()))
     return results

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch.backends import cudnn
@@ -34,7 +36,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS = 'distillation_pre_epoch_process'
 
 
-def get_args(argv=None, description='Knowledge distillation with pesf_ext (torchdistill runner)'):
+def get_args(argv=None, description='Knowledge distillation with pesf_ext (torchdistill runner)', extra=None):
+    """The runners' command line; ``extra(parser)`` adds a runner's own arguments (the text runner's --data_dir)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--config', required=True, help='yaml file path')
     parser.add_argument('--device', default=None, help='device (default: cuda when available, else cpu)')
@@ -55,6 +58,8 @@ def get_args(argv=None, description='Knowledge distillation with pesf_ext (torch
                         help='multiply learning rate by number of distributed processes (world_size)')
     parser.add_argument('--debug', action='store_true', help='on an error, print the full traceback')
     add_speed_args(parser)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args(argv)
 
 
@@ -80,7 +85,18 @@ def parameter_counts(box):
     return counts
 
 
-def train(teacher, student, config, device, device_ids, distributed, world_size, args):
+@dataclass(frozen=True)
+class Evaluation:
+    """How a runner scores models: ``metric_fn(logits, labels) -> {name: value}`` over the whole set (None: top-1 /
+    top-5 accuracy, batch by batch) and the key of the validation metric that selects the best student."""
+    metric_fn: Optional[Callable] = None
+    score_key: str = 'top1'
+
+
+IMAGE_EVALUATION = Evaluation()
+
+
+def train(teacher, student, config, device, device_ids, distributed, world_size, args, evaluation=IMAGE_EVALUATION):
     student_config = student_config_of(config['models'])
     dst_ckpt = student_config['dst_ckpt']
     lr_factor = world_size if distributed and args.adjust_lr else 1
@@ -108,11 +124,12 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
         timing['steps'] += stats['steps']
         timing['step_seconds'] += stats['step_seconds']
         logger.info('Epoch %d: %.4f s/step over %d steps', epoch, stats['seconds_per_step'], stats['steps'])
-        val_top1 = evaluate({'student': student_model}, box.val_data_loader, device, 'Validation:',
-                            log_freq)['student']['top1']
-        if val_top1 > best_value or not os.path.isfile(dst_ckpt):
-            logger.info('Best top-1 accuracy: %.4f -> %.4f; saving %s', best_value, val_top1, dst_ckpt)
-            best_value = max(best_value, val_top1)
+        val_score = evaluate({'student': student_model}, box.val_data_loader, device, 'Validation:', log_freq,
+                             evaluation.metric_fn)['student'][evaluation.score_key]
+        if val_score > best_value or not os.path.isfile(dst_ckpt):
+            logger.info('Best validation %s: %.4f -> %.4f; saving %s', evaluation.score_key, best_value, val_score,
+                        dst_ckpt)
+            best_value = val_score if not os.path.isfile(dst_ckpt) else max(best_value, val_score)
             save_best(box, student_model, best_value, args, dst_ckpt)
         box.post_epoch_process()
         save_last(box, epoch, best_value, args, dst_ckpt)
@@ -122,7 +139,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     trained_teacher = box.teacher_model if counts.get('teacher', (0, 0))[0] > 0 else None
     box.clean_modules()
     seconds_per_step = timing['step_seconds'] / max(timing['steps'], 1)
-    return {'counts': counts, 'seconds_per_step': seconds_per_step, 'best_val_top1': best_value,
+    return {'counts': counts, 'seconds_per_step': seconds_per_step, f'best_val_{evaluation.score_key}': best_value,
             'trained_teacher': trained_teacher}
 
 
@@ -141,12 +158,14 @@ def teacher_for_test(teacher, config, device, dst_ckpt, trained_teacher):
 
 
 def format_summary(results):
-    lines = ['', f'{"model":<10}{"top-1":>9}{"top-5":>9}{"trainable params":>20}{"total params":>16}']
-    for name in ('teacher', 'student'):
-        if name not in results['test']:
-            continue
+    models = [name for name in ('teacher', 'student') if name in results['test']]
+    metrics = list(results['test'][models[-1]]) if models else []
+    header = ''.join(f'{("top-1" if m == "top1" else "top-5" if m == "top5" else m):>10}' for m in metrics)
+    lines = ['', f'{"model":<10}{header}{"trainable params":>20}{"total params":>16}']
+    for name in models:
         res, (trainable, total) = results['test'][name], results['counts'].get(name, (0, 0))
-        lines.append(f'{name:<10}{res["top1"]:>9.2f}{res["top5"]:>9.2f}{trainable:>20,}{total:>16,}')
+        values = ''.join(f'{res.get(m, float("nan")):>10.2f}' for m in metrics)
+        lines.append(f'{name:<10}{values}{trainable:>20,}{total:>16,}')
     if 'sharpness_gap' in results['test']:
         lines.append(f'mean sharpness gap S(z_t) - S(z_s) on the test set: {results["test"]["sharpness_gap"]:.4f}')
     if results.get('seconds_per_step') is not None:
@@ -154,10 +173,13 @@ def format_summary(results):
     return '\n'.join(lines)
 
 
-def run(args, build_model, default_log_freq=1000, config=None):
+def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_EVALUATION, prepare_data=None):
     """Runs one YAML: validate, build, train (unless ``-test_only``), test, summarise. Returns the results dict.
 
     ``config`` (an already loaded YAML dict) replaces reading ``args.config``; tests use it to shrink a run.
+    ``evaluation`` says how models are scored (:class:`Evaluation`). ``prepare_data(config, distributed,
+    world_size)``, when given, is called once the models are built and fills ``config['datasets']`` (the text
+    runner tokenizes there, with the student's tokenizer).
     """
     set_basic_log_config()
     validate_args(args)
@@ -182,10 +204,13 @@ def run(args, build_model, default_log_freq=1000, config=None):
     student_key = 'models.student_model' if 'student_model' in models_config else 'models.model'
     student = build_model(student_config, device, distributed, student_key)
     validate_model_paths(config, teacher, student)
+    if prepare_data is not None:
+        prepare_data(config, distributed, world_size)
     results = {'config': args.config, 'seed': args.seed, 'seconds_per_step': None, 'counts': {}}
     trained_teacher = None
     if not args.test_only:
-        train_results = train(teacher, student, config, device, device_ids, distributed, world_size, args)
+        train_results = train(teacher, student, config, device, device_ids, distributed, world_size, args,
+                              evaluation)
         trained_teacher = train_results.pop('trained_teacher')
         results.update(train_results)
     dst_ckpt = student_config.get('dst_ckpt')
@@ -200,7 +225,8 @@ def run(args, build_model, default_log_freq=1000, config=None):
         if not results['counts']:
             results['counts'] = {'teacher': count_parameters(unwrap(models['teacher']))}
     results['counts'].setdefault('student', count_parameters(unwrap(student)))
-    results['test'] = evaluate(models, test_loader, device, 'Test:', config['test'].get('log_freq', default_log_freq))
+    results['test'] = evaluate(models, test_loader, device, 'Test:', config['test'].get('log_freq', default_log_freq),
+                               evaluation.metric_fn)
     if is_main_process():
         logger.info(format_summary(results))
         if args.summary_json:

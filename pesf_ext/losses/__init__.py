@@ -3,15 +3,19 @@ from .base import LogitPairLoss
 from .dkd import DKDLoss
 from .ftkd import FTKDLoss
 from .functional import (
-    LogitStandardization, cross_entropy, kl_divergence, sharpness, sharpness_gap, soften, softened_kl,
-    standardize_logits
+    LogitStandardization, cross_entropy, is_regression, kl_divergence, sharpness, sharpness_gap, soften, softened_kl,
+    squared_error, standardize_logits
 )
+from .kd import LogitKDLoss
 from .online import DMLLoss, KDCLLoss
 from .pesf import PESFKDLoss
+from .pkd import PKDLoss
+from .task import TaskLoss
 from .zscore import ZScoreKDLoss
 
 __all__ = [
-    'LogitPairLoss', 'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss',
+    'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss',
+    'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss',
     'LogitStandardization', 'standardize_logits', 'soften', 'softened_kl', 'kl_divergence', 'cross_entropy',
     'sharpness', 'sharpness_gap',
 ]

@@ -2,7 +2,9 @@
 import torch
 from torch import nn
 
-from .functional import REDUCTION_CHOICES, LogitStandardization, check_choice, cross_entropy, softened_kl
+from .functional import (
+    REDUCTION_CHOICES, LogitStandardization, check_choice, cross_entropy, is_regression, softened_kl, squared_error
+)
 
 
 def check_weight(name, value):
@@ -41,6 +43,11 @@ class LogitPairLoss(nn.Module):
 
     Each forward stores the unweighted term values (KL terms already tau^2-scaled) as detached tensors in
     ``self.last_terms`` for logging; terms whose weight is 0 are skipped and absent.
+
+    Regression heads (one output per sample, GLUE STS-B) have no class distribution: there the CE term becomes
+    the squared error to the label and the KL term the squared error to the other network's prediction
+    (:func:`~pesf_ext.losses.functional.squared_error`; the temperature does not apply), so every method keeps
+    its gradient routing. Logit standardization needs at least two classes and raises otherwise.
     """
     def __init__(self, student_module_path, student_module_io, teacher_module_path, teacher_module_io,
                  temperature, alpha=None, beta=None, reduction='batchmean',
@@ -77,10 +84,18 @@ class LogitPairLoss(nn.Module):
         """CE(y, z) with this loss's reduction; targets are required whenever a CE weight is > 0."""
         if targets is None:
             raise ValueError(f'{type(self).__name__} needs targets for its cross-entropy term(s)')
+        if is_regression(logits):
+            return squared_error(logits, targets, self.reduction)
         return cross_entropy(logits, targets, self.reduction)
 
     def kl(self, target_logits, input_logits):
-        """tau^2 KL(p_target || p_input) with this loss's temperature, reduction and standardization."""
+        """tau^2 KL(p_target || p_input) with this loss's temperature, reduction and standardization; for a
+        regression head, the squared error of the input's prediction to the target's."""
+        if is_regression(input_logits):
+            if self.standardization is not None:
+                raise ValueError(f'{type(self).__name__}: logit standardization needs at least two classes; a '
+                                 'regression head (one output) has no logit vector to standardize')
+            return squared_error(input_logits, target_logits, self.reduction)
         return softened_kl(target_logits, input_logits, self.temperature, self.reduction, self.standardization)
 
     def weighted_sum(self, weighted_terms, reference):

@@ -99,6 +99,26 @@ def cross_entropy(logits, targets, reduction='batchmean'):
     return F.cross_entropy(logits, targets, reduction='mean' if reduction == 'batchmean' else reduction)
 
 
+def is_regression(logits):
+    """A single output per sample, (N,) or (N, 1), is a regression head (GLUE STS-B), not a class distribution."""
+    return logits.dim() == 1 or logits.shape[-1] == 1
+
+
+def squared_error(prediction, target, reduction='batchmean'):
+    """Regression counterpart of the CE and KD terms (BERT-KD practice for STS-B, e.g. TinyBERT):
+
+    .. math:: \frac{1}{N} \sum_i (\hat{y}_i - t_i)^2
+
+    ``target`` is the label for the hard term and the teacher's prediction for the distillation term; both are
+    flattened to (N,). 'batchmean' and 'mean' are the mean over samples, 'sum' the sum, 'none' per sample.
+    """
+    check_choice('reduction', reduction, REDUCTION_CHOICES)
+    values = (prediction.reshape(-1).float() - target.reshape(-1).float()) ** 2
+    if reduction == 'none':
+        return values
+    return values.sum() if reduction == 'sum' else values.mean()
+
+
 def sharpness(logits):
     """Sharpness of logits (PESF-KD, Rao et al., eq. 2): :math:`S(z) = \\log \\sum_k \\exp(z_k)`, per sample."""
     return torch.logsumexp(logits, dim=-1)

@@ -1,11 +1,11 @@
 """KD on Z-scored logits (logit standardization)."""
 from torchdistill.losses.registry import register_mid_level_loss
 
-from .base import LogitPairLoss
+from .kd import LogitKDLoss
 
 
 @register_mid_level_loss
-class ZScoreKDLoss(LogitPairLoss):
+class ZScoreKDLoss(LogitKDLoss):
     """KD with logit standardization (Sun et al., CVPR 2024, Alg. 2), teacher detached.
 
     .. math:: L = \\alpha \\cdot CE(y, z_s) + \\beta \\cdot \\tau^2
@@ -44,10 +44,3 @@ class ZScoreKDLoss(LogitPairLoss):
                  temperature, eps=1e-7, alpha=None, beta=None, reduction='batchmean', std='unbiased'):
         super().__init__(student_module_path, student_module_io, teacher_module_path, teacher_module_io,
                          temperature, alpha, beta, reduction, logit_standardization=True, std=std, eps=eps)
-
-    def forward(self, student_io_dict, teacher_io_dict, targets=None, *args, **kwargs):
-        z_s, z_t = self.logits(student_io_dict, teacher_io_dict)
-        return self.weighted_sum([
-            ('student_ce', self.alpha, lambda: self.cross_entropy(z_s, targets)),
-            ('student_kl', self.beta, lambda: self.kl(z_t.detach(), z_s)),
-        ], reference=z_s)

@@ -1,0 +1,195 @@
+"""GLUE for the text runner: local TSV/CSV/JSON files or the Hugging Face hub, tokenized once (and cached by
+``datasets``), split into train / validation / test.
+
+The YAML section mirrors torchdistill's GLUE example (``datasets.glue.name``, ``raw_data_kwargs``,
+``dataset_id_map``) and adds what offline, honest runs need::
+
+    datasets:
+      glue:
+        name: 'rte'
+        raw_data_kwargs:
+          data_dir: '../shared/data/glue'   # holds RTE/train.tsv and RTE/dev.tsv; null: the hub's 'glue' (online)
+          train_file_path:                  # explicit files override data_dir (.tsv, .csv or .json/.jsonl)
+          valid_file_path:
+        max_length: 128                     # tokens; longer inputs are truncated, batches padded to their longest
+        num_train_samples: null             # optional subset of the training split (seeded, same for every run)
+        num_val_samples: 250                # hold this many training examples out for validation (model
+                                            # selection); null: validate on GLUE dev, as the papers do
+        dataset_id_map:
+          train: 'rte/train'
+          validation: 'rte/val'
+          test: 'rte/test'                  # GLUE dev (the public test labels are hidden)
+
+Both layouts of the files are read: the Hugging Face export (``sentence1  sentence2  label  idx``) and the original
+GLUE TSVs (MRPC's ``Quality  #1 String  #2 String``, QQP's ``is_duplicate``, STS-B's ``score``); string labels are
+mapped through the task's label names.
+"""
+import csv
+import os
+from dataclasses import dataclass
+
+from ..engine.errors import ConfigError
+from .fashion_mnist import DatasetNotFoundError
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    text_keys: tuple            # the one or two text columns
+    num_labels: int             # 1: regression (STS-B)
+    metrics: tuple              # what the papers report on this task
+    folder: str                 # folder name in the GLUE download
+    label_names: tuple = ()     # names of string labels, in label-id order
+
+    @property
+    def is_regression(self):
+        return self.num_labels == 1
+
+
+GLUE_TASKS = {
+    'cola': GlueTask(('sentence', None), 2, ('matthews',), 'CoLA'),
+    'sst2': GlueTask(('sentence', None), 2, ('accuracy',), 'SST-2'),
+    'mrpc': GlueTask(('sentence1', 'sentence2'), 2, ('accuracy', 'f1'), 'MRPC'),
+    'stsb': GlueTask(('sentence1', 'sentence2'), 1, ('pearson', 'spearman'), 'STS-B'),
+    'qqp': GlueTask(('question1', 'question2'), 2, ('accuracy', 'f1'), 'QQP'),
+    'mnli': GlueTask(('premise', 'hypothesis'), 3, ('accuracy',), 'MNLI',
+                     ('entailment', 'neutral', 'contradiction')),
+    'qnli': GlueTask(('question', 'sentence'), 2, ('accuracy',), 'QNLI', ('entailment', 'not_entailment')),
+    'rte': GlueTask(('sentence1', 'sentence2'), 2, ('accuracy',), 'RTE', ('entailment', 'not_entailment')),
+    'wnli': GlueTask(('sentence1', 'sentence2'), 2, ('accuracy',), 'WNLI'),
+}
+# Column names of the original GLUE files, renamed to the Hugging Face ones.
+COLUMN_ALIASES = {'#1 String': 'sentence1', '#2 String': 'sentence2', 'Quality': 'label', 'score': 'label',
+                  'is_duplicate': 'label'}
+SPLIT_FILES = {'train': 'train', 'dev': 'dev'}
+EXTENSIONS = ('.tsv', '.csv', '.json', '.jsonl')
+
+
+def glue_task(name, yaml_key='datasets.glue.name'):
+    if name not in GLUE_TASKS:
+        raise ConfigError(f'{yaml_key}: unknown GLUE task `{name}`; one of {sorted(GLUE_TASKS)}')
+    return GLUE_TASKS[name]
+
+
+def find_split_file(data_dir, task, split):
+    """``<data_dir>/<TASK folder>/<split>.{tsv,csv,json,jsonl}`` (also ``<data_dir>/<split>.*``), else None."""
+    for folder in (os.path.join(data_dir, task.folder), data_dir):
+        for ext in EXTENSIONS:
+            path = os.path.join(os.path.expanduser(folder), SPLIT_FILES[split] + ext)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def resolve_files(spec, yaml_key='datasets.glue'):
+    """{'train': path, 'dev': path} of a GLUE spec, or None for the hub; ConfigError naming the key if missing."""
+    task = glue_task(spec.get('name'), f'{yaml_key}.name')
+    raw = spec.get('raw_data_kwargs') or {}
+    explicit = {'train': raw.get('train_file_path'), 'dev': raw.get('valid_file_path')}
+    data_dir = raw.get('data_dir')
+    if not any(explicit.values()) and not data_dir:
+        return None
+    files = {}
+    for split, path in explicit.items():
+        key = f'{yaml_key}.raw_data_kwargs.{"train_file_path" if split == "train" else "valid_file_path"}'
+        if path:
+            if not os.path.isfile(os.path.expanduser(path)):
+                raise ConfigError(f'{key}: file not found: {path}')
+            files[split] = os.path.expanduser(path)
+            continue
+        found = find_split_file(data_dir, task, split) if data_dir else None
+        if found is None:
+            where = os.path.join(data_dir or '', task.folder, SPLIT_FILES[split])
+            raise ConfigError(f'{yaml_key}.raw_data_kwargs.data_dir: no {split} file for {spec["name"]} '
+                              f'(looked for {where}.{{tsv,csv,json,jsonl}}); set data_dir (or --data_dir) to the '
+                              f'folder that holds {task.folder}/, or {key}')
+        files[split] = found
+    return files
+
+
+def load_raw_splits(spec, cache_dir=None):
+    """DatasetDict with 'train' and 'dev' of the spec's task, from local files or the hub."""
+    import datasets
+    files = resolve_files(spec)
+    name = spec['name']
+    if files is None:
+        try:
+            raw = datasets.load_dataset('glue', name, cache_dir=cache_dir)
+        except Exception as error:  # noqa: BLE001  (connection errors come in many types)
+            raise DatasetNotFoundError(
+                f"datasets.glue: could not load GLUE '{name}' from the Hugging Face hub ({type(error).__name__}: "
+                f'{error}). Offline, give local files: datasets.glue.raw_data_kwargs.data_dir or --data_dir') from error
+        return datasets.DatasetDict({'train': raw['train'], 'dev': raw['validation']})
+    loaded = {}
+    for split, path in files.items():
+        ext = os.path.splitext(path)[1]
+        if ext in ('.tsv', '.csv'):
+            kwargs = {'delimiter': '\t' if ext == '.tsv' else ',', 'quoting': csv.QUOTE_NONE if ext == '.tsv' else
+                      csv.QUOTE_MINIMAL}
+            loaded[split] = datasets.load_dataset('csv', data_files=path, split='train', cache_dir=cache_dir,
+                                                  keep_default_na=False, **kwargs)
+        else:
+            loaded[split] = datasets.load_dataset('json', data_files=path, split='train', cache_dir=cache_dir)
+    return datasets.DatasetDict(loaded)
+
+
+def normalize_columns(dataset, task, source):
+    renames = {old: new for old, new in COLUMN_ALIASES.items()
+               if old in dataset.column_names and new not in dataset.column_names}
+    dataset = dataset.rename_columns(renames) if renames else dataset
+    needed = [key for key in task.text_keys if key is not None] + ['label']
+    missing = [key for key in needed if key not in dataset.column_names]
+    if missing:
+        raise DatasetNotFoundError(f'{source}: columns {missing} not found (has {dataset.column_names})')
+    return dataset
+
+
+def label_id(value, task):
+    if task.is_regression:
+        return float(value)
+    if isinstance(value, str) and not value.lstrip('-').isdigit():
+        if value not in task.label_names:
+            raise ValueError(f'unknown label {value!r}; expected one of {task.label_names}')
+        return task.label_names.index(value)
+    return int(value)
+
+
+def tokenize_split(dataset, task, tokenizer, max_length, source):
+    dataset = normalize_columns(dataset, task, source)
+    first, second = task.text_keys
+
+    def encode(batch):
+        texts = (batch[first],) if second is None else (batch[first], batch[second])
+        encoded = tokenizer(*[[str(t) for t in column] for column in texts], truncation=True, max_length=max_length)
+        encoded['labels'] = [label_id(v, task) for v in batch['label']]
+        return encoded
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names,
+                       desc=f'tokenizing {source} (cached after the first run)')
+
+
+def build_glue_datasets(spec, tokenizer, split_seed=0, cache_dir=None):
+    """{dataset_id: tokenized Dataset} for the ids of ``spec['dataset_id_map']`` (train, validation, test)."""
+    task = glue_task(spec.get('name'))
+    raw = load_raw_splits(spec, cache_dir)
+    max_length = spec.get('max_length', 128)
+    train = raw['train']
+    num_val = spec.get('num_val_samples')
+    if num_val:
+        held_out = train.train_test_split(test_size=num_val, seed=split_seed, shuffle=True)
+        train, val = held_out['train'], held_out['test']
+    else:
+        val = raw['dev']
+    num_train = spec.get('num_train_samples')
+    if num_train and num_train < len(train):
+        train = train.shuffle(seed=split_seed).select(range(num_train))
+    splits = {'train': train, 'validation': val, 'test': raw['dev']}
+    name = spec['name']
+    out = {}
+    for split, dataset_id in spec['dataset_id_map'].items():
+        if split not in splits:
+                    raise ConfigError(f'datasets.glue.dataset_id_map.{split}: unknown split; use train, validation, test')
+        out[dataset_id] = tokenize_split(splits[split], task, tokenizer, max_length, f'{name}/{split}')
+    return out
+
+
+__all__ = ['GLUE_TASKS', 'GlueTask', 'glue_task', 'resolve_files', 'build_glue_datasets']
