@@ -53,7 +53,8 @@ def test_root_without_sudo_updates_apt_first(sandbox):
 
 def test_user_with_sudo(sandbox):
     calls, _ = sandbox(1000, True, 'test')
-    assert calls == [f'sudo {UPDATE}', f'sudo {INSTALL}', 'python -m pip install torch torchvision -e .[test,nlp,plots]']
+    assert calls == [f'sudo {UPDATE}', f'sudo {INSTALL}',
+                     'python -m pip install torch torchvision -e .[test,nlp,plots]']
 
 
 def test_user_without_sudo_skips_apt_and_says_so(sandbox):

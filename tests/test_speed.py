@@ -219,3 +219,20 @@ def test_runner_with_fp16_and_channels_last_saves_the_loss_scale(small_config):
     assert state['grad_scaler'] is not None and state['grad_scaler']['scale'] <= 2.0 ** 16
     fresh = build_model({'key': 'resnet20', 'kwargs': {'num_classes': 10}}, CPU, False, 'test')
     fresh.load_state_dict(torch.load(best, weights_only=False)['model'])  # same keys as an unswitched student
+
+
+def test_benchmark_times_each_variant_side_by_side(capsys):
+    import benchmark
+    config = benchmark.DEFAULT_CONFIGS[0]  # KD, on random images
+    benchmark.main(['--configs', config, '--batch_size', '4', '--steps', '1', '--rounds', '2', '--warmup', '1',
+                    '--device', 'cpu', '--variants', 'fp32', 'channels_last'])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| resnet56')]
+    assert [row.split(' | ')[0] for row in rows] == ['| resnet56_resnet20_kd.yaml [fp32]',
+                                                     '| resnet56_resnet20_kd.yaml [channels_last]']
+    for row in rows:
+        seconds, images_per_second = (float(cell) for cell in row.split(' | ')[1:3])
+        assert images_per_second == pytest.approx(4 / seconds, rel=1e-2)
+    assert benchmark.variant_options('bf16+channels_last', SpeedOptions()) == \
+        SpeedOptions(amp='bf16', channels_last=True)
+    with pytest.raises(SystemExit, match='--variants: unknown `fp8`'):
+        benchmark.variant_options('fp8', SpeedOptions())
