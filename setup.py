@@ -20,6 +20,7 @@ setup(
         'scipy',
         'scikit-learn',
         'pyyaml',
+        'tqdm',
     ],
     extras_require={
         'test': ['pytest>=7'],

@@ -2,6 +2,8 @@
 
 Each returns a Python float (batch mean). Sharpness and KL come from :mod:`pesf_ext.losses.functional`.
 """
+import math
+
 import torch
 
 from .losses.functional import kl_divergence, sharpness_gap
@@ -51,3 +53,80 @@ def linear_cka(x, y):
     y = y - y.mean(dim=0, keepdim=True)
     cross = torch.linalg.matrix_norm(y.T @ x) ** 2
     return (cross / (torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y))).item()
+
+
+def probability_loyalty(teacher_logits, student_logits):
+    """Mean probability loyalty (Xu et al., `"Beyond Preserved Accuracy: Evaluating Loyalty and Robustness of BERT
+    Compression" <https://arxiv.org/abs/2109.03228>`_, EMNLP 2021, §3.1.2), as the PESF-KD paper reports it:
+
+    .. math:: PL = \\frac{1}{N} \\sum_i 1 - \\sqrt{D_{JS}(p_{t,i} \\| p_{s,i})}, \\quad
+        D_{JS}(p \\| q) = \\tfrac{1}{2} KL(p \\| m) + \\tfrac{1}{2} KL(q \\| m), \\; m = \\tfrac{1}{2}(p + q)
+
+    with p = softmax(z) (temperature 1) and natural logarithms, as ``scipy.spatial.distance.jensenshannon`` (the
+    authors' recommended implementation). 1 for identical predictions."""
+    return probability_loyalty_per_sample(teacher_logits, student_logits).mean().item()
+
+
+def probability_loyalty_per_sample(teacher_logits, student_logits):
+    """Per-sample :math:`1 - \\sqrt{D_{JS}}` of :func:`probability_loyalty` (float64)."""
+    log_p = torch.log_softmax(teacher_logits.double(), dim=-1)
+    log_q = torch.log_softmax(student_logits.double(), dim=-1)
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    jsd = 0.5 * (kl_divergence(log_p, log_m, 'none') + kl_divergence(log_q, log_m, 'none'))  # KL(p||m), KL(q||m)
+    return 1.0 - jsd.clamp_min(0.0).sqrt()
+
+
+def logit_mean_std(logits):
+    """Per-sample mean and (population) standard deviation of the logits over classes, the statistics that
+    Z-score standardization removes (Sun et al., CVPR 2024, Figs. 3 and 5): two (N,) tensors."""
+    logits = logits.double()
+    return logits.mean(dim=-1), logits.std(dim=-1, correction=0)
+
+
+def _unbiased_hsic(gram_x, gram_y):
+    """Unbiased HSIC estimator of Song et al. (JMLR 2012), eq. 5:
+
+    .. math:: HSIC_1(K, L) = \\frac{1}{n(n-3)} \\Big[\\mathrm{tr}(\\tilde K \\tilde L)
+        + \\frac{1^\\top \\tilde K 1 \\, 1^\\top \\tilde L 1}{(n-1)(n-2)} - \\frac{2}{n-2} 1^\\top \\tilde K \\tilde L 1\\Big]
+
+    with :math:`\\tilde K, \\tilde L` the Gram matrices with their diagonals set to zero (n ≥ 4)."""
+    n = gram_x.shape[0]
+    k = gram_x - torch.diag(torch.diagonal(gram_x))
+    l_ = gram_y - torch.diag(torch.diagonal(gram_y))
+    trace = (k * l_).sum()  # tr(K L) for symmetric L
+    ones_k, ones_l = k.sum(dim=0), l_.sum(dim=0)
+    return (trace + k.sum() * l_.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (ones_k @ ones_l)) / (n * (n - 3))
+
+
+class MinibatchCKA:
+    """Linear CKA accumulated over minibatches (Nguyen, Raghu, Kornblith, `"Do Wide and Deep Networks Learn the
+    Same Things?" <https://arxiv.org/abs/2010.15327>`_, ICLR 2021, eq. 3), so that a whole test set never has to
+    be held in memory:
+
+    .. math:: CKA_{mb} = \\frac{\\frac{1}{k}\\sum_i HSIC_1(K_i, L_i)}
+        {\\sqrt{\\frac{1}{k}\\sum_i HSIC_1(K_i, K_i)} \\sqrt{\\frac{1}{k}\\sum_i HSIC_1(L_i, L_i)}}
+
+    with :math:`K_i = X_i X_i^\\top`, :math:`L_i = Y_i Y_i^\\top` the linear Gram matrices of minibatch i and
+    :math:`HSIC_1` the unbiased estimator (:func:`_unbiased_hsic`). Minibatches of fewer than 4 samples are
+    skipped (the estimator needs n ≥ 4). Invariant to orthogonal transforms and isotropic scaling of either side.
+    """
+
+    def __init__(self):
+        self.xy = self.xx = self.yy = 0.0
+        self.batches = 0
+
+    def update(self, x, y):
+        x = x.reshape(x.shape[0], -1).double()
+        y = y.reshape(y.shape[0], -1).double()
+        if x.shape[0] < 4:
+            return
+        gram_x, gram_y = x @ x.T, y @ y.T
+        self.xy += _unbiased_hsic(gram_x, gram_y).item()
+        self.xx += _unbiased_hsic(gram_x, gram_x).item()
+        self.yy += _unbiased_hsic(gram_y, gram_y).item()
+        self.batches += 1
+
+    def compute(self):
+        if self.batches == 0 or self.xx <= 0 or self.yy <= 0:
+            return float('nan')
+        return self.xy / math.sqrt(self.xx * self.yy)

@@ -6,6 +6,10 @@ import sys
 import pytest
 import torch
 
+# The tests' models are tiny: thread start-up and spin-waiting cost more than the work, and on a busy 2-core machine
+# two threads per op made the GLUE config tests 9x slower (measured: 17.9 s vs 2.0 s for one config).
+torch.set_num_threads(1)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 FASHION_MNIST_CONFIGS = os.path.join(ROOT, 'configs', 'fashion_mnist')

@@ -1,4 +1,6 @@
 """tools/compare.py without training: the configs it writes and the table it prints."""
+import pytest
+
 import compare
 
 
@@ -28,14 +30,40 @@ def test_write_config_sets_the_budget_and_the_crd_memory(tmp_path):
     assert '&num_train_samples 300' in text and 'crd_num_samples' not in text
 
 
-def test_table_aggregates_seeds_and_relates_cost_to_kd():
+def runs_of(*results, kl=None, agreement=None):
+    record = None if kl is None else {'kl': kl, 'agreement': agreement}
+    return {seed: (result, record) for seed, result in enumerate(results)}
+
+
+def test_paired_interval_hand_computed():
+    """Differences 1, 2, 3 over three seeds: mean 2, s_d = 1, t_{0.975, 2} = 4.302653 (table value)."""
+    ref = compare.summarize(runs_of(fake_run(70.0, 0.2), fake_run(71.0, 0.2), fake_run(72.0, 0.2)))
+    row = compare.summarize(runs_of(fake_run(71.0, 0.2), fake_run(73.0, 0.2), fake_run(75.0, 0.2)))
+    diff, half, n = compare.paired_interval(row, ref)
+    assert (diff, n) == (2.0, 3)
+    assert half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
+
+
+def test_table_aggregates_seeds_pairs_differences_and_relates_cost():
     rows = {
-        compare.STUDENT_CE: compare.summarize([fake_run(60.0, 0.1)]),
-        'kd': compare.summarize([fake_run(70.0, 0.2, 80.0, 1.0, 0), fake_run(72.0, 0.2, 80.0, 3.0, 0)]),
-        'pesfkd': compare.summarize([fake_run(73.0, 0.3, 81.0, 0.5, 37728), fake_run(74.0, 0.3, 83.0, 0.5, 37728)]),
+        compare.STUDENT_CE: compare.summarize(runs_of(fake_run(60.0, 0.1))),
+        'kd': compare.summarize(runs_of(fake_run(70.0, 0.2, 80.0, 1.0, 0), fake_run(72.0, 0.2, 80.0, 3.0, 0),
+                                        kl=0.5, agreement=0.9)),
+        'pesfkd@temperature=2': compare.summarize(runs_of(fake_run(73.0, 0.3, 81.0, 0.5, 37728),
+                                                          fake_run(74.0, 0.3, 83.0, 0.5, 37728))),
     }
-    lines = compare.table(rows, failures={'crd': ['crd_seed1']}).splitlines()
-    assert lines[2] == '| Student (CE) | 60.00 ± n/a (n=1) | - | - | 0.1000 | 0.50 | 272,474 / - |'
-    assert lines[3] == '| KD | 71.00 ± 1.41 (n=2) | 80.00 | 2.000 | 0.2000 | 1.00 | 272,474 / 0 |'
-    assert lines[4] == '| PESF-KD | 73.50 ± 0.71 (n=2) | 82.00 | 0.500 | 0.3000 | 1.50 | 272,474 / 37,728 |'
-    assert lines[5].startswith('| CRD | failed: crd_seed1')
+    lines = compare.table(rows, 'kd', failures={'crd': ['crd_seed1']}).splitlines()
+    assert lines[2] == '| Student (CE) | 60.00 ± n/a (n=1) | -10.00 (n=1) | - | - | - | - | 0.1000 | 0.50 | 272,474 / - |'
+    assert lines[3] == '| KD | 71.00 ± 1.41 (n=2) | - | 80.00 | 2.000 | 0.500 | 0.900 | 0.2000 | 1.00 | 272,474 / 0 |'
+    # differences 3 and 2: mean 2.5, s_d = 0.7071, t_{0.975, 1} = 12.7062 -> half-width 6.35
+    assert lines[4] == ('| PESF-KD (temperature=2) | 73.50 ± 0.71 (n=2) | +2.50 ± 6.35 (n=2) | 82.00 | 0.500 | - | - | '
+                        '0.3000 | 1.50 | 272,474 / 37,728 |')
+    assert lines[5].startswith('| crd | failed: crd_seed1')
+
+
+def test_grid_is_a_product_per_method():
+    grid = compare.parse_grid(['a.b.temperature=2,4', 'kd:c.alpha=0.1,0.5'], ['kd', 'zscore'])
+    assert [label for label, _ in grid['zscore']] == ['temperature=2', 'temperature=4']
+    assert grid['kd'][1] == ('temperature=2_alpha=0.5', ['a.b.temperature=2', 'c.alpha=0.5'])
+    assert len(grid['kd']) == 4
+    assert compare.parse_grid([], ['kd']) == {'kd': [('', [])]}

@@ -31,6 +31,7 @@ sys.path.insert(0, ROOT)
 
 import pesf_ext  # noqa: E402,F401
 from pesf_ext.engine.config import load_config  # noqa: E402
+from pesf_ext.engine.overrides import apply_overrides  # noqa: E402
 from pesf_ext.engine.distributed import resolve_device  # noqa: E402
 from pesf_ext.engine.loop import move_to  # noqa: E402
 from pesf_ext.engine.models import build_model  # noqa: E402
@@ -61,6 +62,8 @@ class SavedTensorMeter:
     def megabytes(self):
         return sum(self.storages.values()) / 2 ** 20
 
+OVERRIDES = []  # --set, applied to every config
+
 
 VARIANT_TOKENS = ('fp32', 'bf16', 'fp16', 'channels_last', 'compile')
 
@@ -81,6 +84,7 @@ def build(config_path, batch_size, device, input_size, options=None, cli_args=No
     section overridden by ``cli_args``."""
     with synthetic_data(num_samples=batch_size * 4, imagenet_size=input_size):
         config = load_config(config_path)
+    apply_overrides(config, OVERRIDES)
     models = config['models']
     teacher_config = {**models['teacher_model'], 'src_ckpt': None}
     with synthetic_data():
@@ -163,8 +167,11 @@ def main(argv=None):
     parser.add_argument('--device', default=None)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--variants', nargs='+', help="e.g. fp32 bf16+channels_last: each config once per variant")
+    parser.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE',
+                        help='YAML overrides applied to every config (see tools/image_classification.py --help)')
     add_speed_args(parser)
     args = parser.parse_args(argv)
+    OVERRIDES[:] = args.overrides
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     variants = [(None, None)]

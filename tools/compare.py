@@ -1,24 +1,39 @@
-"""Compare methods on Fashion-MNIST with several seeds: one Markdown table in the shape of the PESF-KD paper's
-Tables I/II/IV (student accuracy, adapted teacher accuracy, sharpness gap, cost, trainable parameters).
+"""Experiment driver: configs x a grid of YAML overrides x seeds on Fashion-MNIST, one Markdown table with
+mean ± std, the paired difference to a reference method with a 95% t-interval over seeds, cost, trainable
+parameters, sharpness gap, KL and top-1 agreement.
 
-    python tools/compare.py                                   # 16 configs x 3 seeds on the CPU budget of quickstart
-    python tools/compare.py --methods kd pesfkd dkd --seeds 5 --num_train_samples 12000 --num_epochs 5
+    python tools/compare.py --methods kd pesfkd ftkd zscore --seeds 5          # the docs' table (docs/analysis.md)
+    python tools/compare.py --methods kd zscore --seeds 5 \\
+        --grid 'zscore:train.criterion.kwargs.sub_terms.zscore.criterion.kwargs.temperature=2,3' --jobs 2
 
-Every run uses the shipped configs in configs/fashion_mnist/ with the budget anchors of tools/quickstart.py
-(``budget_config``), the same teacher (trained once by ``resnet56_teacher_ce.yaml`` on the same budget), the same
-student architecture and the same train subset; seeds change initialisation and data order only. Each run is a
-separate process of tools/image_classification.py (``quickstart.run``); its summary JSON, log and the table are
-written under ``--out_dir``. A run that fails is reported in the table and does not stop the others.
+Every run is a separate process of tools/image_classification.py on a shipped config of configs/fashion_mnist/ with
+the budget of tools/quickstart.py (``budget_config``; ``--num_*`` change it), the same teacher (trained once by
+``resnet56_teacher_ce.yaml`` on the same budget), its own checkpoint directory and the per-epoch metrics on.
+Paired seeds (``pesf_ext.engine.rng``): with the same seed every method starts from the same student and sees the
+same batches, so differences to the reference are taken seed by seed.
+
+Resumable: a run whose summary JSON exists in ``--out_dir`` is skipped (``-rerun`` redoes everything), and an
+interrupted run continues from its last epoch (``-resume``). Runs go in seed-major order, so an interrupted
+comparison still has complete pairs. ``--jobs N`` runs N at a time (``--devices cuda:0 cuda:1`` gives each slot a
+GPU). ``--commands_only`` prints the command of every missing run instead, one per line, for a cluster launcher
+(a Slurm job array, submitit); ``-table_only`` then builds the table from their JSON files without running anything.
 """
 import argparse
+import itertools
 import json
+import math
 import os
+import queue
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quickstart import BUDGET, ROOT, TEACHER, RunFailed, budget_config, run, set_anchor, summary_path  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from quickstart import (BUDGET, EPOCH_METRICS_OVERRIDES, ROOT, TEACHER, RunFailed, budget_config, records_path,  # noqa: E402
+                        run, run_command, set_anchor, summary_path)
 
 STUDENT_CE = 'student_ce'
 LABELS = {
@@ -51,47 +66,108 @@ def write_config(name, out_dir, epochs, sizes, crd_negatives):
     return path
 
 
+def parse_grid(specs, methods):
+    """``['[method:]KEY=v1,v2', ...]`` -> {method: [(label, [overrides]), ...]}: the Cartesian product of the
+    values of every key that applies to the method (all methods without a ``method:`` prefix)."""
+    axes = {method: [] for method in methods}
+    for spec in specs:
+        scope, _, body = spec.rpartition(':') if ':' in spec.split('=', 1)[0] else ('', '', spec)
+        if '=' not in body:
+            raise SystemExit(f'--grid {spec}: expected [method:]KEY=v1,v2,...')
+        key, values = body.split('=', 1)
+        for method in ([scope] if scope else methods):
+            if method not in axes:
+                raise SystemExit(f'--grid {spec}: method `{method}` is not in --methods')
+            axes[method].append([(f'{key.rsplit(".", 1)[-1]}={v}', f'{key}={v}') for v in values.split(',')])
+    return {method: [('_'.join(label for label, _ in point), [override for _, override in point])
+                     for point in itertools.product(*axes[method])] for method in methods}
+
+
 def mean(values):
     return sum(values) / len(values) if values else float('nan')
 
 
+def last_record(path):
+    """The last per-epoch metrics record of a run (None without one)."""
+    try:
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+    except OSError:
+        return None
+    return json.loads(lines[-1]) if lines else None
+
+
 def summarize(runs):
-    """Aggregates the JSON results of one method over seeds."""
-    test = [r['test'] for r in runs]
+    """Aggregates one row (method + grid point) over seeds; ``runs`` maps seed -> (summary JSON, last record)."""
+    test = {seed: result['test'] for seed, (result, _) in runs.items()}
+    records = {seed: record for seed, (_, record) in runs.items() if record}
+    first = next(iter(runs.values()))[0]
     return {
         'n': len(runs),
-        'student': [t['student']['top1'] for t in test],
-        'teacher': [t['teacher']['top1'] for t in test if 'teacher' in t],
-        'gap': [t['sharpness_gap'] for t in test if 'sharpness_gap' in t],
-        'seconds_per_step': mean([r['seconds_per_step'] for r in runs]),
-        'counts': runs[0]['counts'],
+        'student': {seed: t['student']['top1'] for seed, t in test.items()},
+        'teacher': [t['teacher']['top1'] for t in test.values() if 'teacher' in t],
+        'gap': [t['sharpness_gap'] for t in test.values() if 'sharpness_gap' in t],
+        'kl': [r['kl'] for r in records.values() if 'kl' in r],
+        'agreement': [r['agreement'] for r in records.values() if 'agreement' in r],
+        'seconds_per_step': mean([result['seconds_per_step'] for result, _ in runs.values()]),
+        'counts': first['counts'],
     }
 
 
-def table(rows, failures=None):
-    """Markdown table: ``rows`` maps a method to :func:`summarize` output."""
-    kd_speed = rows['kd']['seconds_per_step'] if 'kd' in rows else None
-    lines = ['| method | student top-1 (mean ± std) | adapted/used teacher top-1 | sharpness gap | s/step | '
-             'ratio to KD | trainable student / teacher params |', '|' + '---|' * 7]
-    for method, res in rows.items():
-        std = f'{statistics.stdev(res["student"]):.2f}' if res['n'] > 1 else 'n/a'
+def paired_interval(row, reference, confidence=0.95):
+    """Mean and half-width of the ``confidence`` t-interval of the per-seed differences ``row - reference``
+    over the seeds both have: :math:`\\bar d \\pm t_{1-(1-c)/2, n-1} \\, s_d / \\sqrt n`. (mean, half, n)."""
+    from scipy.stats import t
+    seeds = sorted(set(row['student']) & set(reference['student']))
+    diffs = [row['student'][s] - reference['student'][s] for s in seeds]
+    if len(diffs) < 2:
+        return (mean(diffs) if diffs else float('nan')), float('nan'), len(diffs)
+    half = t.ppf(1 - (1 - confidence) / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean(diffs), half, len(diffs)
+
+
+def table(rows, reference=None, failures=None):
+    """Markdown table: ``rows`` maps a row label (method or method@grid point) to :func:`summarize` output."""
+    ref = rows.get(reference)
+    ref_speed = ref['seconds_per_step'] if ref else None
+    ref_name = LABELS.get(reference, reference)
+    lines = [f'| method | student top-1 (mean ± std) | Δ top-1 vs {ref_name}, paired, 95% CI | teacher top-1 | '
+             f'sharpness gap (test) | KL (val) | agreement (val) | s/step | ratio to {ref_name} | '
+             'trainable student / teacher |', '|' + '---|' * 10]
+    for label, res in rows.items():
+        students = list(res['student'].values())
+        std = f'{statistics.stdev(students):.2f}' if len(students) > 1 else 'n/a'
+        if ref is None or label == reference:
+            delta = '-'
+        else:
+            diff, half, n = paired_interval(res, ref)
+            delta = f'{diff:+.2f} ± {half:.2f} (n={n})' if not math.isnan(half) else f'{diff:+.2f} (n={n})'
         teacher = f'{mean(res["teacher"]):.2f}' if res['teacher'] else '-'
         gap = f'{mean(res["gap"]):.3f}' if res['gap'] else '-'
-        ratio = f'{res["seconds_per_step"] / kd_speed:.2f}' if kd_speed else '-'
+        kl = f'{mean(res["kl"]):.3f}' if res['kl'] else '-'
+        agreement = f'{mean(res["agreement"]):.3f}' if res['agreement'] else '-'
+        ratio = f'{res["seconds_per_step"] / ref_speed:.2f}' if ref_speed else '-'
         params = f'{res["counts"]["student"][0]:,} / ' + (
             f'{res["counts"]["teacher"][0]:,}' if 'teacher' in res['counts'] else '-')
-        lines.append(f'| {LABELS.get(method, method)} | {mean(res["student"]):.2f} ± {std} (n={res["n"]}) | '
-                     f'{teacher} | {gap} | {res["seconds_per_step"]:.4f} | {ratio} | {params} |')
-    for method, labels in (failures or {}).items():
-        lines.append(f'| {LABELS.get(method, method)} | failed: {", ".join(labels)} (see logs/) | | | | | |')
+        method, _, point = label.partition('@')
+        name = LABELS.get(method, method) + (f' ({point})' if point else '')
+        lines.append(f'| {name} | {mean(students):.2f} ± {std} (n={res["n"]}) | {delta} | {teacher} | {gap} | '
+                     f'{kl} | {agreement} | {res["seconds_per_step"]:.4f} | {ratio} | {params} |')
+    for label, run_labels in (failures or {}).items():
+        lines.append(f'| {label} | failed: {", ".join(run_labels)} (see logs/) |' + ' |' * 8)
     return '\n'.join(lines)
 
 
-def main(argv=None):
+def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--methods', nargs='+', default=list(DEFAULT_METHODS),
                         help=f'method names (configs/fashion_mnist/resnet56_resnet20_<name>.yaml, or {STUDENT_CE})')
-    parser.add_argument('--seeds', type=int, default=3, help='number of seeds (0, 1, ...) per method')
+    parser.add_argument('--seeds', type=int, default=5, help='number of seeds (0, 1, ...) per method')
+    parser.add_argument('--reference', default='kd', help='method the paired differences are taken to')
+    parser.add_argument('--grid', nargs='+', action='extend', default=[], metavar='[METHOD:]KEY=V1,V2',
+                        help='override values to sweep (Cartesian product), for every method or one')
+    parser.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE',
+                        help='YAML overrides for every run (see tools/image_classification.py --help)')
     parser.add_argument('--num_train_samples', type=int, default=BUDGET['num_train_samples'])
     parser.add_argument('--num_val_samples', type=int, default=BUDGET['num_val_samples'])
     parser.add_argument('--num_test_samples', type=int, default=BUDGET['num_test_samples'])
@@ -100,47 +176,98 @@ def main(argv=None):
     parser.add_argument('--crd_negatives', type=int, default=4096,
                         help="CRD's negatives per sample (configs and paper: 16384, ~7 s/step on 2 CPU cores; "
                              '4096 keeps the CPU budget affordable)')
+    parser.add_argument('--jobs', type=int, default=1, help='runs at a time (default 1: sequential)')
+    parser.add_argument('--devices', nargs='+', default=['cpu'], help='devices, one per parallel slot in turn')
     parser.add_argument('--out_dir', default=os.path.join(ROOT, 'runs', 'compare'))
-    parser.add_argument('-reuse', action='store_true',
-                        help='keep the results already in --out_dir (teacher and method/seed runs whose summary JSON '
-                             'exists) and run only the missing ones; delete a JSON to redo that run')
-    args = parser.parse_args(argv)
-    unknown = [m for m in args.methods if m != STUDENT_CE and m not in LABELS]
+    parser.add_argument('-rerun', action='store_true', help='redo runs whose summary JSON exists')
+    parser.add_argument('-reuse', action='store_true', help='(default now; kept for old command lines)')
+    parser.add_argument('--commands_only', action='store_true',
+                        help='print the commands of the missing runs (for a cluster launcher) and exit')
+    parser.add_argument('-table_only', action='store_true',
+                        help='run nothing: build the table from the runs already finished in --out_dir')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    unknown = [m for m in args.methods if m not in LABELS]
     if unknown:
-        parser.error(f'unknown methods {unknown}; known: {", ".join(LABELS)}')
+        sys.exit(f'--methods: unknown {unknown}; known: {", ".join(LABELS)}')
     out_dir = os.path.abspath(args.out_dir)
     sizes = {'num_train_samples': args.num_train_samples, 'num_val_samples': args.num_val_samples,
              'num_test_samples': args.num_test_samples}
+    grid = parse_grid(args.grid, args.methods)
+    configs = {m: write_config(config_name(m), out_dir, args.num_epochs, sizes, args.crd_negatives)
+               for m in args.methods}
+    teacher_config = write_config(TEACHER, out_dir, args.teacher_epochs, sizes, args.crd_negatives)
 
-    def run_or_reuse(config, label, seed):
-        summary = summary_path(out_dir, label)
-        if args.reuse and os.path.isfile(summary):
-            print(f'[{label}] reusing {summary}', flush=True)
-            with open(summary) as f:
-                return json.load(f)
-        return run(config, out_dir, label, seed)
+    def plan(method, point, overrides, seed):
+        label = f'{method}' + (f'@{point}' if point else '')
+        run_label = f'{label}_seed{seed}'.replace('=', '-').replace('@', '__')
+        ckpt_key = 'models.model.dst_ckpt' if method == STUDENT_CE else 'models.student_model.dst_ckpt'
+        ckpt = os.path.join(out_dir, 'ckpt', run_label, 'student.pt')
+        run_overrides = [*EPOCH_METRICS_OVERRIDES, f'{ckpt_key}={ckpt}', *overrides, *args.overrides]
+        return label, run_label, configs[method], seed, run_overrides
 
-    # one teacher for every method and seed
-    run_or_reuse(write_config(TEACHER, out_dir, args.teacher_epochs, sizes, args.crd_negatives), 'teacher_ce', 0)
-    rows, failures = {}, {}
-    for method in args.methods:
-        config = write_config(config_name(method), out_dir, args.num_epochs, sizes, args.crd_negatives)
-        runs = []
-        for seed in range(args.seeds):
-            label = f'{method}_seed{seed}'
-            try:
-                runs.append(run_or_reuse(config, label, seed))
-            except RunFailed:
-                failures.setdefault(method, []).append(label)
-                print(f'[{label}] failed; see {os.path.join(out_dir, "logs", label + ".log")}', flush=True)
-        if runs:
-            rows[method] = summarize(runs)
-    text = table(rows, failures)
-    text += (f'\n\nFashion-MNIST, ResNet-56 -> ResNet-20; {args.num_train_samples} train / {args.num_test_samples} '
-             f'test images, {args.num_epochs} epochs (teacher: {args.teacher_epochs}), seeds 0..{args.seeds - 1}; '
-             f'CRD with {args.crd_negatives} negatives. Sharpness gap = mean over test images of '
-             'logsumexp(z_t) - logsumexp(z_s); s/step = mean training step time (ratio: to KD, same machine).')
+    runs = [plan(m, point, overrides, seed) for seed in range(args.seeds) for m in args.methods
+            for point, overrides in grid[m]]
+    teacher_run = ('teacher', 'teacher_ce', teacher_config, 0, [*EPOCH_METRICS_OVERRIDES, *args.overrides])
+    pending = [r for r in [teacher_run, *runs] if args.rerun or not os.path.isfile(summary_path(out_dir, r[1]))]
+    if args.table_only:
+        pending = []
+    if args.commands_only:
+        for _, run_label, config, seed, overrides in pending:
+            print(' '.join(run_command(config, out_dir, run_label, seed, overrides, 'cpu', resume=True)))
+        return None
+    epochs = {r[1]: (args.teacher_epochs if r is teacher_run else args.num_epochs) for r in pending}
+    progress = tqdm(total=sum(epochs.values()), unit='epoch', desc=f'compare ({len(pending)} runs)',
+                    dynamic_ncols=True)
+    slots = queue.Queue()
+    for i in range(max(args.jobs, 1)):
+        slots.put(args.devices[i % len(args.devices)])
+
+    def execute(item):
+        _, run_label, config, seed, overrides = item
+        device = slots.get()
+        try:
+            return run(config, out_dir, run_label, seed, overrides, progress, device=device, resume=True)
+        finally:
+            slots.put(device)
+
+    failures = {}
+    try:
+        if teacher_run in pending:
+            execute(teacher_run)
+        with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+            futures = {run_label: (label, pool.submit(execute, item))
+                       for item in pending if item is not teacher_run for label, run_label in [item[:2]]}
+            for run_label, (label, future) in futures.items():
+                try:
+                    future.result()
+                except RunFailed as error:
+                    failures.setdefault(label, []).append(run_label)
+                    progress.write(str(error).splitlines()[0])
+    except RunFailed as error:  # the teacher
+        sys.exit(str(error))
+    finally:
+        progress.close()
+    rows = {}
+    for label, run_label, _, seed, _ in runs:
+        if os.path.isfile(summary_path(out_dir, run_label)):
+            with open(summary_path(out_dir, run_label)) as f:
+                result = json.load(f)
+            rows.setdefault(label, {})[seed] = (result, last_record(records_path(out_dir, run_label)))
+    rows = {label: summarize(seed_runs) for label, seed_runs in rows.items()}
+    text = table(rows, args.reference, failures)
+    text += (f'\n\nFashion-MNIST, ResNet-56 -> ResNet-20; {args.num_train_samples} train / {args.num_val_samples} '
+             f'val / {args.num_test_samples} test images, {args.num_epochs} epochs (teacher: {args.teacher_epochs}), '
+             f'seeds 0..{args.seeds - 1} paired (same student initialisation and batches per seed). Δ: mean over '
+             f'seeds of (method - {LABELS.get(args.reference, args.reference)}) student top-1 with the 95% '
+             't-interval. Sharpness gap: mean over test images of logsumexp(z_t) - logsumexp(z_s); KL (at the '
+             "loss's temperature, without tau^2) and top-1 agreement: validation set after the last epoch; "
+             's/step: mean training step time, same machine.')
     print(text)
+    os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
     with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
         f.write(text + '\n')
     with open(os.path.join(out_dir, 'results', 'summary.json'), 'w') as f:

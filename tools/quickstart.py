@@ -17,6 +17,9 @@ import os
 import re
 import subprocess
 import sys
+import time
+
+from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, 'configs', 'fashion_mnist')
@@ -26,6 +29,9 @@ METHODS = (('KD', 'resnet56_resnet20_kd.yaml'), ('PESF-KD', 'resnet56_resnet20_p
 BUDGET = {'num_train_samples': 4000, 'num_val_samples': 1000, 'num_test_samples': 5000, 'num_epochs': 3,
           'num_workers': 0}
 TEACHER_EPOCHS = 4
+EPOCH_METRICS = 'epoch_metrics_post_epoch_process'
+# switches the per-epoch metrics on in every run (one JSON line per epoch beside the run log; docs/analysis.md)
+EPOCH_METRICS_OVERRIDES = (f'+train.post_epoch_process={EPOCH_METRICS}',)
 MILESTONES = re.compile(r'milestones: \[[^\]]*\]')
 
 
@@ -62,17 +68,55 @@ def summary_path(out_dir, label):
     return os.path.join(out_dir, 'results', f'{label}.json')
 
 
-def run(config_path, out_dir, label, seed):
-    """Runs one config in its own process; returns its summary JSON, raises :class:`RunFailed` on failure."""
+def records_path(out_dir, label):
+    """The per-epoch metrics (JSON lines) of the run ``label``: beside its run log."""
+    return os.path.join(out_dir, 'logs', f'{label}_epochs.jsonl')
+
+
+def count_lines(path):
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def run_command(config_path, out_dir, label, seed, overrides=(), device='cpu', resume=False):
+    """The tools/image_classification.py command line of one run (summary JSON and log under ``out_dir``)."""
+    command = [sys.executable, os.path.join(ROOT, 'tools', 'image_classification.py'), '--config', config_path,
+               '--device', device, '--seed', str(seed), '--summary_json', summary_path(out_dir, label),
+               '--run_log', os.path.join(out_dir, 'logs', f'{label}.log')]
+    if resume:
+        command.append('-resume')
+    if overrides:
+        command += ['--set', *overrides]
+    return command
+
+
+def run(config_path, out_dir, label, seed, overrides=(), progress=None, device='cpu', resume=False):
+    """Runs one config in its own process (``--set overrides`` passed on); returns its summary JSON, raises
+    :class:`RunFailed` on failure. ``progress`` (a tqdm bar counting epochs) advances as the run's per-epoch
+    records appear; ``resume`` continues an interrupted run from its last epoch."""
     summary = summary_path(out_dir, label)
     log = os.path.join(out_dir, 'logs', f'{label}.log')
     os.makedirs(os.path.dirname(log), exist_ok=True)
-    command = [sys.executable, os.path.join(ROOT, 'tools', 'image_classification.py'), '--config', config_path,
-               '--device', 'cpu', '--seed', str(seed), '--summary_json', summary, '--run_log', log]
-    print(f'[{label}] {" ".join(command)}', flush=True)
-    completed = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if completed.returncode != 0:
-        raise RunFailed(f'[{label}] failed (log: {log}):\n{completed.stderr[-3000:]}')
+    command = run_command(config_path, out_dir, label, seed, overrides, device, resume)
+    (progress.write if progress is not None else print)(f'[{label}] {" ".join(command)}')
+    records, done = records_path(out_dir, label), 0
+    with open(os.path.join(out_dir, 'logs', f'{label}.stderr'), 'w+') as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        while process.poll() is None:
+            time.sleep(2)
+            if progress is not None:
+                now = count_lines(records)
+                progress.update(max(now - done, 0))
+                done = max(done, now)
+        stderr.seek(0)
+        error_text = stderr.read()
+    if process.returncode != 0:
+        raise RunFailed(f'[{label}] failed (log: {log}):\n{error_text[-3000:]}')
+    if progress is not None:
+        progress.update(max(count_lines(records) - done, 0))
     with open(summary) as f:
         return json.load(f)
 
@@ -95,18 +139,27 @@ def main(argv=None):
     parser.add_argument('--full', action='store_true', help='full schedule instead of the CPU budget')
     parser.add_argument('--out_dir', default=os.path.join(ROOT, 'runs', 'quickstart'))
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE',
+                        help='YAML overrides passed on to every run (see tools/image_classification.py --help)')
     args = parser.parse_args(argv)
     out_dir = os.path.abspath(args.out_dir)
+    overrides = [*EPOCH_METRICS_OVERRIDES, *args.overrides]
 
     def config(name, epochs):
         return os.path.join(CONFIG_DIR, name) if args.full else budget_config(name, out_dir, epochs)
 
+    epochs = (30, 30) if args.full else (TEACHER_EPOCHS, BUDGET['num_epochs'])
+    progress = tqdm(total=epochs[0] + len(METHODS) * epochs[1], unit='epoch', desc='quickstart', dynamic_ncols=True)
     try:
-        rows = [('teacher CE', run(config(TEACHER, TEACHER_EPOCHS), out_dir, 'teacher_ce', args.seed))]
+        rows = [('teacher CE', run(config(TEACHER, TEACHER_EPOCHS), out_dir, 'teacher_ce', args.seed, overrides,
+                                   progress))]
         for label, name in METHODS:
-            rows.append((label, run(config(name, BUDGET['num_epochs']), out_dir, label.replace(' ', '_'), args.seed)))
+            rows.append((label, run(config(name, BUDGET['num_epochs']), out_dir, label.replace(' ', '_'), args.seed,
+                                    overrides, progress)))
     except RunFailed as error:
         sys.exit(str(error))
+    finally:
+        progress.close()
     text = table(rows)
     print(text)
     with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:

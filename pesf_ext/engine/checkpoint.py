@@ -134,6 +134,7 @@ def save_last(box, epoch, best_value, args, dst_ckpt):
         'criterion': box.criterion.state_dict() if isinstance(box.criterion, torch.nn.Module) else None,
         'grad_scaler': box.grad_scaler.state_dict() if getattr(box, 'grad_scaler', None) is not None else None,
         'rng': rng_state(),
+        'data_rng': box.data_stream.state_dict() if getattr(box, 'data_stream', None) is not None else None,
     }, last_path)
 
 
@@ -154,6 +155,8 @@ def load_last(box, dst_ckpt):
     if state.get('grad_scaler') is not None and getattr(box, 'grad_scaler', None) is not None:
         box.grad_scaler.load_state_dict(state['grad_scaler'])  # fp16 mixed precision: the loss scale goes on
     set_rng_state(state['rng'])
+    if state.get('data_rng') is not None and getattr(box, 'data_stream', None) is not None:
+        box.data_stream.load_state_dict(state['data_rng'])
     logger.info('Resumed from %s after epoch %d (best %.4f)', last_path, state['epoch'], state['best_value'])
     return state['epoch'] + 1, state['best_value']
 

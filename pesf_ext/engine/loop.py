@@ -28,6 +28,7 @@ class LossTermRecorder:
 
     def __init__(self, criterion):
         self.values = {}
+        self.sums, self.counts = {}, {}  # per-term sums over the epoch (:meth:`means`)
         self.handles = []
         for name, (term, factor) in getattr(criterion, 'term_dict', {}).items():
             if isinstance(term, nn.Module):
@@ -36,10 +37,20 @@ class LossTermRecorder:
     def _hook(self, name, factor):
         def record(module, inputs, output):
             if torch.is_tensor(output):
-                self.values[name] = (factor, output.detach())
+                self._keep(name, factor, output.detach())
                 for sub_name, value in getattr(module, 'last_terms', {}).items():
-                    self.values[f'{name}.{sub_name}'] = (None, value)
+                    self._keep(f'{name}.{sub_name}', None, value)
         return record
+
+    def _keep(self, name, factor, value):
+        self.values[name] = (factor, value)
+        if torch.is_tensor(value) and value.numel() > 0:
+            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach().float().mean())
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self):
+        """Mean of every recorded term over the steps so far (unweighted, as each term module returned it)."""
+        return {name: self.sums[name] / self.counts[name] for name in self.sums}
 
     def describe(self):
         parts = []
@@ -68,7 +79,7 @@ def train_one_epoch(box, device, epoch, log_freq, max_steps=None):
     metric_logger = MetricLogger(delimiter='  ')
     metric_logger.add_meter('lr', SmoothedValue(window_size=1, fmt='{value:.6g}'))
     metric_logger.add_meter('img/s', SmoothedValue(window_size=10, fmt='{value:.1f}'))
-    step_seconds, num_steps, num_samples = 0.0, 0, 0
+    step_seconds, num_steps, num_samples, loss_sum = 0.0, 0, 0, 0.0
     try:
         for step, batch in enumerate(metric_logger.log_every(box.train_data_loader, log_freq, f'Epoch: [{epoch}]')):
             if max_steps is not None and step >= max_steps:
@@ -90,12 +101,14 @@ def train_one_epoch(box, device, epoch, log_freq, max_steps=None):
             step_seconds += elapsed
             num_steps += 1
             num_samples += batch_size
+            loss_sum += loss_value
             metric_logger.update(loss=loss_value, lr=box.optimizer.param_groups[0]['lr'])
             metric_logger.meters['img/s'].update(batch_size / max(elapsed, 1e-9))
     finally:
         recorder.remove()
     return {'steps': num_steps, 'samples': num_samples, 'step_seconds': step_seconds,
-            'seconds_per_step': step_seconds / max(num_steps, 1)}
+            'seconds_per_step': step_seconds / max(num_steps, 1), 'loss': loss_sum / max(num_steps, 1),
+            'loss_terms': recorder.means()}
 
 
 def split_batch(batch):

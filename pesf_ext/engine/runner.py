@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import torch
 from torch.backends import cudnn
+from tqdm import tqdm
 from torchdistill.common.main_util import load_ckpt, set_seed
 from torchdistill.core.distillation import get_distillation_box
 from torchdistill.core.training import get_training_box
@@ -25,11 +26,15 @@ from torchdistill.misc.log import set_basic_log_config, setup_log_file
 from torchdistill.models.wrapper import build_auxiliary_model_wrapper
 
 from ..adapters.inject import count_parameters
+from ..epoch_metrics import PROCESS_NAME, check_options, records_paths
 from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_best, save_last, unwrap
 from .cli import validate_args
 from .config import load_config, validate_config, validate_model_paths
 from .distributed import barrier, init_distributed, is_main_process, resolve_device, wrap_box_models
-from .loop import evaluate, train_one_epoch
+from .errors import ConfigError
+from .overrides import apply_overrides
+from .loop import evaluate, inference_model, train_one_epoch
+from .rng import DataStream, isolated_stream
 from .speed import add_speed_args, apply_speed, check_speed_fits, speed_options
 
 logger = logging.getLogger(__name__)
@@ -58,9 +63,17 @@ def get_args(argv=None, description='Knowledge distillation with pesf_ext (torch
                         help='multiply learning rate by number of distributed processes (world_size)')
     parser.add_argument('--debug', action='store_true', help='on an error, print the full traceback')
     add_speed_args(parser)
+    add_override_argument(parser)
     if extra is not None:
         extra(parser)
     return parser.parse_args(argv)
+
+
+def add_override_argument(parser):
+    """``--set KEY=VALUE ...``: dotted, type-checked overrides of the YAML (:mod:`pesf_ext.engine.overrides`)."""
+    parser.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE',
+                        help='override YAML values, e.g. --set train.num_epochs=5 '
+                             '(lists by index; +KEY=VALUE adds a key; values read as YAML, type-checked)')
 
 
 def student_config_of(models_config):
@@ -85,6 +98,27 @@ def parameter_counts(box):
     return counts
 
 
+def epoch_metrics_kwargs(box, config, args, dst_ckpt):
+    """What the runner hands to ``epoch_metrics_post_epoch_process`` when the YAML switches it on (options checked
+    against the built models now, before training); {} otherwise."""
+    train_config = config['train']
+    if train_config.get('post_epoch_process') != PROCESS_NAME:
+        if 'epoch_metrics' in train_config:
+            raise ConfigError(f'train.epoch_metrics: set `train.post_epoch_process: {PROCESS_NAME}` to use it')
+        return {}
+    nets = {'student': inference_model(box.student_model if hasattr(box, 'student_model') else box.model)}
+    if getattr(box, 'teacher_model', None) is not None:
+        nets['teacher'] = inference_model(box.teacher_model)
+    options = check_options(train_config.get('epoch_metrics'), nets)
+    paths = records_paths(args.run_log, dst_ckpt)
+    if is_main_process():
+        os.makedirs(os.path.dirname(os.path.abspath(paths[0])), exist_ok=True)
+        if not args.resume and os.path.isfile(paths[0]):
+            os.remove(paths[0])
+    logger.info('Per-epoch metrics on the validation set -> %s', paths[0])
+    return {'records_path': paths, 'options': options}
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """How a runner scores models: ``metric_fn(logits, labels) -> {name: value}`` over the whole set (None: top-1 /
@@ -100,7 +134,9 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     student_config = student_config_of(config['models'])
     dst_ckpt = student_config['dst_ckpt']
     lr_factor = world_size if distributed and args.adjust_lr else 1
-    box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
+    with isolated_stream(args.seed, 'teacher_side'):  # adapters, heads, loss modules: off the student's streams
+        box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
+    box.data_stream = DataStream(args.seed)
     if distributed:
         wrap_box_models(box, device_ids)
     apply_speed(box, speed_options(config, args), device)
@@ -118,8 +154,12 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     student_model = box.student_model if hasattr(box, 'student_model') else box.model
     timing = {'steps': 0, 'step_seconds': 0.0}
     start_time = time.time()
-    for epoch in range(start_epoch, box.num_epochs):
+    epoch_kwargs = epoch_metrics_kwargs(box, config, args, dst_ckpt)
+    progress = tqdm(range(start_epoch, box.num_epochs), initial=start_epoch, total=box.num_epochs, unit='epoch',
+                    desc='epochs', dynamic_ncols=True, disable=None if is_main_process() else True)  # console only
+    for epoch in progress:
         box.pre_epoch_process(epoch=epoch)
+        box.train_data_loader = box.data_stream.wrap(box.train_data_loader)
         stats = train_one_epoch(box, device, epoch, log_freq, args.max_steps_per_epoch)
         timing['steps'] += stats['steps']
         timing['step_seconds'] += stats['step_seconds']
@@ -131,7 +171,9 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
                         dst_ckpt)
             best_value = val_score if not os.path.isfile(dst_ckpt) else max(best_value, val_score)
             save_best(box, student_model, best_value, args, dst_ckpt)
-        box.post_epoch_process()
+        progress.set_postfix({f'val {evaluation.score_key}': f'{val_score:.4g}',
+                              's/step': f'{stats["seconds_per_step"]:.3f}'})
+        box.post_epoch_process(**epoch_kwargs, **({'epoch': epoch, 'epoch_stats': stats} if epoch_kwargs else {}))
         save_last(box, epoch, best_value, args, dst_ckpt)
     barrier()
     logger.info('Training time %s', datetime.timedelta(seconds=int(time.time() - start_time)))
@@ -190,6 +232,8 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
     logger.info(args)
     cudnn.benchmark = not args.disable_cudnn_benchmark
     config = load_config(args.config) if config is None else config
+    for key, old, new in apply_overrides(config, getattr(args, 'overrides', None)):
+        logger.info('--set %s: %r -> %r', key, old, new)
     validate_config(config, needs_training=not args.test_only)
     check_speed_fits(speed_options(config, args), config)
     if args.log_config:
@@ -202,7 +246,8 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
         teacher.eval()
     student_config = student_config_of(models_config)
     student_key = 'models.student_model' if 'student_model' in models_config else 'models.model'
-    student = build_model(student_config, device, distributed, student_key)
+    with isolated_stream(args.seed, 'student'):  # same initialisation whatever the teacher side draws
+        student = build_model(student_config, device, distributed, student_key)
     validate_model_paths(config, teacher, student)
     if prepare_data is not None:
         prepare_data(config, distributed, world_size)

@@ -107,7 +107,7 @@ def is_regression(logits):
 def squared_error(prediction, target, reduction='batchmean'):
     """Regression counterpart of the CE and KD terms (BERT-KD practice for STS-B, e.g. TinyBERT):
 
-    .. math:: \frac{1}{N} \sum_i (\hat{y}_i - t_i)^2
+    .. math:: \\frac{1}{N} \\sum_i (\\hat{y}_i - t_i)^2
 
     ``target`` is the label for the hard term and the teacher's prediction for the distillation term; both are
     flattened to (N,). 'batchmean' and 'mean' are the mean over samples, 'sum' the sum, 'none' per sample.

@@ -83,14 +83,14 @@ def resolve_layer_indices(layers, num_layers, total):
         indices = [int(i) for i in layers]
     else:
         if layers not in LAYER_STRATEGIES:
-            raise ValueError(f'layers must be a list of indices or one of {LAYER_STRATEGIES}, got {layers!r}')
+            raise ValueError(f'layers: must be a list of indices or one of {LAYER_STRATEGIES}, got {layers!r}')
         if not isinstance(num_layers, int) or not 0 < num_layers <= total:
-            raise ValueError(f'num_layers must be an integer in [1, {total}], got {num_layers!r}')
+            raise ValueError(f'num_layers: must be an integer in [1, {total}], got {num_layers!r}')
         step = total // num_layers
         indices = {'first': list(range(num_layers)), 'last': list(range(total - num_layers, total)),
                    'every_other': [step * j for j in range(num_layers)]}[layers]
     if not indices or sorted(set(indices)) != indices or indices[0] < 0 or indices[-1] >= total:
-        raise ValueError(f'layer indices must be increasing, distinct and in [0, {total - 1}], got {indices}')
+        raise ValueError(f'layers: indices must be increasing, distinct and in [0, {total - 1}], got {indices}')
     return indices
 
 
@@ -108,7 +108,7 @@ def layer_subset_student(model, layers='every_other', num_layers=None, teacher_c
     """
     if teacher_ckpt:
         if not os.path.isfile(os.path.expanduser(teacher_ckpt)):
-            raise ConfigError(f'builder.kwargs.teacher_ckpt: checkpoint file not found: {teacher_ckpt}')
+            raise ValueError(f'teacher_ckpt: checkpoint file not found: {teacher_ckpt}')
         load_ckpt(os.path.expanduser(teacher_ckpt), model=model, strict=True)
     path, module_list = encoder_layers(model)
     indices = resolve_layer_indices(layers, num_layers, len(module_list))
@@ -146,7 +146,7 @@ def build_text_model(model_config, device, distributed, yaml_key):
         try:
             model = get_model(builder['key'], None, model, **(builder.get('kwargs') or {}))
         except (ValueError, TypeError) as error:
-            raise ConfigError(f'{yaml_key}.builder.kwargs: {error}') from error
+            raise ConfigError(f'{yaml_key}.builder.kwargs.{error}') from error
     src_ckpt = model_config.get('src_ckpt')
     if src_ckpt:
         load_ckpt(os.path.expanduser(src_ckpt), model=model, strict=True)

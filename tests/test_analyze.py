@@ -1,0 +1,43 @@
+"""tools/analyze.py figures from recorded runs, and the cluster-distance number of its t-SNE figure."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+
+
+def write_run(run_dir, label, epochs, seed_offset):
+    os.makedirs(run_dir / 'logs', exist_ok=True)
+    with open(run_dir / 'logs' / f'{label}_epochs.jsonl', 'w') as f:
+        for epoch in range(epochs):
+            f.write(json.dumps({'epoch': epoch, 'gap': 1.0 / (epoch + 1) + seed_offset, 'kl': 0.5, 'pl': 0.8,
+                                'student_top1': 50.0 + 10 * epoch, 'cka_logits': 0.9, 'cka_features': 0.7}) + '\n')
+    torch.manual_seed(seed_offset)
+    labels = torch.arange(60) % 10
+    features = torch.nn.functional.one_hot(labels, 10).float() * 5 + torch.randn(60, 10)
+    torch.save({'labels': labels, 'teacher_logits': torch.randn(60, 10) * 3, 'student_logits': torch.randn(60, 10),
+                'student_features': features}, run_dir / 'logs' / f'{label}_epoch_samples.pt')
+
+
+def test_figures_from_records(tmp_path):
+    for method in ('kd', 'pesfkd'):
+        for seed in (0, 1):
+            write_run(tmp_path, f'{method}_seed{seed}', 3, seed)
+    runs = analyze.read_runs([str(tmp_path)])
+    assert set(runs) == {'kd', 'pesfkd'} and set(runs['kd']) == {0, 1}
+    epochs, mean, std = analyze.curve(runs['kd'], 'gap')
+    assert epochs.tolist() == [0, 1, 2]
+    assert mean.tolist() == pytest.approx([1.5, 1.0, 1 / 3 + 0.5]) and std.tolist() == pytest.approx([0.5] * 3)
+    written = analyze.main(['figures', '--runs', str(tmp_path), '--out', str(tmp_path / 'figures')])
+    assert len(written) == 5
+    for path in written:
+        assert os.path.getsize(path) > 10_000
+
+
+def test_average_cluster_distance_hand_value():
+    # two classes, centroids (0, 0) and (4, 0), every point at distance 1 from its centroid
+    points = np.array([[1.0, 0], [-1.0, 0], [5.0, 0], [3.0, 0]])
+    assert analyze.average_cluster_distance(points, np.array([0, 0, 1, 1])) == pytest.approx(4.0)

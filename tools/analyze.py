@@ -1,0 +1,275 @@
+"""Teacher-student analysis: the metrics table of checkpoints, and figures from recorded runs.
+
+    # metrics of a trained pair on the test set (student checkpoint; its adapted/fine-tuned teacher beside it)
+    python tools/analyze.py metrics --config configs/fashion_mnist/resnet56_resnet20_pesfkd.yaml \\
+        --student_ckpt runs/compare5/ckpt/pesfkd_seed0/student.pt --set datasets...
+    # every figure of docs/analysis.md from the per-epoch records of tools/compare.py or tools/quickstart.py runs
+    python tools/analyze.py figures --runs runs/compare5 --out docs/figures
+
+``figures`` reads ``<run dir>/logs/<label>_epochs.jsonl`` (one JSON line per epoch, written by
+``epoch_metrics_post_epoch_process``) and ``<label>_epoch_samples.pt`` (last epoch's validation logits, penultimate
+features and labels); runs named ``<method>_seed<N>`` are grouped by method (curves: mean over seeds, band: ±1 std;
+distributions and t-SNE: the lowest seed).
+"""
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+import torch  # noqa: E402
+
+LABELS = {'teacher_ce': 'Teacher (CE)', 'student_ce': 'Student (CE)', 'kd': 'KD', 'pesfkd': 'PESF-KD',
+          'ftkd': 'FT-KD', 'zscore': 'Z-score KD', 'pesfkd_zscore': 'PESF-KD + Z-score', 'dml': 'DML', 'kdcl': 'KDCL',
+          'dkd': 'DKD', 'dkd_zscore': 'DKD + Z-score', 'crd': 'CRD', 'pkt': 'PKT', 'rkd': 'RKD'}
+SEED = re.compile(r'^(?P<method>.+)_seed(?P<seed>\d+)$')
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def metrics_main(args):
+    from pesf_ext.engine.config import load_config, validate_config
+    from pesf_ext.engine.errors import ConfigError
+    from pesf_ext.engine.models import build_model
+    from pesf_ext.engine.overrides import apply_overrides
+    from pesf_ext.engine.runner import student_config_of, teacher_for_test
+    from pesf_ext.epoch_metrics import check_options, collect, loss_temperature
+    from torchdistill.common.main_util import load_ckpt
+    from torchdistill.datasets.util import build_data_loader
+    from torchdistill.losses.registry import get_high_level_loss
+    try:
+        config = load_config(args.config)
+        apply_overrides(config, args.overrides)
+        validate_config(config, needs_training=False)
+        device = torch.device(args.device)
+        models_config = config['models']
+        student_config = student_config_of(models_config)
+        student_ckpt = args.student_ckpt or student_config.get('dst_ckpt')
+        if not student_ckpt or not os.path.isfile(student_ckpt):
+            raise ConfigError(f'--student_ckpt: file not found: {student_ckpt}')
+        student = build_model(student_config, device, False, 'models.student_model')
+        load_ckpt(student_ckpt, model=student, strict=True)
+        models = {'student': student}
+        if 'teacher_model' in models_config:
+            teacher = build_model(models_config['teacher_model'], device, False, 'models.teacher_model')
+            models = {'teacher': teacher_for_test(teacher, config, device, student_ckpt, None), **models}
+        options = check_options((config.get('train') or {}).get('epoch_metrics'), models)
+    except ConfigError as error:
+        sys.exit(f'Config error: {error}')
+    temperature = options['temperature']
+    if temperature is None:
+        criterion_config = (config.get('train') or {}).get('criterion')
+        temperature = loss_temperature(get_high_level_loss(criterion_config)) if criterion_config else 1.0
+    loader_config = config['test']['test_data_loader']
+    loader = build_data_loader(config['datasets'][loader_config['dataset_id']], loader_config, False)
+    result, samples = collect(models, loader, device, temperature, options['feature_modules'], args.keep_samples)
+    print(f'{"metric":<22}{"value":>12}')
+    for key, value in result.items():
+        print(f'{key:<22}{value:>12.4f}')
+    if args.samples_out:
+        torch.save(samples, args.samples_out)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+def read_runs(run_dirs):
+    """{method: {seed: (records by epoch, samples path)}} from the runs' logs/ directories."""
+    runs = collections.defaultdict(dict)
+    for run_dir in run_dirs:
+        for path in sorted(glob.glob(os.path.join(run_dir, 'logs', '*_epochs.jsonl'))):
+            label = os.path.basename(path)[:-len('_epochs.jsonl')]
+            match = SEED.match(label)
+            method, seed = (match['method'], int(match['seed'])) if match else (label, 0)
+            records = {}
+            with open(path) as f:
+                for line in f:
+                    if line.strip():
+                        record = json.loads(line)
+                        records[record['epoch']] = record  # a resumed run may repeat an epoch: the last one counts
+            samples = path[:-len('_epochs.jsonl')] + '_epoch_samples.pt'
+            runs[method][seed] = (records, samples if os.path.isfile(samples) else None)
+    return runs
+
+
+def label_of(method):
+    base, _, point = method.partition('__')
+    return LABELS.get(base, base) + (f' ({point})' if point else '')
+
+
+def curve(runs, key):
+    """Epochs, mean and std over seeds of ``key``."""
+    import numpy as np
+    epochs = sorted(set.intersection(*[set(r) for r, _ in runs.values()]))
+    values = np.array([[runs[s][0][e].get(key, np.nan) for e in epochs] for s in sorted(runs)], dtype=float)
+    return np.array(epochs), values.mean(axis=0), values.std(axis=0)
+
+
+def plot_curves(runs, panels, path, title):
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8))
+    for ax, (key, ylabel) in zip(axes, panels):
+        for method, seeds in runs.items():
+            if not all(key in rec for recs, _ in seeds.values() for rec in recs.values()):
+                continue
+            epochs, mean, std = curve(seeds, key)
+            line, = ax.plot(epochs + 1, mean, marker='o', label=f'{label_of(method)} (n={len(seeds)})')
+            ax.fill_between(epochs + 1, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel('epoch')
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 5), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def first_samples(seeds):
+    for seed in sorted(seeds):
+        if seeds[seed][1]:
+            return torch.load(seeds[seed][1], weights_only=False)
+    return None
+
+
+def plot_major_logits(runs, path):
+    """Density of each sample's largest logit divided by its logit vector's L2 norm (scale-free 'major logit',
+    in [1/sqrt(K), 1]), teacher (as used/adapted in that run) vs student (PESF-KD Figs. 2-3 plot the major-logit
+    distribution of teacher and student)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    methods = [m for m in runs if first_samples(runs[m]) is not None and 'teacher_logits' in first_samples(runs[m])]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        samples = first_samples(runs[method])
+        for side, color in (('teacher', 'tab:red'), ('student', 'tab:blue')):
+            z = samples[f'{side}_logits'].double()
+            major = (z.max(dim=1).values / z.norm(dim=1)).numpy()
+            ax.hist(major, bins=np.linspace(0, 1, 41), density=True, alpha=0.5, color=color, label=side)
+        ax.set_title(label_of(method))
+        ax.set_xlabel('max$_k$ z$_k$ / ||z||$_2$')
+        ax.legend()
+    axes[0][0].set_ylabel('density')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_mean_std(runs, path):
+    """Bivariate histogram of per-sample logit mean and std (Z-score paper Fig. 5): the teacher (from the first
+    run with a frozen one) and each method's student."""
+    import matplotlib.pyplot as plt
+    panels = []
+    for method in runs:
+        samples = first_samples(runs[method])
+        if samples is None:
+            continue
+        if 'teacher_logits' in samples and not any(p[0] == 'Teacher' for p in panels):
+            panels.append(('Teacher', samples['teacher_logits']))
+        panels.append((f'{label_of(method)} student', samples['student_logits']))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.5), sharex=True, sharey=True,
+                             squeeze=False)
+    stats = [(z.double().mean(dim=1).numpy(), z.double().std(dim=1, correction=0).numpy()) for _, z in panels]
+    x_range = (min(m.min() for m, _ in stats), max(m.max() for m, _ in stats))
+    y_range = (0.0, max(s.max() for _, s in stats))
+    for ax, (title, _), (mean, std) in zip(axes[0], panels, stats):
+        ax.hist2d(mean, std, bins=30, range=[x_range, y_range], cmap='viridis')
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel('logit mean')
+    axes[0][0].set_ylabel('logit std')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def average_cluster_distance(points, labels):
+    """Mean Euclidean distance between the class centroids of a 2-D embedding, divided by the mean distance of
+    points to their own centroid (larger = better separated classes)."""
+    import numpy as np
+    classes = np.unique(labels)
+    centroids = np.stack([points[labels == c].mean(axis=0) for c in classes])
+    between = np.linalg.norm(centroids[:, None] - centroids[None], axis=-1)[np.triu_indices(len(classes), 1)].mean()
+    within = np.mean([np.linalg.norm(points[labels == c] - centroids[i], axis=1).mean() for i, c in enumerate(classes)])
+    return between / within
+
+
+def plot_tsne(runs, path, max_points=1000):
+    """t-SNE of the students' penultimate features on the validation set (PESF-KD Fig. 9), with the average
+    cluster distance (:func:`average_cluster_distance`) in each title."""
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+    methods = [m for m in runs if (first_samples(runs[m]) or {}).get('student_features') is not None]
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.8 * len(methods), 3.9), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        samples = first_samples(runs[method])
+        features = samples['student_features'][:max_points].double().numpy()
+        labels = samples['labels'][:max_points].numpy()
+        points = TSNE(n_components=2, init='pca', random_state=0, perplexity=30).fit_transform(features)
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap='tab10', s=4)
+        ax.set_title(f'{label_of(method)}\navg. cluster distance {average_cluster_distance(points, labels):.2f}',
+                     fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(scatter, ax=list(axes[0]), label='class', ticks=range(10), fraction=0.02)
+    fig.savefig(path, dpi=120, bbox_inches='tight')
+    plt.close(fig)
+    return path
+
+
+def figures_main(args):
+    import matplotlib
+    matplotlib.use('Agg')
+    runs = read_runs(args.runs)
+    runs.pop('teacher_ce', None)
+    if args.methods:
+        runs = {m: runs[m] for m in args.methods if m in runs}
+    if not runs:
+        sys.exit(f'--runs: no <label>_epochs.jsonl under {", ".join(d + "/logs" for d in args.runs)}')
+    os.makedirs(args.out, exist_ok=True)
+    out = lambda name: os.path.join(args.out, name)  # noqa: E731
+    written = [
+        plot_curves(runs, [('gap', 'sharpness gap S(z_t) - S(z_s)'), ('kl', 'KL(p_t || p_s) at the loss τ'),
+                           ('student_top1', 'student top-1 (%)')], out('epochs_gap_kl_accuracy.png'),
+                    'Validation set, per epoch'),
+        plot_curves(runs, [('cka_logits', 'CKA of logits'), ('cka_features', 'CKA of penultimate features'),
+                           ('pl', 'probability loyalty')], out('epochs_cka_pl.png'),
+                    'Teacher-student similarity, per epoch (minibatch linear CKA)'),
+        plot_major_logits(runs, out('major_logit_distribution.png')),
+        plot_mean_std(runs, out('logit_mean_std.png')),
+        plot_tsne(runs, out('tsne_student_features.png')),
+    ]
+    for path in written:
+        print(path)
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+    metrics = sub.add_parser('metrics', help='metrics table of a student checkpoint and its teacher on the test set')
+    metrics.add_argument('--config', required=True)
+    metrics.add_argument('--student_ckpt', help="default: the YAML's dst_ckpt; the teacher side is read beside it")
+    metrics.add_argument('--device', default='cpu')
+    metrics.add_argument('--keep_samples', type=int, default=0, help='per-sample tensors to keep (--samples_out)')
+    metrics.add_argument('--samples_out', help='write per-sample logits/features/labels to this .pt file')
+    metrics.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE')
+    figures = sub.add_parser('figures', help='PNG figures from per-epoch records of runs')
+    figures.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/)')
+    figures.add_argument('--methods', nargs='+', help='methods to draw, in this order (default: all)')
+    figures.add_argument('--out', default=os.path.join(ROOT, 'docs', 'figures'))
+    args = parser.parse_args(argv)
+    import pesf_ext  # noqa: F401  (registries)
+    return metrics_main(args) if args.command == 'metrics' else figures_main(args)
+
+
+if __name__ == '__main__':
+    main()
