@@ -2,15 +2,23 @@
 
     python tools/benchmark.py                                   # Fashion-MNIST ResNet-56 -> ResNet-20, CPU/GPU
     python tools/benchmark.py --configs configs/imagenet/r50_r18_{kd,pesfkd,ftkd}.yaml --batch_size 256  # GPU
+    python tools/benchmark.py --configs configs/imagenet/r50_r18_{kd,pesfkd,ftkd,dml}.yaml --batch_size 256 \
+        --variants fp32 bf16+channels_last                  # every config in fp32 and in AMP + channels_last
 
 Each config is built through the same runner code (models, torchdistill box, optimizer, teacher modes) and fed
 the same random batches (no data loading cost; pretrained weights are random, which does not change the cost).
 Methods are timed round-robin, one step of each in turn, so that drifts of the machine hit all of them alike; the
-table gives the median seconds per step (forward, backward, optimizer step), its ratio to the first config (KD by
-default), the bytes of tensors autograd saves for backward during one step (the activation memory a method costs),
-and on CUDA the peak allocated memory.
+table gives the median seconds per step (forward, backward, optimizer step), images per second, its ratio to the
+first config (KD by default), the bytes of tensors autograd saves for backward during one step (the activation
+memory a method costs), and on CUDA the peak allocated memory.
+
+The speed switches of the runner (``--amp``, ``-channels_last``, ``--compile``; see pesf_ext/engine/speed.py) apply
+to every config; ``--variants`` instead builds every config once per variant, each a '+'-joined set of ``fp32``,
+``bf16``, ``fp16``, ``channels_last``, ``compile``, all timed in the same round-robin.
 """
 import argparse
+import dataclasses
+import itertools
 import os
 import statistics
 import sys
@@ -28,6 +36,7 @@ from pesf_ext.engine.distributed import resolve_device  # noqa: E402
 from pesf_ext.engine.loop import move_to  # noqa: E402
 from pesf_ext.engine.models import build_model  # noqa: E402
 from pesf_ext.engine.runner import build_box, parameter_counts  # noqa: E402
+from pesf_ext.engine.speed import add_speed_args, apply_speed, speed_options  # noqa: E402
 from pesf_ext.engine.synthetic import synthetic_data  # noqa: E402
 
 DEFAULT_CONFIGS = [os.path.join(ROOT, 'configs', 'fashion_mnist', f'resnet56_resnet20_{name}.yaml')
@@ -56,7 +65,23 @@ class SavedTensorMeter:
 OVERRIDES = []  # --set, applied to every config
 
 
-def build(config_path, batch_size, device, input_size):
+VARIANT_TOKENS = ('fp32', 'bf16', 'fp16', 'channels_last', 'compile')
+
+
+def variant_options(variant, base):
+    """Speed options of a ``--variants`` entry such as ``bf16+channels_last`` (other fields from ``base``)."""
+    tokens = variant.split('+')
+    unknown = [token for token in tokens if token not in VARIANT_TOKENS]
+    if unknown:
+        raise SystemExit(f'--variants: unknown `{unknown[0]}` in `{variant}`; use {", ".join(VARIANT_TOKENS)}')
+    amp = [token for token in tokens if token in ('bf16', 'fp16')]
+    return dataclasses.replace(base, amp=amp[0] if amp else None, channels_last='channels_last' in tokens,
+                               compile=('student', 'teacher') if 'compile' in tokens else ())
+
+
+def build(config_path, batch_size, device, input_size, options=None, cli_args=None):
+    """The box of ``config_path`` on random batches; speed switches from ``options``, else from the YAML's ``speed``
+    section overridden by ``cli_args``."""
     with synthetic_data(num_samples=batch_size * 4, imagenet_size=input_size):
         config = load_config(config_path)
     apply_overrides(config, OVERRIDES)
@@ -68,6 +93,7 @@ def build(config_path, batch_size, device, input_size):
     loader = config['train']['train_data_loader']
     loader['kwargs'].update(batch_size=batch_size, num_workers=0, pin_memory=False, drop_last=True)
     box = build_box(teacher, student, config, device, None, False, 1)
+    apply_speed(box, options or speed_options(config, cli_args), device)
     box.pre_epoch_process(epoch=0)
     batches = [(move_to(x, device), move_to(y, device), supp) for x, y, supp in box.train_data_loader]
     return box, batches
@@ -84,10 +110,12 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(configs, batch_size, steps, warmup, rounds, device, input_size):
+def measure(configs, batch_size, steps, warmup, rounds, device, input_size, variants=((None, None),), cli_args=None):
+    """``variants``: (label, SpeedOptions or None for the YAML's + command line's) pairs; every config is built once
+    per pair."""
     entries = []
-    for path in configs:
-        box, batches = build(path, batch_size, device, input_size)
+    for path, (label, options) in itertools.product(configs, variants):
+        box, batches = build(path, batch_size, device, input_size, options, cli_args)
         for i in range(warmup):
             step(box, batches[i % len(batches)])
         meter = SavedTensorMeter()
@@ -96,7 +124,8 @@ def measure(configs, batch_size, steps, warmup, rounds, device, input_size):
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
             step(box, batches[0])
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
-        entries.append({'name': os.path.basename(path), 'box': box, 'batches': batches, 'times': [],
+        name = os.path.basename(path) + (f' [{label}]' if label else '')
+        entries.append({'name': name, 'box': box, 'batches': batches, 'times': [],
                         'saved_mb': meter.megabytes, 'peak_mb': peak, 'counts': parameter_counts(box)})
     # round-robin, one step of each config in turn: a drift of the machine (frequency, another process) hits every
     # config alike, which timing blocks of steps per config does not (blocks gave +-10% between equal methods)
@@ -115,14 +144,15 @@ def report(entries, device, batch_size):
     base_time = statistics.median(base['times'])
     lines = [f'device: {device} ({torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
              f'{torch.get_num_threads()} threads), batch {batch_size}, {len(base["times"])} timed steps per config',
-             '| config | s/step (median) | ratio to first | saved activations MB | ratio | peak CUDA MB | '
-             'trainable teacher params |', '|---|---|---|---|---|---|---|']
+             '| config | s/step (median) | images/s | ratio to first | saved activations MB | ratio | peak CUDA MB | '
+             'trainable teacher params |', '|---|---|---|---|---|---|---|---|']
     for entry in entries:
         median = statistics.median(entry['times'])
         peak = f'{entry["peak_mb"]:.0f}' if entry['peak_mb'] is not None else '-'
         teacher_trainable = entry['counts'].get('teacher', (0, 0))[0]
-        lines.append(f'| {entry["name"]} | {median:.4f} | {median / base_time:.2f}x | {entry["saved_mb"]:.1f} | '
-                     f'{entry["saved_mb"] / max(base["saved_mb"], 1e-9):.2f}x | {peak} | {teacher_trainable:,} |')
+        lines.append(f'| {entry["name"]} | {median:.4f} | {batch_size / median:.1f} | {median / base_time:.2f}x | '
+                     f'{entry["saved_mb"]:.1f} | {entry["saved_mb"] / max(base["saved_mb"], 1e-9):.2f}x | {peak} | '
+                     f'{teacher_trainable:,} |')
     return '\n'.join(lines)
 
 
@@ -136,13 +166,20 @@ def main(argv=None):
     parser.add_argument('--input_size', type=int, default=224, help='image size of ImageNet configs')
     parser.add_argument('--device', default=None)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--variants', nargs='+', help="e.g. fp32 bf16+channels_last: each config once per variant")
     parser.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE',
                         help='YAML overrides applied to every config (see tools/image_classification.py --help)')
+    add_speed_args(parser)
     args = parser.parse_args(argv)
     OVERRIDES[:] = args.overrides
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    entries = measure(args.configs, args.batch_size, args.steps, args.warmup, args.rounds, device, args.input_size)
+    variants = [(None, None)]
+    if args.variants:
+        base = speed_options({}, args)
+        variants = [(variant, variant_options(variant, base)) for variant in args.variants]
+    entries = measure(args.configs, args.batch_size, args.steps, args.warmup, args.rounds, device, args.input_size,
+                      variants, args)
     print(report(entries, device, args.batch_size))
 
 
