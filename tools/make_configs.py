@@ -4,9 +4,12 @@ models (a fair comparison is the point). ``python tools/make_configs.py`` rewrit
 
 Layout: ``Dataset`` (data, schedule), ``Pair`` (teacher -> student), ``Method`` (loss terms and what the teacher side
 trains); a method's terms are small functions of a ``Context`` (dataset, pair, method) that return one
-``WeightedSumLoss`` sub-term, so the same term (e.g. CRD) serves alone and on top of PESF-KD. The representation
-losses (PKT, RKD, CRD) also decide the forward hooks and, for CRD, the ``Linear4CRD`` wrappers and the
-``CRDDatasetWrapper``.
+``WeightedSumLoss`` sub-term as a dict, so the same term (e.g. CRD) serves alone and on top of PESF-KD. The
+representation losses (PKT, RKD, CRD) also decide the forward hooks and, for CRD, the ``Linear4CRD`` wrappers and the
+``CRDDatasetWrapper``. Each config is built as Python data and written by ``yaml_writer.dump_config`` (ruamel.yaml).
+
+A family of configs is a function returning {path under configs/: YAML text}; ``FAMILIES`` lists them, so another
+family (e.g. GLUE) is one import and one entry there.
 
 The YAML files are plain torchdistill 1.x configs: edit a generated file by hand if you like, but then the sync
 test will remind you to move the change here.
@@ -14,11 +17,13 @@ test will remind you to move the change here.
 import functools
 import os
 import sys
-import textwrap
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+from yaml_writer import alias, anchor, dump_config, import_call, import_get, join, note, tagged  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -26,16 +31,17 @@ class Dataset:
     name: str
     num_classes: int
     input_shape: tuple
-    blocks: str                         # YAML of the three datasets, defining anchors &train, &val, &test
+    datasets: dict                      # the three (or two) datasets, with anchors &train, &val (and &test) on keys
     batch_size: int
     lr: float
     weight_decay: float
     num_epochs: int
-    scheduler: str                      # YAML of the scheduler
+    scheduler: dict
     num_workers: int
     log_freq: int
     ckpt_root: str
     train_size: int                     # images in the train split (CRD's memory has one row per image)
+    test_split: str = 'val'             # anchor of the dataset the test loader reads
     teacher_from_training: bool = True  # teacher weights from our own CE run (else: pretrained kwargs)
     dkd_warmup_epochs: int = 20         # DKD: linear warm-up of its KD terms (authors: 20 of 240 CIFAR epochs)
 
@@ -44,7 +50,7 @@ class Dataset:
 class Pair:
     teacher: str
     student: str
-    teacher_kwargs: str = ''            # extra YAML kwargs of the teacher (e.g. torchvision weights)
+    teacher_kwargs: dict = None         # kwargs of the teacher (default: num_classes only)
     adapter_modules: tuple = ()         # bottleneck-adapter targets on the teacher (PESF-KD eq. 6)
     name: str = ''
     dkd_beta: float = 8.0               # DKD's NCKD weight (mdistiller: 8 by default, tuned per CIFAR pair)
@@ -57,7 +63,7 @@ class Pair:
 @dataclass(frozen=True)
 class Method:
     name: str
-    terms: tuple                        # functions Context -> YAML of one WeightedSumLoss sub-term
+    terms: tuple                        # functions Context -> {name: WeightedSumLoss sub-term}
     teacher_side: str = 'frozen'        # frozen | adapters (PESF-KD) | full (FT-KD, DML, KDCL)
     features: str = ''                  # representation loss among the terms: '' | 'pkt' | 'rkd' | 'crd'
 
@@ -83,177 +89,70 @@ FEATURES = {
 }
 
 
-FASHION_MNIST_BLOCK = """\
-  &train fashion_mnist/train: !import_call
-    key: 'pesf_ext.data.fashion_mnist'
-    init:
-      kwargs:
-        root: &root_dir './resource/dataset/fashion_mnist'
-        split: 'train'
-        num_samples: &num_train_samples null   # null = all 55,000 (5,000 of the 60,000 are held out for val)
-        transform: !import_call
-          key: 'pesf_ext.data.fashion_mnist_transform'
-          init:
-            kwargs:
-              train: True
-  &val fashion_mnist/val: !import_call
-    key: 'pesf_ext.data.fashion_mnist'
-    init:
-      kwargs:
-        root: *root_dir
-        split: 'val'
-        num_samples: &num_val_samples null     # null = all 5,000
-        transform: &eval_transform !import_call
-          key: 'pesf_ext.data.fashion_mnist_transform'
-          init:
-            kwargs:
-              train: False
-  &test fashion_mnist/test: !import_call
-    key: 'pesf_ext.data.fashion_mnist'
-    init:
-      kwargs:
-        root: *root_dir
-        split: 'test'
-        num_samples: &num_test_samples null    # null = all 10,000
-        transform: *eval_transform
-"""
+# ---- datasets ----
 
-CIFAR100_BLOCK = """\
-  &train cifar100/train: !import_call
-    key: 'torchvision.datasets.CIFAR100'
-    init:
-      kwargs:
-        root: &root_dir './resource/dataset/cifar100'
-        train: True
-        download: True
-        transform: !import_call
-          key: 'torchvision.transforms.Compose'
-          init:
-            kwargs:
-              transforms:
-                - !import_call
-                  key: 'torchvision.transforms.RandomCrop'
-                  init:
-                    kwargs:
-                      size: 32
-                      padding: 4
-                - !import_call
-                  key: 'torchvision.transforms.RandomHorizontalFlip'
-                  init:
-                    kwargs:
-                      p: 0.5
-                - !import_call
-                  key: 'torchvision.transforms.ToTensor'
-                  init:
-                - !import_call
-                  key: 'torchvision.transforms.Normalize'
-                  init:
-                    kwargs: &normalize_kwargs
-                      mean: [0.5071, 0.4865, 0.4409]
-                      std: [0.2673, 0.2564, 0.2762]
-  &val cifar100/test: !import_call
-    key: 'torchvision.datasets.CIFAR100'
-    init:
-      kwargs:
-        root: *root_dir
-        train: False
-        download: True
-        transform: !import_call
-          key: 'torchvision.transforms.Compose'
-          init:
-            kwargs:
-              transforms:
-                - !import_call
-                  key: 'torchvision.transforms.ToTensor'
-                  init:
-                - !import_call
-                  key: 'torchvision.transforms.Normalize'
-                  init:
-                    kwargs: *normalize_kwargs
-"""
+def transforms(*steps):
+    """torchvision ``Compose`` of (key, kwargs) steps."""
+    return import_call('torchvision.transforms.Compose', {'transforms': [
+        import_call(f'torchvision.transforms.{key}', kwargs) for key, kwargs in steps]})
 
-IMAGENET_BLOCK = """\
-  &train ilsvrc2012/train: !import_call
-    key: 'torchvision.datasets.ImageFolder'
-    init:
-      kwargs:
-        root: !join [&root_dir '~/datasets/ilsvrc2012', '/train']
-        transform: !import_call
-          key: 'torchvision.transforms.Compose'
-          init:
-            kwargs:
-              transforms:
-                - !import_call
-                  key: 'torchvision.transforms.RandomResizedCrop'
-                  init:
-                    kwargs:
-                      size: &input_size [224, 224]
-                - !import_call
-                  key: 'torchvision.transforms.RandomHorizontalFlip'
-                  init:
-                    kwargs:
-                      p: 0.5
-                - !import_call
-                  key: 'torchvision.transforms.ToTensor'
-                  init:
-                - !import_call
-                  key: 'torchvision.transforms.Normalize'
-                  init:
-                    kwargs: &normalize_kwargs
-                      mean: [0.485, 0.456, 0.406]
-                      std: [0.229, 0.224, 0.225]
-  &val ilsvrc2012/val: !import_call
-    key: 'torchvision.datasets.ImageFolder'
-    init:
-      kwargs:
-        root: !join [*root_dir, '/val']
-        transform: !import_call
-          key: 'torchvision.transforms.Compose'
-          init:
-            kwargs:
-              transforms:
-                - !import_call
-                  key: 'torchvision.transforms.Resize'
-                  init:
-                    kwargs:
-                      size: 256
-                - !import_call
-                  key: 'torchvision.transforms.CenterCrop'
-                  init:
-                    kwargs:
-                      size: *input_size
-                - !import_call
-                  key: 'torchvision.transforms.ToTensor'
-                  init:
-                - !import_call
-                  key: 'torchvision.transforms.Normalize'
-                  init:
-                    kwargs: *normalize_kwargs
-"""
+
+def fashion_mnist_split(split, root, size_note, transform):
+    return import_call('pesf_ext.data.fashion_mnist', {
+        'root': root, 'split': split, 'num_samples': note(anchor(f'num_{split}_samples', None), size_note),
+        'transform': transform})
+
+
+FASHION_MNIST_DATASETS = {
+    anchor('train', 'fashion_mnist/train'): fashion_mnist_split(
+        'train', anchor('root_dir', './resource/dataset/fashion_mnist'),
+        'null = all 55,000 (5,000 of the 60,000 are held out for val)',
+        import_call('pesf_ext.data.fashion_mnist_transform', {'train': True})),
+    anchor('val', 'fashion_mnist/val'): fashion_mnist_split(
+        'val', alias('root_dir'), 'null = all 5,000',
+        anchor('eval_transform', import_call('pesf_ext.data.fashion_mnist_transform', {'train': False}))),
+    anchor('test', 'fashion_mnist/test'): fashion_mnist_split(
+        'test', alias('root_dir'), 'null = all 10,000', alias('eval_transform')),
+}
+CIFAR100_NORMALIZE = {'mean': [0.5071, 0.4865, 0.4409], 'std': [0.2673, 0.2564, 0.2762]}
+CIFAR100_DATASETS = {
+    anchor('train', 'cifar100/train'): import_call('torchvision.datasets.CIFAR100', {
+        'root': anchor('root_dir', './resource/dataset/cifar100'), 'train': True, 'download': True,
+        'transform': transforms(('RandomCrop', {'size': 32, 'padding': 4}), ('RandomHorizontalFlip', {'p': 0.5}),
+                                ('ToTensor', None), ('Normalize', anchor('normalize_kwargs', CIFAR100_NORMALIZE)))}),
+    anchor('val', 'cifar100/test'): import_call('torchvision.datasets.CIFAR100', {
+        'root': alias('root_dir'), 'train': False, 'download': True,
+        'transform': transforms(('ToTensor', None), ('Normalize', alias('normalize_kwargs')))}),
+}
+IMAGENET_NORMALIZE = {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]}
+IMAGENET_DATASETS = {
+    anchor('train', 'ilsvrc2012/train'): import_call('torchvision.datasets.ImageFolder', {
+        'root': join(anchor('root_dir', '~/datasets/ilsvrc2012'), '/train'),
+        'transform': transforms(('RandomResizedCrop', {'size': anchor('input_size', [224, 224])}),
+                                ('RandomHorizontalFlip', {'p': 0.5}), ('ToTensor', None),
+                                ('Normalize', anchor('normalize_kwargs', IMAGENET_NORMALIZE)))}),
+    anchor('val', 'ilsvrc2012/val'): import_call('torchvision.datasets.ImageFolder', {
+        'root': join(alias('root_dir'), '/val'),
+        'transform': transforms(('Resize', {'size': 256}), ('CenterCrop', {'size': alias('input_size')}),
+                                ('ToTensor', None), ('Normalize', alias('normalize_kwargs')))}),
+}
 
 FASHION_MNIST = Dataset(
-    name='fashion_mnist', num_classes=10, input_shape=(1, 3, 32, 32), blocks=FASHION_MNIST_BLOCK, batch_size=64,
-    lr=0.05, weight_decay=5e-4, num_epochs=30, num_workers=2, log_freq=100, train_size=55000,
+    name='fashion_mnist', num_classes=10, input_shape=(1, 3, 32, 32), datasets=FASHION_MNIST_DATASETS, batch_size=64,
+    lr=0.05, weight_decay=5e-4, num_epochs=30, num_workers=2, log_freq=100, train_size=55000, test_split='test',
     dkd_warmup_epochs=3,                # the DKD authors' 20 of 240 epochs, scaled to this 30-epoch schedule
-    scheduler="""    key: 'MultiStepLR'
-    kwargs:
-      milestones: [15, 25]
-      gamma: 0.1""", ckpt_root='./resource/ckpt/fashion_mnist')
+    scheduler={'key': 'MultiStepLR', 'kwargs': {'milestones': [15, 25], 'gamma': 0.1}},
+    ckpt_root='./resource/ckpt/fashion_mnist')
 CIFAR100 = Dataset(
-    name='cifar100', num_classes=100, input_shape=(1, 3, 32, 32), blocks=CIFAR100_BLOCK, batch_size=64, lr=0.05,
-    weight_decay=5e-4, num_epochs=240, num_workers=8, log_freq=100,
-    scheduler="""    key: 'MultiStepLR'
-    kwargs:
-      milestones: [150, 180, 210]
-      gamma: 0.1""", ckpt_root='./resource/ckpt/cifar100', train_size=50000)
+    name='cifar100', num_classes=100, input_shape=(1, 3, 32, 32), datasets=CIFAR100_DATASETS, batch_size=64,
+    lr=0.05, weight_decay=5e-4, num_epochs=240, num_workers=8, log_freq=100,
+    scheduler={'key': 'MultiStepLR', 'kwargs': {'milestones': [150, 180, 210], 'gamma': 0.1}},
+    ckpt_root='./resource/ckpt/cifar100', train_size=50000)
 IMAGENET = Dataset(
-    name='ilsvrc2012', num_classes=1000, input_shape=(1, 3, 224, 224), blocks=IMAGENET_BLOCK, batch_size=256,
+    name='ilsvrc2012', num_classes=1000, input_shape=(1, 3, 224, 224), datasets=IMAGENET_DATASETS, batch_size=256,
     lr=0.1, weight_decay=1e-4, num_epochs=100, num_workers=16, log_freq=1000,
-    scheduler="""    key: 'StepLR'
-    kwargs:
-      step_size: 30
-      gamma: 0.1""", ckpt_root='./resource/ckpt/ilsvrc2012', train_size=1281167,
-    teacher_from_training=False)
+    scheduler={'key': 'StepLR', 'kwargs': {'step_size': 30, 'gamma': 0.1}},
+    ckpt_root='./resource/ckpt/ilsvrc2012', train_size=1281167, teacher_from_training=False)
 
 FTKD_TEACHER_LR = 1e-3                  # PESF-KD paper: the fine-tuned teacher's learning rate
 ADAPTER_LR = 2e-5   # PESF-KD authors' code: --adapter_lr default (1170300319/PESF-KD cv/train_student_DDP.py); at
@@ -268,21 +167,13 @@ PAIRS_CIFAR = (
     Pair('vgg13', 'vgg8', adapter_modules=('block4',), dkd_beta=6.0),
     Pair('resnet56', 'vgg8', adapter_modules=('layer3.8',)),
 )
-PAIR_IMAGENET = Pair(
-    'resnet50', 'resnet18', name='r50_r18', adapter_modules=('layer4.2',),
-    teacher_kwargs="""      num_classes: 1000
-      weights: !getattr [!import_get {key: 'torchvision.models.ResNet50_Weights'}, 'IMAGENET1K_V1']
-""")
+PAIR_IMAGENET = Pair('resnet50', 'resnet18', name='r50_r18', adapter_modules=('layer4.2',), teacher_kwargs={
+    'num_classes': 1000,
+    'weights': tagged('!getattr', [import_get('torchvision.models.ResNet50_Weights'), 'IMAGENET1K_V1'])})
 # Sources of the baselines' settings (cited in the YAML comments):
 MDISTILLER_CFG = 'sunshangquan/logit-standardization-KD mdistiller/engine/cfg.py'   # = mdistiller's defaults
 ZSCORE_TRAIN = 'sunshangquan/logit-standardization-KD tools/train.py'               # --logit-stand rules
 DKD_PAIR_CFG = 'megvii-research/mdistiller configs/cifar100/dkd/'                   # per-pair DKD beta
-
-
-def comment(text, indent=14, width=118):
-    """``text`` as YAML comment lines at ``indent`` spaces, wrapped to ``width`` columns."""
-    pad = ' ' * indent
-    return ''.join(f'{pad}# {line}\n' for line in textwrap.wrap(text, width - indent - 2, break_on_hyphens=False))
 
 
 @dataclass(frozen=True)
@@ -309,77 +200,50 @@ class Context:
         return FEATURES[self.pair.teacher if side == 'teacher' else self.pair.student]
 
 
-LOGITS = """              student_module_path: '.'
-              student_module_io: 'output'
-              teacher_module_path: '.'
-              teacher_module_io: 'output'
-"""
+# ---- loss terms: each returns {name: one WeightedSumLoss sub-term} ----
+
+def sub_term(name, key, kwargs, weight=1.0, about=None):
+    criterion = {'key': key, 'kwargs': kwargs}
+    return {name: {'criterion': note(criterion, about, above=True) if about else criterion, 'weight': weight}}
 
 
-# ---- loss terms: each returns the YAML of one WeightedSumLoss sub-term ----
+def logits(**kwargs):
+    """Both models' outputs (the logits), then ``kwargs``."""
+    return {'student_module_path': '.', 'student_module_io': 'output', 'teacher_module_path': '.',
+            'teacher_module_io': 'output', **kwargs}
+
 
 def kd_term(ctx):
-    return f"""        kd:
-          criterion:
-            key: 'KDLoss'
-            kwargs:
-{LOGITS}              temperature: 4.0
-              alpha: 0.1        # torchdistill: alpha weights CE; the paper's alpha (KL weight) is beta = 0.9
-              beta: 0.9
-              reduction: 'batchmean'
-          weight: 1.0
-"""
+    return sub_term('kd', 'KDLoss', logits(
+        temperature=4.0,
+        alpha=note(0.1, "torchdistill: alpha weights CE; the paper's alpha (KL weight) is beta = 0.9"),
+        beta=0.9, reduction='batchmean'))
 
 
 def pesfkd_term(temperature=4.0, beta=0.9, zscore=False):
     def term(ctx):
-        return f"""        pesfkd:
-          criterion:
-            key: 'PESFKDLoss'
-            kwargs:
-{LOGITS}              temperature: {temperature}
-              alpha: 0.1        # CE weight; the paper's alpha (KL weight) is beta
-              beta: {beta}
-              teacher_kl: 'reverse'   # eq. 8; 'shared' = the authors' released code
-              logit_standardization: {zscore}
-              reduction: 'batchmean'
-          weight: 1.0
-"""
+        return sub_term('pesfkd', 'PESFKDLoss', logits(
+            temperature=temperature, alpha=note(0.1, "CE weight; the paper's alpha (KL weight) is beta"), beta=beta,
+            teacher_kl=note('reverse', "eq. 8; 'shared' = the authors' released code"),
+            logit_standardization=zscore, reduction='batchmean'))
     return term
 
 
 def ftkd_term(temperature=4.0, beta=0.9, zscore=False):
     def term(ctx):
-        return f"""        ftkd:
-          criterion:
-            key: 'FTKDLoss'
-            kwargs:
-{LOGITS}              temperature: {temperature}
-              alpha: 0.1
-              beta: {beta}
-              teacher_ce_weight: 1.0
-              logit_standardization: {zscore}
-              reduction: 'batchmean'
-          weight: 1.0
-"""
+        return sub_term('ftkd', 'FTKDLoss', logits(
+            temperature=temperature, alpha=0.1, beta=beta, teacher_ce_weight=1.0, logit_standardization=zscore,
+            reduction='batchmean'))
     return term
 
 
 def zscore_term(ctx):
-    return f"""        zscore:
-          criterion:
-            key: 'ZScoreKDLoss'
-            kwargs:
-{LOGITS}              temperature: 2.0  # Z-score paper: base temperature 2, lambda_CE 0.1, lambda_KD 9
-              alpha: 0.1
-              beta: 9.0
-              std: 'unbiased'
-              reduction: 'batchmean'
-          weight: 1.0
-"""
+    return sub_term('zscore', 'ZScoreKDLoss', logits(
+        temperature=note(2.0, 'Z-score paper: base temperature 2, lambda_CE 0.1, lambda_KD 9'),
+        alpha=0.1, beta=9.0, std='unbiased', reduction='batchmean'))
 
 
-ONLINE_TEACHER_NOTE = comment(
+ONLINE_TEACHER_NOTE = (
     f'Online KD: the whole teacher trains with the student, from its pretrained checkpoint, at the FT-KD teacher lr '
     f'{FTKD_TEACHER_LR} (PESF-KD paper), so DML, KDCL and FT-KD differ only in the loss. (The DML and KDCL papers '
     "train both networks from scratch at one lr; the PESF-KD authors' released code trains a pretrained teacher at "
@@ -387,31 +251,17 @@ ONLINE_TEACHER_NOTE = comment(
 
 
 def dml_term(ctx):
-    return f"""        dml:
-          criterion:
-            key: 'DMLLoss'
-            kwargs:
-{ONLINE_TEACHER_NOTE}{LOGITS}              temperature: 1.0  # DML paper: plain softmax, CE + KL(other || self) each
-              alpha: 1.0
-              beta: 1.0
-              reduction: 'batchmean'
-          weight: 1.0
-"""
+    return sub_term('dml', 'DMLLoss', logits(
+        temperature=note(1.0, 'DML paper: plain softmax, CE + KL(other || self) each'),
+        alpha=1.0, beta=1.0, reduction='batchmean'), about=ONLINE_TEACHER_NOTE)
 
 
 def kdcl_term(target):
     def term(ctx):
-        return f"""        kdcl:
-          criterion:
-            key: 'KDCLLoss'
-            kwargs:
-{ONLINE_TEACHER_NOTE}{LOGITS}              temperature: 2.0
-              alpha: 1.0
-              beta: 1.0
-              target: '{target}'   # 'min_logit' = KDCL-MinLogit (default here), 'naive' = mean of the two logits
-              reduction: 'batchmean'
-          weight: 1.0
-"""
+        return sub_term('kdcl', 'KDCLLoss', logits(
+            temperature=2.0, alpha=1.0, beta=1.0,
+            target=note(target, "'min_logit' = KDCL-MinLogit (default here), 'naive' = mean of the two logits"),
+            reduction='batchmean'), about=ONLINE_TEACHER_NOTE)
     return term
 
 
@@ -419,103 +269,57 @@ def dkd_term(zscore):
     def term(ctx):
         beta, warmup = ctx.pair.dkd_beta, ctx.data.dkd_warmup_epochs
         if zscore:
-            weights = comment(f'DKD + Z-score as its authors run it ({ZSCORE_TRAIN} with --logit-stand --base-temp 2 '
-                              "--kd-weight 9): DKD's alpha and beta times 9, temperature 2") + f"""\
-              alpha: 9.0
-              beta: {9 * beta}        # 9 x this pair's DKD beta ({beta})
-              temperature: 2.0
-"""
+            weights = {'alpha': note(9.0, f'DKD + Z-score as its authors run it ({ZSCORE_TRAIN} with --logit-stand '
+                                          "--base-temp 2 --kd-weight 9): DKD's alpha and beta times 9, temperature 2",
+                                     above=True),
+                       'beta': note(9 * beta, f"9 x this pair's DKD beta ({beta})"), 'temperature': 2.0}
         else:
-            weights = f"""\
-              alpha: 1.0        # TCKD weight (DKD's alpha, not a CE weight)
-              beta: {beta}         # NCKD weight
-              temperature: 4.0
-"""
-        return f"""        dkd:
-          criterion:
-            key: 'DKDLoss'
-            kwargs:
-{LOGITS}{comment(f'DKD defaults: CE 1, alpha 1, beta 8, T 4, warm-up 20 of 240 epochs ({MDISTILLER_CFG}); beta per '
-                  f'CIFAR pair: 2 in {DKD_PAIR_CFG}res56_res20.yaml, 6 in vgg13_vgg8.yaml. The warm-up epoch is set by '
-                  f'distillation_pre_epoch_process; here {warmup} of {ctx.data.num_epochs} epochs.')}\
-              ce_weight: 1.0
-{weights}              warmup_epochs: {warmup}
-              logit_standardization: {zscore}
-              std: 'unbiased'   # as the Z-score authors' mdistiller/distillers/DKD.py normalize()
-          weight: 1.0
-"""
+            weights = {'alpha': note(1.0, "TCKD weight (DKD's alpha, not a CE weight)"),
+                       'beta': note(beta, 'NCKD weight'), 'temperature': 4.0}
+        sources = (f'DKD defaults: CE 1, alpha 1, beta 8, T 4, warm-up 20 of 240 epochs ({MDISTILLER_CFG}); beta per '
+                   f'CIFAR pair: 2 in {DKD_PAIR_CFG}res56_res20.yaml, 6 in vgg13_vgg8.yaml. The warm-up epoch is set '
+                   f'by distillation_pre_epoch_process; here {warmup} of {ctx.data.num_epochs} epochs.')
+        return sub_term('dkd', 'DKDLoss', logits(
+            ce_weight=1.0, **weights, warmup_epochs=warmup, logit_standardization=zscore,
+            std=note('unbiased', "as the Z-score authors' mdistiller/distillers/DKD.py normalize()")), about=sources)
     return term
 
 
 def ce_term(ctx):
-    return """        ce:
-          criterion:
-            key: 'CrossEntropyLoss'
-            kwargs:
-              reduction: 'mean'
-          criterion_wrapper:
-            key: 'SimpleLossWrapper'
-            kwargs:
-              input:
-                is_from_teacher: False
-                module_path: '.'
-                io: 'output'
-              target:
-                uses_label: True
-          weight: 1.0
-"""
+    return {'ce': {
+        'criterion': {'key': 'CrossEntropyLoss', 'kwargs': {'reduction': 'mean'}},
+        'criterion_wrapper': {'key': 'SimpleLossWrapper', 'kwargs': {
+            'input': {'is_from_teacher': False, 'module_path': '.', 'io': 'output'},
+            'target': {'uses_label': True}}},
+        'weight': 1.0}}
 
 
 def pkt_term(ctx):
-    return f"""        pkt:
-          criterion:
-            key: 'PKTLoss'
-            kwargs:
-{comment(f'PKT weight 30000 (alone: with CE 1), as RepDistiller ({MDISTILLER_CFG})')}\
-              student_module_path: '{ctx.path('student', ctx.features('student').head)}'
-              student_module_io: 'input'   # the classifier's input: the penultimate feature
-              teacher_module_path: '{ctx.path('teacher', ctx.features('teacher').head)}'
-              teacher_module_io: 'input'
-              eps: 0.0000001
-          weight: 30000.0
-"""
+    return sub_term('pkt', 'PKTLoss', {
+        'student_module_path': ctx.path('student', ctx.features('student').head),
+        'student_module_io': note('input', "the classifier's input: the penultimate feature"),
+        'teacher_module_path': ctx.path('teacher', ctx.features('teacher').head),
+        'teacher_module_io': 'input',
+        'eps': 1e-7}, weight=30000.0, about=f'PKT weight 30000 (alone: with CE 1), as RepDistiller ({MDISTILLER_CFG})')
 
 
 def rkd_term(ctx):
-    return f"""        rkd:
-          criterion:
-            key: 'RKDLoss'
-            kwargs:
-{comment(f'distance 25, angle 50, weight 1 (alone: with CE 1), as RepDistiller ({MDISTILLER_CFG}); on the pooled '
-          'penultimate feature (RKDLoss flattens it)')}\
-              student_output_path: '{ctx.path('student', ctx.features('student').pool)}'
-              teacher_output_path: '{ctx.path('teacher', ctx.features('teacher').pool)}'
-              dist_factor: 25.0
-              angle_factor: 50.0
-              reduction: 'mean'
-          weight: 1.0
-"""
+    return sub_term('rkd', 'RKDLoss', {
+        'student_output_path': ctx.path('student', ctx.features('student').pool),
+        'teacher_output_path': ctx.path('teacher', ctx.features('teacher').pool),
+        'dist_factor': 25.0, 'angle_factor': 50.0, 'reduction': 'mean'},
+        about=f'distance 25, angle 50, weight 1 (alone: with CE 1), as RepDistiller ({MDISTILLER_CFG}); on the pooled '
+              'penultimate feature (RKDLoss flattens it)')
 
 
 def crd_term(ctx):
-    return f"""        crd:
-          criterion:
-            key: 'CRDLoss'
-            kwargs:
-{comment(f'NCE temperature 0.07, momentum 0.5, K 16384, embedding 128, weight 0.8 (alone: with CE 1), as RepDistiller '
-          f'({MDISTILLER_CFG})')}\
-              teacher_norm_module_path: 'normalizer'
-              student_norm_module_path: 'normalizer'
-              student_empty_module_path: 'empty'
-              input_size: *crd_feature_dim
-              output_size: *crd_num_samples
-              num_negative_samples: *crd_num_negative_samples
-              num_samples: *crd_num_samples
-              temperature: 0.07
-              momentum: 0.5
-              eps: 0.0000001
-          weight: 0.8
-"""
+    return sub_term('crd', 'CRDLoss', {
+        'teacher_norm_module_path': 'normalizer', 'student_norm_module_path': 'normalizer',
+        'student_empty_module_path': 'empty', 'input_size': alias('crd_feature_dim'),
+        'output_size': alias('crd_num_samples'), 'num_negative_samples': alias('crd_num_negative_samples'),
+        'num_samples': alias('crd_num_samples'), 'temperature': 0.07, 'momentum': 0.5, 'eps': 1e-7},
+        weight=0.8, about=f'NCE temperature 0.07, momentum 0.5, K 16384, embedding 128, weight 0.8 (alone: with CE 1), '
+                          f'as RepDistiller ({MDISTILLER_CFG})')
 
 
 CE_ONLY = (ce_term,)
@@ -543,10 +347,6 @@ METHODS = {m.name: m for m in (
 
 # ---- model, data and optimizer blocks ----
 
-def yaml_list(items):
-    return '[' + ', '.join(f"'{item}'" for item in items) + ']'
-
-
 @functools.lru_cache(maxsize=None)
 def trainable_children(model_key, num_classes):
     """Names of the direct children that hold parameters (for module_wise_configs)."""
@@ -558,68 +358,47 @@ def trainable_children(model_key, num_classes):
     return tuple(name for name, child in model.named_children() if any(True for _ in child.parameters()))
 
 
-def yaml_decimal(value):
-    """A float as YAML reads it back as a float: '0.00002', not '2e-05' (a string to PyYAML's YAML 1.1)."""
-    return f'{value:.10f}'.rstrip('0').rstrip('.') or '0'
-
-
 def param_group(module, lr, weight_decay, is_teacher=False):
-    return f"""      - module: '{module}'
-        is_teacher: {is_teacher}
-        kwargs:
-          lr: {yaml_decimal(lr)}
-          momentum: 0.9
-          weight_decay: {weight_decay}"""
+    return {'module': module, 'is_teacher': is_teacher,
+            'kwargs': {'lr': lr, 'momentum': 0.9, 'weight_decay': weight_decay}}
 
 
 def module_wise(model_key, num_classes, lr, weight_decay, is_teacher=False, prefix=''):
-    return '\n'.join(param_group(prefix + name, lr, weight_decay, is_teacher)
-                     for name in trainable_children(model_key, num_classes))
+    return [param_group(prefix + name, lr, weight_decay, is_teacher)
+            for name in trainable_children(model_key, num_classes)]
+
+
+def optimizer(data, module_wise_configs=None):
+    config = {'key': 'SGD', 'kwargs': {'lr': data.lr, 'momentum': 0.9, 'weight_decay': data.weight_decay}}
+    return {**config, 'module_wise_configs': module_wise_configs} if module_wise_configs else config
+
+
+def trained_model(data, key, ckpt_dir, experiment):
+    """A model trained from scratch and saved to ``dst_ckpt``."""
+    return {'key': key, 'kwargs': {'num_classes': data.num_classes}, 'src_ckpt': None,
+            'dst_ckpt': join(alias('ckpt_root'), f'/{ckpt_dir}/{experiment}.pt')}
 
 
 def models_block(data, pair, ckpt_dir, experiment):
-    teacher_kwargs = pair.teacher_kwargs or f"""      num_classes: {data.num_classes}
-"""
-    if data.teacher_from_training:
-        teacher_ckpt = f"!join [*ckpt_root, '/ce/{data.name}-{pair.teacher}.pt']"
-    else:
-        teacher_ckpt = ''
-    return f"""models:
-  teacher_model:
-    key: '{pair.teacher}'
-    kwargs:
-{teacher_kwargs}    src_ckpt: {teacher_ckpt}
-  student_model:
-    key: '{pair.student}'
-    kwargs:
-      num_classes: {data.num_classes}
-    src_ckpt:
-    dst_ckpt: !join [*ckpt_root, '/{ckpt_dir}/{experiment}.pt']
-"""
+    teacher_ckpt = join(alias('ckpt_root'), f'/ce/{data.name}-{pair.teacher}.pt') if data.teacher_from_training \
+        else None
+    return {'teacher_model': {'key': pair.teacher, 'kwargs': pair.teacher_kwargs or {'num_classes': data.num_classes},
+                              'src_ckpt': teacher_ckpt},
+            'student_model': trained_model(data, pair.student, ckpt_dir, experiment)}
 
 
-CRD_DATASET_WRAPPER = """    dataset_wrapper:           # CRD: each sample also brings its index and K negative indices
-      key: 'CRDDatasetWrapper'
-      kwargs:
-        num_negative_samples: *crd_num_negative_samples
-        mode: 'exact'
-        ratio: 1.0
-"""
+def crd_dataset_wrapper():
+    return note({'key': 'CRDDatasetWrapper', 'kwargs': {
+        'num_negative_samples': alias('crd_num_negative_samples'), 'mode': 'exact', 'ratio': 1.0}},
+        'CRD: each sample also brings its index and K negative indices')
 
 
-def loader_block(data, dataset_anchor, train, wrapper=''):
+def loader(data, dataset, train, dataset_wrapper=None):
     sampler = 'RandomSampler' if train else 'SequentialSampler'
-    return f"""    dataset_id: *{dataset_anchor}
-{wrapper}    sampler:
-      class_or_func: !import_get
-        key: 'torch.utils.data.{sampler}'
-      kwargs:
-    kwargs:
-      batch_size: {data.batch_size if train else 2 * data.batch_size}
-      num_workers: *num_workers
-      pin_memory: True
-      drop_last: False
-"""
+    return {'dataset_id': alias(dataset), **({'dataset_wrapper': dataset_wrapper} if dataset_wrapper else {}),
+            'sampler': {'class_or_func': import_get(f'torch.utils.data.{sampler}'), 'kwargs': None},
+            'kwargs': {'batch_size': data.batch_size if train else 2 * data.batch_size,
+                       'num_workers': alias('num_workers'), 'pin_memory': True, 'drop_last': False}}
 
 
 def hooks(ctx, side):
@@ -634,187 +413,116 @@ def hooks(ctx, side):
     return [], []
 
 
-def linear4crd_kwargs(ctx, side, indent):
-    """kwargs of torchdistill's Linear4CRD: an embedding head ('normalizer') on the pooled feature."""
-    pad = ' ' * indent
-    return (f"{pad}input_module_path: 'model.{ctx.features(side).pool}'\n"
-            f"{pad}linear_kwargs:\n"
-            f"{pad}  in_features: {ctx.features(side).dim}\n"
-            f"{pad}  out_features: *crd_feature_dim\n"
-            f"{pad}  bias: True\n"
-            f"{pad}power: 2\n")
+def linear4crd(ctx, side):
+    """torchdistill's Linear4CRD: an embedding head ('normalizer') on the pooled feature."""
+    return {'key': 'Linear4CRD', 'kwargs': {
+        'input_module_path': f'model.{ctx.features(side).pool}',
+        'linear_kwargs': {'in_features': ctx.features(side).dim, 'out_features': alias('crd_feature_dim'),
+                          'bias': True},
+        'power': 2}}
 
 
-def side_block(ctx, side, wrapper, requires_grad, frozen_modules=(), note=''):
-    """``train.teacher`` / ``train.student``: ``wrapper`` is the YAML of an auxiliary model wrapper (or '')."""
-    forward_proc = 'forward_batch_supp_dict' if ctx.method.crd else 'forward_batch_only'
+def side_block(ctx, side, wrapper=None, requires_grad=True, frozen_modules=(), requires_grad_note=None):
+    """``train.teacher`` / ``train.student``: ``wrapper`` is an auxiliary model wrapper (or None)."""
     inputs, outputs = hooks(ctx, side)
-    return f"""  {side}:
-    forward_proc: '{forward_proc}'
-    sequential: []
-{wrapper}    forward_hook:
-      input: {yaml_list(inputs)}
-      output: {yaml_list(outputs)}
-    requires_grad: {requires_grad}{f'          # {note}' if note else ''}
-    frozen_modules: {yaml_list(frozen_modules)}
-"""
+    block = {'forward_proc': 'forward_batch_supp_dict' if ctx.method.crd else 'forward_batch_only', 'sequential': []}
+    if wrapper:
+        block['auxiliary_model_wrapper'] = wrapper
+    return {**block, 'forward_hook': {'input': inputs, 'output': outputs},
+            'requires_grad': note(requires_grad, requires_grad_note) if requires_grad_note else requires_grad,
+            'frozen_modules': list(frozen_modules)}
 
 
 def teacher_block(ctx):
     data, pair, method = ctx.data, ctx.pair, ctx.method
     if method.teacher_side == 'adapters':
-        inner = ''
-        if method.crd:
-            inner = ("        wrapper:                 # CRD's embedding head on the adapted teacher (trains too)\n"
-                     "          key: 'Linear4CRD'\n          kwargs:\n" + linear4crd_kwargs(ctx, 'teacher', 12))
+        adapters = [{'modules': list(pair.adapter_modules),
+                     'kind': note('bottleneck', 'PESF-KD eq. 6: h + relu(h W_down) W_up, W_up zero-initialised'),
+                     'bottleneck': 32}]
         if method.features in ('pkt', 'crd'):  # RKDLoss computes its teacher side under no_grad
-            inner += comment(f"The {method.features.upper()} loss reads the adapted teacher's features with grad, "
-                             'so its gradient reaches the adapters too (the released PESF-KD code adapts the logits '
-                             'only).', indent=8)
-        wrapper = f"""    auxiliary_model_wrapper:
-      key: 'AdapterTeacher'
-      kwargs:
-        adapters:
-          - modules: [{', '.join(f"'{m}'" for m in pair.adapter_modules)}]
-            kind: 'bottleneck'   # PESF-KD eq. 6: h + relu(h W_down) W_up, W_up zero-initialised
-            bottleneck: 32
-        input_shape: {list(data.input_shape)}
-{inner}"""
+            adapters = note(adapters, f"The {method.features.upper()} loss reads the adapted teacher's features "
+                                      'with grad, so its gradient reaches the adapters too (the released PESF-KD code '
+                                      'adapts the logits only).', above=True)
+        kwargs = {'adapters': adapters, 'input_shape': list(data.input_shape)}
+        if method.crd:
+            kwargs['wrapper'] = note(linear4crd(ctx, 'teacher'),
+                                     "CRD's embedding head on the adapted teacher (trains too)")
         trained = 'the adapters and the CRD head train' if method.crd else 'only the adapters train'
-        return side_block(ctx, 'teacher', wrapper, True, note=f'the teacher forward runs with grad, {trained}')
+        return side_block(ctx, 'teacher', {'key': 'AdapterTeacher', 'kwargs': kwargs},
+                          requires_grad_note=f'the teacher forward runs with grad, {trained}')
     if method.crd:
-        wrapper = ("    auxiliary_model_wrapper:   # CRD trains the teacher's embedding head ('normalizer') only\n"
-                   "      key: 'Linear4CRD'\n      kwargs:\n" + linear4crd_kwargs(ctx, 'teacher', 8))
-        return side_block(ctx, 'teacher', wrapper, True, frozen_modules=['model'])
-    return side_block(ctx, 'teacher', '', method.teacher_side == 'full')
+        wrapper = note(linear4crd(ctx, 'teacher'), "CRD trains the teacher's embedding head ('normalizer') only")
+        return side_block(ctx, 'teacher', wrapper, frozen_modules=['model'])
+    return side_block(ctx, 'teacher', requires_grad=method.teacher_side == 'full')
 
 
-def student_block(ctx):
-    wrapper = ''
-    if ctx.method.crd:
-        wrapper = ("    auxiliary_model_wrapper:\n      key: 'Linear4CRD'\n      kwargs:\n"
-                   + linear4crd_kwargs(ctx, 'student', 8))
-    return side_block(ctx, 'student', wrapper, True)
-
-
-def optimizer_block(ctx):
+def distillation_optimizer(ctx):
     data, pair, method = ctx.data, ctx.pair, ctx.method
-    groups = [module_wise(pair.student, data.num_classes, data.lr, data.weight_decay,
-                          prefix=ctx.path('student', ''))]
+    groups = module_wise(pair.student, data.num_classes, data.lr, data.weight_decay, prefix=ctx.path('student', ''))
     if method.crd:
         groups.append(param_group('normalizer', data.lr, data.weight_decay))
     if method.teacher_side == 'adapters':
         groups.append(param_group('adapters', ADAPTER_LR, data.weight_decay, is_teacher=True))
     elif method.teacher_side == 'full':
-        groups.append(module_wise(pair.teacher, data.num_classes, FTKD_TEACHER_LR, data.weight_decay,
-                                  is_teacher=True, prefix=ctx.path('teacher', '')))
+        groups += module_wise(pair.teacher, data.num_classes, FTKD_TEACHER_LR, data.weight_decay, is_teacher=True,
+                              prefix=ctx.path('teacher', ''))
     if method.crd:
         groups.append(param_group('normalizer', data.lr, data.weight_decay, is_teacher=True))
-    return f"""  optimizer:
-    key: 'SGD'
-    kwargs:
-      lr: {data.lr}
-      momentum: 0.9
-      weight_decay: {data.weight_decay}
-    module_wise_configs:
-{chr(10).join(groups)}
-"""
+    return optimizer(data, groups)
 
 
-def header(data, description, settings=''):
-    return f"""# {description}
-# Generated by tools/make_configs.py; run with
-#   python tools/image_classification.py --config <this file>
-dependencies:
-  - name: 'pesf_ext'
-
-settings:
-  ckpt_root: &ckpt_root '{data.ckpt_root}'
-  num_workers: &num_workers {data.num_workers}
-  num_epochs: &num_epochs {data.num_epochs}
-{settings}
-datasets:
-{data.blocks}
-"""
+def settings(data, crd=False):
+    block = {'ckpt_root': anchor('ckpt_root', data.ckpt_root), 'num_workers': anchor('num_workers', data.num_workers),
+             'num_epochs': anchor('num_epochs', data.num_epochs)}
+    if crd:
+        block['crd_num_samples'] = note(
+            anchor('crd_num_samples', data.train_size),
+            'CRD memory: one row per train image, so crd_num_samples must equal the train set size (change it together '
+            'with num_train_samples); K negatives per sample and embedding size as in CRD (Tian et al., 2020)',
+            above=True)
+        block['crd_num_negative_samples'] = anchor('crd_num_negative_samples', 16384)
+        block['crd_feature_dim'] = anchor('crd_feature_dim', 128)
+    return block
 
 
-def crd_settings(data):
-    return f"""  # CRD memory: one row per train image, so crd_num_samples must equal the train set size (change it
-  # together with num_train_samples); K negatives per sample and embedding size as in CRD (Tian et al., 2020)
-  crd_num_samples: &crd_num_samples {data.train_size}
-  crd_num_negative_samples: &crd_num_negative_samples 16384
-  crd_feature_dim: &crd_feature_dim 128
-"""
-
-
-def test_block(data):
-    anchor = 'test' if '&test ' in data.blocks else 'val'
-    return f"""
-test:
-  test_data_loader:
-{loader_block(data, anchor, train=False)}"""
+def config(data, description, models, train, crd=False):
+    """A whole config: header, dependencies, settings, datasets, ``models``, ``train`` (after its loaders), test."""
+    header = [description, 'Generated by tools/make_configs.py; run with',
+              '  python tools/image_classification.py --config <this file>']
+    train = {'log_freq': data.log_freq, 'num_epochs': alias('num_epochs'), **train}
+    return dump_config({
+        'dependencies': [{'name': 'pesf_ext'}], 'settings': settings(data, crd), 'datasets': data.datasets,
+        'models': models, 'train': train,
+        'test': {'test_data_loader': loader(data, data.test_split, train=False)}}, header)
 
 
 def distillation_config(data, pair, method):
     ctx = Context(data, pair, method)
     experiment = f'{data.name}-{pair.student}_from_{pair.teacher}'
-    text = header(data, f'{method.name} on {data.name}: {pair.teacher} -> {pair.student}',
-                  crd_settings(data) if method.crd else '')
-    text += models_block(data, pair, method.name, experiment)
-    text += f"""
-train:
-  log_freq: {data.log_freq}
-  num_epochs: *num_epochs
-  pre_epoch_process: 'distillation_pre_epoch_process'   # teacher eval where frozen, train where trainable
-  train_data_loader:
-{loader_block(data, 'train', train=True, wrapper=CRD_DATASET_WRAPPER if method.crd else '')}  val_data_loader:
-{loader_block(data, 'val', train=False)}{teacher_block(ctx)}{student_block(ctx)}{optimizer_block(ctx)}  scheduler:
-{data.scheduler}
-  criterion:
-    key: 'WeightedSumLoss'
-    kwargs:
-      sub_terms:
-{''.join(term(ctx) for term in method.terms)}"""
-    return text + test_block(data)
+    dataset_wrapper = crd_dataset_wrapper() if method.crd else None
+    train = {
+        'pre_epoch_process': note('distillation_pre_epoch_process', 'teacher eval where frozen, train where trainable'),
+        'train_data_loader': loader(data, 'train', train=True, dataset_wrapper=dataset_wrapper),
+        'val_data_loader': loader(data, 'val', train=False),
+        'teacher': teacher_block(ctx),
+        'student': side_block(ctx, 'student', linear4crd(ctx, 'student') if method.crd else None),
+        'optimizer': distillation_optimizer(ctx),
+        'scheduler': data.scheduler,
+        'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {
+            name: sub for term in method.terms for name, sub in term(ctx).items()}}}}
+    return config(data, f'{method.name} on {data.name}: {pair.teacher} -> {pair.student}',
+                  models_block(data, pair, method.name, experiment), train, crd=method.crd)
 
 
 def training_config(data, model_key, role):
-    text = header(data, f'cross-entropy training of the {role} ({model_key}) on {data.name}')
-    text += f"""models:
-  model:
-    key: '{model_key}'
-    kwargs:
-      num_classes: {data.num_classes}
-    src_ckpt:
-    dst_ckpt: !join [*ckpt_root, '/ce/{data.name}-{model_key}.pt']
-
-train:
-  log_freq: {data.log_freq}
-  num_epochs: *num_epochs
-  train_data_loader:
-{loader_block(data, 'train', train=True)}  val_data_loader:
-{loader_block(data, 'val', train=False)}  model:
-    forward_proc: 'forward_batch_only'
-    sequential: []
-    forward_hook:
-      input: []
-      output: []
-    requires_grad: True
-    frozen_modules: []
-  optimizer:
-    key: 'SGD'
-    kwargs:
-      lr: {data.lr}
-      momentum: 0.9
-      weight_decay: {data.weight_decay}
-  scheduler:
-{data.scheduler}
-  criterion:
-    key: 'WeightedSumLoss'
-    kwargs:
-      sub_terms:
-{ce_term(None)}"""
-    return text + test_block(data)
+    train = {
+        'train_data_loader': loader(data, 'train', train=True), 'val_data_loader': loader(data, 'val', train=False),
+        'model': {'forward_proc': 'forward_batch_only', 'sequential': [],
+                  'forward_hook': {'input': [], 'output': []}, 'requires_grad': True, 'frozen_modules': []},
+        'optimizer': optimizer(data), 'scheduler': data.scheduler,
+        'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': ce_term(None)}}}
+    return config(data, f'cross-entropy training of the {role} ({model_key}) on {data.name}',
+                  {'model': trained_model(data, model_key, 'ce', f'{data.name}-{model_key}')}, train)
 
 
 # ---- which configs exist ----
@@ -827,24 +535,42 @@ CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (rep
 IMAGENET_METHODS = ('kd', 'pkt', 'crd', 'rkd', 'kdcl', 'dml', 'ftkd', 'pesfkd', 'zscore', 'pesfkd_crd')  # Table II
 
 
-def all_configs():
-    """Maps a path under configs/ to its YAML text."""
-    configs = {}
-    fm_pair = PAIRS_CIFAR[0]
-    configs['fashion_mnist/resnet56_teacher_ce.yaml'] = training_config(FASHION_MNIST, fm_pair.teacher, 'teacher')
-    configs['fashion_mnist/resnet20_student_ce.yaml'] = training_config(FASHION_MNIST, fm_pair.student, 'student')
+def fashion_mnist_configs():
+    pair = PAIRS_CIFAR[0]
+    configs = {f'fashion_mnist/{model}_{role}_ce.yaml': training_config(FASHION_MNIST, model, role)
+               for model, role in ((pair.teacher, 'teacher'), (pair.student, 'student'))}
     for name in FASHION_MNIST_METHODS:
-        configs[f'fashion_mnist/{fm_pair.tag}_{name}.yaml'] = distillation_config(FASHION_MNIST, fm_pair, METHODS[name])
-    teachers = []
+        configs[f'fashion_mnist/{pair.tag}_{name}.yaml'] = distillation_config(FASHION_MNIST, pair, METHODS[name])
+    return configs
+
+
+def cifar100_configs():
+    configs = {}
     for pair in PAIRS_CIFAR:
-        if pair.teacher not in teachers:
-            teachers.append(pair.teacher)
-            configs[f'cifar100/{pair.teacher}_teacher_ce.yaml'] = training_config(CIFAR100, pair.teacher, 'teacher')
+        teacher_path = f'cifar100/{pair.teacher}_teacher_ce.yaml'
+        if teacher_path not in configs:
+            configs[teacher_path] = training_config(CIFAR100, pair.teacher, 'teacher')
         for name in CIFAR_METHODS + CIFAR_EXTRA_METHODS.get(pair.tag, ()):
             configs[f'cifar100/{pair.tag}_{name}.yaml'] = distillation_config(CIFAR100, pair, METHODS[name])
-    for name in IMAGENET_METHODS:
-        configs[f'imagenet/{PAIR_IMAGENET.tag}_{name}.yaml'] = distillation_config(IMAGENET, PAIR_IMAGENET,
-                                                                                 METHODS[name])
+    return configs
+
+
+def imagenet_configs():
+    return {f'imagenet/{PAIR_IMAGENET.tag}_{name}.yaml': distillation_config(IMAGENET, PAIR_IMAGENET, METHODS[name])
+            for name in IMAGENET_METHODS}
+
+
+FAMILIES = (fashion_mnist_configs, cifar100_configs, imagenet_configs)   # each: () -> {path under configs/: text}
+
+
+def all_configs():
+    """Maps a path under configs/ to its YAML text, over every family in ``FAMILIES``."""
+    configs = {}
+    for family in FAMILIES:
+        for rel_path, text in family().items():
+            if rel_path in configs:
+                raise ValueError(f'configs/{rel_path} written by two families ({family.__name__} and another)')
+            configs[rel_path] = text
     return configs
 
 

@@ -61,6 +61,7 @@ class Setup:
     online_teacher_lr: float       # FT-KD / DML: the whole teacher online
     adapter_lr: float              # PESF-KD adapters
     freeze_student_embeddings: bool
+    assistant_layers: int          # TAKD's teacher assistant, between teacher and student
     tasks: dict = field(default_factory=dict)   # task -> {max_length, num_train_samples, num_val_samples, comment}
 
 
@@ -72,7 +73,7 @@ PAPER = Setup(
     name='glue', teacher_path='bert-base-uncased', teacher_label='bert-base-uncased', student_label='bert-6l',
     student_layers='first', student_num_layers=6, student_from_finetuned=False, data_dir=None,
     num_epochs=3, teacher_epochs=3, batch_size=32, student_lr=2.0e-5, teacher_lr=2.0e-5, online_teacher_lr=1.0e-5,
-    adapter_lr=2.0e-5, freeze_student_embeddings=False,
+    adapter_lr=2.0e-5, freeze_student_embeddings=False, assistant_layers=9,
     tasks={task: {'max_length': 128, 'num_train_samples': None, 'num_val_samples': None}
            for task in ('rte', 'sst2', 'mrpc', 'stsb', 'qnli', 'qqp')})
 OFFLINE = Setup(
@@ -80,7 +81,7 @@ OFFLINE = Setup(
     teacher_label='minilm-l6', student_label='minilm-l3', student_layers='every_other', student_num_layers=3,
     student_from_finetuned=True, data_dir='../shared/data/glue', num_epochs=3, teacher_epochs=3, batch_size=32,
     student_lr=1.0e-4, teacher_lr=5.0e-5, online_teacher_lr=1.0e-5, adapter_lr=1.0e-4,
-    freeze_student_embeddings=True,
+    freeze_student_embeddings=True, assistant_layers=4,
     tasks={'rte': {'max_length': 64, 'num_train_samples': None, 'num_val_samples': 250},
            'sst2': {'max_length': 64, 'num_train_samples': 1000, 'num_val_samples': 500}})
 SETUPS = (PAPER, OFFLINE)
@@ -88,7 +89,7 @@ NUM_LABELS = {'rte': 2, 'sst2': 2, 'mrpc': 2, 'stsb': 1, 'qnli': 2, 'qqp': 2}
 TEMPERATURE, KD_BETA = 5.0, 0.5          # tau (torchdistill's GLUE KD configs: 5); KL weight = PKD's alpha = 0.5
 PKD_WEIGHT, ADAPTER_R = 100.0, 64        # PKD's beta; PESF-KD's GLUE bottleneck r (paper Fig. 12)
 ZSCORE_TEMPERATURE, ZSCORE_BETA = 2.0, 9.0
-METHODS = ('kd', 'pesfkd', 'pesfkd_head', 'ftkd', 'dml', 'zscore', 'pkd', 'pkd_pesfkd', 'ce')
+METHODS = ('kd', 'pesfkd', 'pesfkd_head', 'ftkd', 'dml', 'zscore', 'pkd', 'pkd_pesfkd', 'ce', 'takd_assistant', 'takd')
 
 
 def ckpt(setup, task, method, stem):
@@ -110,6 +111,22 @@ def hf_model(setup, task, path, label, builder=None, src_ckpt=None, dst_ckpt=Non
     if dst_ckpt:
         model['dst_ckpt'] = dst_ckpt
     return model
+
+
+def assistant_label(setup):
+    return f'{setup.teacher_label.rsplit("-", 1)[0]}-{setup.assistant_layers}l-ta'
+
+
+def assistant_model(setup, task, as_teacher):
+    """TAKD's teacher assistant (Mirzadeh et al., AAAI 2020): the teacher's first layers, distilled from the teacher
+    (``takd_assistant``), then the teacher of the student (``takd``, loading that run's checkpoint)."""
+    builder = {'key': 'layer_subset_student', 'kwargs': {
+        'layers': 'first', 'num_layers': setup.assistant_layers,
+        'teacher_ckpt': None if as_teacher or not setup.student_from_finetuned else teacher_ckpt(setup, task)}}
+    stem = f'{assistant_label(setup)}_from_{setup.teacher_label}'
+    path = ckpt(setup, task, 'takd_assistant', stem)
+    return hf_model(setup, task, setup.teacher_path, assistant_label(setup), builder,
+                    src_ckpt=path if as_teacher else None, dst_ckpt=None if as_teacher else path)
 
 
 def student_model(setup, task, method):
@@ -185,6 +202,8 @@ def method_terms(setup, method):
     kd = {'temperature': TEMPERATURE, 'alpha': 1 - KD_BETA, 'beta': KD_BETA}
     terms = {
         'kd': {'kd': logit_term('LogitKDLoss', **kd)},
+        'takd_assistant': {'kd': logit_term('LogitKDLoss', **kd)},
+        'takd': {'kd': logit_term('LogitKDLoss', **kd)},
         'pesfkd': {'pesfkd': logit_term('PESFKDLoss', **kd, teacher_kl='reverse')},
         'pesfkd_head': {'pesfkd': logit_term('PESFKDLoss', **kd, teacher_kl='reverse')},
         'ftkd': {'ftkd': logit_term('FTKDLoss', **kd, teacher_ce_weight=1.0)},
@@ -260,6 +279,11 @@ def config_for(setup, task, method):
         data['models'] = {'model': teacher}
     elif method == 'ce':
         data['models'] = {'model': student_model(setup, task, method)}
+    elif method == 'takd_assistant':
+        data['models'] = {'teacher_model': teacher, 'student_model': assistant_model(setup, task, as_teacher=False)}
+    elif method == 'takd':
+        data['models'] = {'teacher_model': assistant_model(setup, task, as_teacher=True),
+                          'student_model': student_model(setup, task, method)}
     else:
         data['models'] = {'teacher_model': teacher, 'student_model': student_model(setup, task, method)}
     data['train'] = train_section(setup, task, method)
@@ -274,14 +298,17 @@ DESCRIPTIONS = {
     'ftkd': 'FT-KD, the whole teacher fine-tuned online', 'dml': 'DML (mutual learning)',
     'zscore': 'Z-score KD (logit standardization)', 'pkd': 'PKD-Skip (patient KD) with KD',
     'pkd_pesfkd': 'PKD-Skip with PESF-KD (Table V)',
+    'takd_assistant': 'TAKD step 1: KD into the teacher assistant', 'takd': 'TAKD step 2: KD from the teacher assistant',
 }
 
 
 def header(setup, task, method):
     run = f'python tools/text_classification.py --config configs/{setup.name}/{task}/{file_stem(setup, method)}.yaml'
+    pair = {'teacher': setup.teacher_label, 'ce': setup.student_label,
+            'takd_assistant': f'{setup.teacher_label} -> {assistant_label(setup)}',
+            'takd': f'{assistant_label(setup)} -> {setup.student_label} (run takd_assistant first)'}
     lines = [f'{DESCRIPTIONS[method]} on GLUE {task.upper()}: '
-             + (f'{setup.teacher_label}' if method == 'teacher' else
-                f'{setup.teacher_label} -> {setup.student_label}' if method != 'ce' else setup.student_label),
+             + pair.get(method, f'{setup.teacher_label} -> {setup.student_label}'),
              'Generated by tools/make_glue_configs.py; run with', f'  {run} --seed 0']
     if setup is PAPER:
         lines += ['Papers\' set-up: max length 128, AdamW, batch 32, linear decay. Grid point used (DESIGN grid: student',

@@ -16,17 +16,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pesf_ext  # noqa: E402,F401  (registers losses, adapters, models, processes)
-from pesf_ext.data.fashion_mnist import DatasetNotFoundError  # noqa: E402
-from pesf_ext.engine.errors import ConfigError  # noqa: E402
+from pesf_ext.engine.cli import main_guard  # noqa: E402
 from pesf_ext.nlp.runner import get_text_args, run_text  # noqa: E402
 
 
 def main(argv=None):
     args = get_text_args(argv)
-    try:
-        return run_text(args)
-    except (ConfigError, DatasetNotFoundError) as error:
-        sys.exit(f'Config error: {error}')
+    return main_guard(lambda: run_text(args), args)
 
 
 if __name__ == '__main__':

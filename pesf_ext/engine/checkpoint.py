@@ -132,6 +132,7 @@ def save_last(box, epoch, best_value, args, dst_ckpt):
         'optimizer': box.optimizer.state_dict(),
         'lr_scheduler': box.lr_scheduler.state_dict() if box.lr_scheduler is not None else None,
         'criterion': box.criterion.state_dict() if isinstance(box.criterion, torch.nn.Module) else None,
+        'grad_scaler': box.grad_scaler.state_dict() if getattr(box, 'grad_scaler', None) is not None else None,
         'rng': rng_state(),
         'data_rng': box.data_stream.state_dict() if getattr(box, 'data_stream', None) is not None else None,
     }, last_path)
@@ -151,6 +152,8 @@ def load_last(box, dst_ckpt):
         box.lr_scheduler.load_state_dict(state['lr_scheduler'])
     if state['criterion'] is not None:
         box.criterion.load_state_dict(state['criterion'])
+    if state.get('grad_scaler') is not None and getattr(box, 'grad_scaler', None) is not None:
+        box.grad_scaler.load_state_dict(state['grad_scaler'])  # fp16 mixed precision: the loss scale goes on
     set_rng_state(state['rng'])
     if state.get('data_rng') is not None and getattr(box, 'data_stream', None) is not None:
         box.data_stream.load_state_dict(state['data_rng'])

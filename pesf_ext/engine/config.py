@@ -22,6 +22,7 @@ from torchdistill.optim import registry as optim_registry
 from ..adapters import inject_adapters
 from .errors import ConfigError
 from .models import is_known_model_key
+from .values import validate_values
 
 ONLINE_TEACHER_LOSSES = {'FTKDLoss', 'DMLLoss', 'KDCLLoss'}
 ADAPTER_LOSSES = {'PESFKDLoss'}
@@ -60,34 +61,6 @@ def _check_key(yaml_key, key, registry_dicts, what):
         raise ConfigError(f'{yaml_key}: unknown {what} `{key}`.{close_matches(key, known)}')
 
 
-def _check_numbers(yaml_key, kwargs):
-    for name, value in (kwargs or {}).items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        if name == 'temperature' and value <= 0:
-            raise ConfigError(f'{yaml_key}.temperature: must be > 0, got {value}')
-        if (name in {'alpha', 'beta', 'weight', 'teacher_alpha', 'teacher_beta'} or name.endswith('_weight')) \
-                and value < 0:
-            raise ConfigError(f'{yaml_key}.{name}: must be >= 0, got {value}')
-
-
-def _check_learning_rates(yaml_key, optimizer):
-    """``lr`` of the optimizer and of each ``module_wise_configs`` entry: a number > 0. YAML 1.1 reads '2e-5'
-    (no dot) as a string, which torch would only reject at the first step."""
-    groups = [(f'{yaml_key}.kwargs', optimizer.get('kwargs') or {})]
-    groups += [(f'{yaml_key}.module_wise_configs[{i}].kwargs', group.get('kwargs') or {})
-               for i, group in enumerate(optimizer.get('module_wise_configs') or [])]
-    for key, kwargs in groups:
-        lr = kwargs.get('lr')
-        if lr is None:
-            continue
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-            hint = ' (YAML reads 2e-5 as a string; write 2.0e-5 or 0.00002)' if isinstance(lr, str) else ''
-            raise ConfigError(f'{key}.lr: must be a number, got {lr!r}{hint}')
-        if lr <= 0:
-            raise ConfigError(f'{key}.lr: must be > 0, got {lr}')
-
-
 def _check_ckpt(yaml_key, path):
     if path and not str(path).startswith(('http://', 'https://')) and not os.path.isfile(os.path.expanduser(path)):
         raise ConfigError(f'{yaml_key}: checkpoint file not found: {path}')
@@ -113,8 +86,6 @@ def _validate_stage(stage, key_prefix, has_teacher, needs_training):
         _check_key(f'{term_key}.criterion.key', loss_key,
                    [loss_registry.MIDDLE_LEVEL_LOSS_DICT, loss_registry.LOW_LEVEL_LOSS_DICT, loss_registry.LOSS_DICT],
                    'loss')
-        _check_numbers(f'{term_key}.criterion.kwargs', kwargs)
-        _check_numbers(term_key, {'weight': term.get('weight')})
         loss_keys.add(loss_key)
     for proc_key, registry in PROCESS_REGISTRIES.items():
         if stage.get(proc_key) is not None:
@@ -132,7 +103,6 @@ def _validate_stage(stage, key_prefix, has_teacher, needs_training):
     optimizer = stage.get('optimizer') or {}
     if optimizer.get('key') is not None:
         _check_key(f'{key_prefix}.optimizer.key', optimizer['key'], [optim_registry.OPTIM_DICT], 'optimizer')
-    _check_learning_rates(f'{key_prefix}.optimizer', optimizer)
     scheduler = stage.get('scheduler') or {}
     if scheduler.get('key') is not None:
         _check_key(f'{key_prefix}.scheduler.key', scheduler['key'], [optim_registry.SCHEDULER_DICT], 'scheduler')
@@ -163,6 +133,7 @@ def _validate_teacher_side(stage, key_prefix, loss_keys):
 
 def validate_config(config, needs_training=True):
     """Static checks of a loaded YAML (see module docstring); raises :class:`ConfigError`."""
+    validate_values(config)
     models = config.get('models')
     if not isinstance(models, dict):
         raise ConfigError('models: missing')

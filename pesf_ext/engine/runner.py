@@ -28,12 +28,14 @@ from torchdistill.models.wrapper import build_auxiliary_model_wrapper
 from ..adapters.inject import count_parameters
 from ..epoch_metrics import PROCESS_NAME, check_options, records_paths
 from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_best, save_last, unwrap
+from .cli import validate_args
 from .config import load_config, validate_config, validate_model_paths
 from .distributed import barrier, init_distributed, is_main_process, resolve_device, wrap_box_models
 from .errors import ConfigError
 from .overrides import apply_overrides
 from .loop import evaluate, inference_model, train_one_epoch
 from .rng import DataStream, isolated_stream
+from .speed import add_speed_args, apply_speed, check_speed_fits, speed_options
 
 logger = logging.getLogger(__name__)
 DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS = 'distillation_pre_epoch_process'
@@ -59,6 +61,8 @@ def get_args(argv=None, description='Knowledge distillation with pesf_ext (torch
     parser.add_argument('--dist_url', default='env://', help='url used to set up distributed training')
     parser.add_argument('-adjust_lr', action='store_true',
                         help='multiply learning rate by number of distributed processes (world_size)')
+    parser.add_argument('--debug', action='store_true', help='on an error, print the full traceback')
+    add_speed_args(parser)
     add_override_argument(parser)
     if extra is not None:
         extra(parser)
@@ -135,6 +139,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     box.data_stream = DataStream(args.seed)
     if distributed:
         wrap_box_models(box, device_ids)
+    apply_speed(box, speed_options(config, args), device)
     counts = parameter_counts(box)
     for name, (trainable, total) in counts.items():
         logger.info('%s: %s trainable / %s total parameters', name, f'{trainable:,}', f'{total:,}')
@@ -219,6 +224,7 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
     runner tokenizes there, with the student's tokenizer).
     """
     set_basic_log_config()
+    validate_args(args)
     device = resolve_device(args.device)
     distributed, world_size, device_ids, device = init_distributed(device, args.world_size, args.dist_url)
     if is_main_process() and args.run_log:
@@ -229,6 +235,7 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
     for key, old, new in apply_overrides(config, getattr(args, 'overrides', None)):
         logger.info('--set %s: %r -> %r', key, old, new)
     validate_config(config, needs_training=not args.test_only)
+    check_speed_fits(speed_options(config, args), config)
     if args.log_config:
         logger.info(config)
     set_seed(args.seed)

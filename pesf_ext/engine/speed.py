@@ -1,0 +1,217 @@
+"""Speed switches for a torchdistill box: mixed precision, channels_last, ``torch.compile``, no-grad frozen teacher.
+
+In a YAML (top level, beside ``models``/``train``), every key optional::
+
+    speed:
+      amp: 'bf16'                  # or 'fp16' (gradient scaling) or null (fp32, the default)
+      channels_last: True
+      compile: ['student', 'teacher']
+      compile_backend: 'inductor'  # any torch.compile backend
+      compile_mode: null           # e.g. 'max-autotune'
+      teacher_no_grad: True        # default
+
+or on the command line of the runners and ``tools/benchmark.py`` (which win over the YAML)::
+
+    --amp bf16 -channels_last --compile student teacher --compile_backend inductor
+
+What each does to the box built by torchdistill (:func:`apply_speed`):
+
+* ``amp``: the box's ``forward_process`` (teacher and student forward, loss) runs under
+  ``torch.autocast(device_type, dtype)``; backward and the optimizer step stay outside it, as PyTorch's AMP recipe
+  says. With ``fp16`` a ``torch.amp.GradScaler`` scales the loss before ``backward`` and unscales before gradient
+  clipping and the optimizer step (steps with inf/NaN gradients are skipped, the scale adapts); bf16 has fp32's
+  range and needs no scaling. Evaluation stays in fp32.
+* ``channels_last``: student and teacher weights and the training images use the NHWC memory format, which the
+  tensor cores' convolution kernels prefer (``torch.channels_last``).
+* ``compile``: ``nn.Module.compile`` in place, so module paths, forward hooks and ``state_dict`` keys are unchanged
+  (``torch.compile(model)`` would prefix every key with ``_orig_mod.`` and break checkpoints).
+* ``teacher_no_grad``: when the teacher is "updatable" for torchdistill (``requires_grad: True``) but none of its
+  parameters requires a gradient, its forward runs under ``torch.no_grad()`` as a frozen teacher's does. When an
+  adapter (PESF-KD) or the whole teacher (FT-KD, DML, KDCL) trains, the graph is kept. ``torch.inference_mode`` is
+  not used: its outputs cannot be saved for backward, which a loss multiplying by teacher logits or features needs.
+
+Why not Hugging Face ``accelerate`` (which torchdistill's boxes accept as ``accelerator``): its ``prepare`` also
+wraps the models for distributed training and re-shards the data loaders, which the runner already does itself
+(torchrun on CPU and GPU), and for fp16 torchdistill then casts a frozen teacher to pure fp16 (``teacher.half()``),
+not autocast. The box's own ``forward_process``/``post_forward_process`` are the narrower hook.
+"""
+import dataclasses
+import functools
+import logging
+
+import torch
+from torch.nn.utils import clip_grad_norm_
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, ReduceLROnPlateau
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+COMPILE_TARGETS = ('student', 'teacher')
+DEFAULT_POST_FORWARD_PROCESS = 'default_post_forward_process'
+
+
+@dataclasses.dataclass
+class SpeedOptions:
+    amp: str = None
+    channels_last: bool = False
+    compile: tuple = ()
+    compile_backend: str = 'inductor'
+    compile_mode: str = None
+    teacher_no_grad: bool = True
+
+    def describe(self):
+        parts = [f'amp={self.amp or "off (fp32)"}', f'channels_last={self.channels_last}',
+                 f'compile={",".join(self.compile) or "off"}', f'teacher_no_grad={self.teacher_no_grad}']
+        if self.compile:
+            parts.append(f'compile_backend={self.compile_backend}')
+        return ', '.join(parts)
+
+
+def add_speed_args(parser):
+    """The command-line switches (``None`` = take the YAML's ``speed`` value)."""
+    group = parser.add_argument_group('speed (override the YAML key `speed`)')
+    group.add_argument('--amp', choices=sorted(AMP_DTYPES), help='mixed precision: bf16, or fp16 with grad scaling')
+    group.add_argument('-channels_last', action='store_const', const=True, default=None,
+                       help='channels_last memory format for models and images')
+    group.add_argument('--compile', nargs='+', choices=COMPILE_TARGETS, help='torch.compile these models')
+    group.add_argument('--compile_backend', help='torch.compile backend (default inductor)')
+    group.add_argument('--compile_mode', help='torch.compile mode (e.g. max-autotune)')
+    return parser
+
+
+def speed_options(config, args=None):
+    """Reads ``speed`` from the YAML, then the command line; raises :class:`ConfigError` naming the key."""
+    section = config.get('speed')
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError(f'speed: expected a mapping (amp, channels_last, compile, ...), got {section!r}')
+    known = {field.name for field in dataclasses.fields(SpeedOptions)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(f'speed.{unknown[0]}: unknown switch; known: {", ".join(sorted(known))}')
+    values = dict(section)
+    sources = {name: f'speed.{name}' for name in values}
+    for name in ('amp', 'channels_last', 'compile', 'compile_backend', 'compile_mode'):
+        value = getattr(args, name, None) if args is not None else None
+        if value is not None:
+            values[name] = value
+            sources[name] = '-channels_last' if name == 'channels_last' else f'--{name}'
+    amp = values.get('amp')
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ConfigError(f'{sources["amp"]}: must be one of {", ".join(sorted(AMP_DTYPES))} or null, got {amp!r}')
+    for name in ('channels_last', 'teacher_no_grad'):
+        if name in values and not isinstance(values[name], bool):
+            raise ConfigError(f'{sources[name]}: must be True or False, got {values[name]!r}')
+    targets = values.get('compile') or ()
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    for target in targets:
+        if target not in COMPILE_TARGETS:
+            raise ConfigError(f'{sources["compile"]}: unknown model `{target}`; choose from '
+                              f'{", ".join(COMPILE_TARGETS)}')
+    values['compile'] = targets
+    for name in ('compile_backend', 'compile_mode'):
+        if values.get(name) is not None and not isinstance(values[name], str):
+            raise ConfigError(f'{sources[name]}: must be a string, got {values[name]!r}')
+    if values.get('compile_backend') is None:
+        values.pop('compile_backend', None)
+    return SpeedOptions(**values)
+
+
+def check_speed_fits(options, config):
+    """Checks that need the whole YAML: fp16's gradient scaling replaces torchdistill's post-forward process."""
+    if options.amp != 'fp16':
+        return
+    train = config.get('train') or {}
+    stages = [(f'train.{k}', v) for k, v in train.items() if k.startswith('stage')] or [('train', train)]
+    for prefix, stage in stages:
+        process = stage.get('post_forward_process')
+        if process not in (None, DEFAULT_POST_FORWARD_PROCESS):
+            raise ConfigError(f'{prefix}.post_forward_process: `{process}` cannot be combined with speed.amp: fp16, '
+                              'whose gradient scaling replaces the post-forward process; use amp: bf16')
+
+
+def _models(box):
+    student = box.student_model if hasattr(box, 'student_model') else box.model
+    return {'student': student, 'teacher': getattr(box, 'teacher_model', None)}
+
+
+def to_channels_last(batch):
+    if torch.is_tensor(batch) and batch.dim() == 4:
+        return batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def scaled_post_forward_process(box, loss, metrics=None, **kwargs):
+    """torchdistill's ``default_post_forward_process`` with a ``GradScaler``: scaled backward, unscale before
+    clipping, ``scaler.step`` (skips a step whose gradients overflowed) and ``scaler.update``."""
+    scaler = box.grad_scaler
+    box.stage_grad_count += 1
+    if box.grad_accum_step > 1:
+        loss = loss / box.grad_accum_step
+    scaler.scale(loss).backward()
+    if box.stage_grad_count % box.grad_accum_step == 0:
+        if box.max_grad_norm is not None:
+            scaler.unscale_(box.optimizer)
+            clip_grad_norm_([p for group in box.optimizer.param_groups for p in group['params']], box.max_grad_norm)
+        scaler.step(box.optimizer)
+        scaler.update()
+        box.optimizer.zero_grad()
+    if box.lr_scheduler is not None and box.scheduling_step > 0 \
+            and box.stage_grad_count % box.scheduling_step == 0 and box.stage_grad_count % box.grad_accum_step == 0:
+        if isinstance(box.lr_scheduler, ReduceLROnPlateau):
+            box.lr_scheduler.step(metrics)
+        elif isinstance(box.lr_scheduler, CosineAnnealingWarmRestarts):
+            box.lr_scheduler.step(int(box.stage_grad_count / box.scheduling_step))
+        else:
+            box.lr_scheduler.step()
+
+
+def teacher_needs_graph(box):
+    teacher = getattr(box, 'teacher_model', None)
+    return teacher is not None and any(p.requires_grad for p in teacher.parameters())
+
+
+def apply_speed(box, options, device):
+    """Applies ``options`` to a built torchdistill ``DistillationBox``/``TrainingBox`` in place; returns the box."""
+    models = _models(box)
+    forward_process = box.forward_process
+    if options.channels_last:
+        for model in models.values():
+            if model is not None:
+                model.to(memory_format=torch.channels_last)  # parameters keep their identity (optimizer intact)
+    if options.teacher_no_grad and models['teacher'] is not None and getattr(box, 'teacher_updatable', False) \
+            and not teacher_needs_graph(box):
+        get_teacher_output = box.get_teacher_output
+
+        @functools.wraps(get_teacher_output)
+        def teacher_output_without_graph(*args, **kwargs):
+            with torch.no_grad():
+                return get_teacher_output(*args, **kwargs)
+
+        box.get_teacher_output = teacher_output_without_graph
+        logger.info('speed: the teacher has no trainable parameter; its forward runs under torch.no_grad()')
+    dtype = AMP_DTYPES.get(options.amp)
+
+    @functools.wraps(forward_process)
+    def fast_forward_process(sample_batch, targets=None, supp_dict=None, **kwargs):
+        if options.channels_last:
+            sample_batch = to_channels_last(sample_batch)
+        if dtype is None:
+            return forward_process(sample_batch, targets, supp_dict, **kwargs)
+        with torch.autocast(device.type, dtype=dtype):
+            loss = forward_process(sample_batch, targets, supp_dict, **kwargs)
+        return loss.float()
+
+    if options.channels_last or dtype is not None:
+        box.forward_process = fast_forward_process
+    if options.amp == 'fp16':
+        box.grad_scaler = torch.amp.GradScaler(device.type)
+        box.post_forward_process = functools.partial(scaled_post_forward_process, box)
+    for name in options.compile:
+        if models[name] is None:
+            raise ConfigError(f'speed.compile: `{name}` given, but this config has no {name} model')
+        models[name].compile(backend=options.compile_backend, mode=options.compile_mode)
+    logger.info('speed: %s', options.describe())
+    return box

@@ -1,0 +1,186 @@
+"""Writes docs/bad_input.md: bad inputs a new user might give the runner, and the exact line each one gets.
+
+    python tools/bad_input_table.py                 # prints the table
+    python tools/bad_input_table.py --write docs/bad_input.md
+
+Every case starts from the shipped PESF-KD Fashion-MNIST config (configs/fashion_mnist/resnet56_resnet20_pesfkd.yaml
+on a 128-image budget, with a randomly initialised teacher checkpoint where the config expects one), changes one
+thing, and runs it through the same ``main_guard(run)`` as ``tools/image_classification.py``; the table gives the
+exit status and the last line on stderr (temporary paths shown as ``<tmp>``). tests/test_bad_input.py runs the
+same cases and checks that docs/bad_input.md is what they print today.
+"""
+import argparse
+import contextlib
+import io
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import pesf_ext  # noqa: E402,F401
+from pesf_ext.engine.cli import main_guard  # noqa: E402
+from pesf_ext.engine.config import load_config  # noqa: E402
+from pesf_ext.engine.models import build_model  # noqa: E402
+from pesf_ext.engine.runner import get_args, run  # noqa: E402
+from quickstart import set_anchor  # noqa: E402
+
+BASE = os.path.join(ROOT, 'configs', 'fashion_mnist', 'resnet56_resnet20_pesfkd.yaml')
+BUDGET = {'num_train_samples': 128, 'num_val_samples': 64, 'num_test_samples': 64, 'num_epochs': 1, 'num_workers': 0}
+
+
+def pesf_kwargs(config):
+    return config['train']['criterion']['kwargs']['sub_terms']['pesfkd']['criterion']['kwargs']
+
+
+def setter(*path, value):
+    """An edit that sets config[path[0]][path[1]]... to ``value`` (ints in ``path`` index lists)."""
+    def edit(config):
+        node = config
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    return edit
+
+
+def loss_setter(name, value):
+    def edit(config):
+        pesf_kwargs(config)[name] = value
+    return edit
+
+
+def student_lr_1e30(config):
+    for group in config['train']['optimizer']['module_wise_configs']:
+        if not group.get('is_teacher'):
+            group['kwargs']['lr'] = 1.0e30
+
+
+def alpha_alone(config):
+    pesf_kwargs(config)['alpha'] = 1.5
+    del pesf_kwargs(config)['beta']
+
+
+@dataclass
+class Case:
+    what: str                    # what the user wrote
+    edit: object = None          # function changing the loaded YAML dict
+    argv: list = field(default_factory=list)
+    text: object = None          # function changing the YAML text (the file the runner reads)
+    missing_config: bool = False
+
+
+TRAIN_LOADER = ('train', 'train_data_loader', 'kwargs')
+ADAPTER = ('train', 'teacher', 'auxiliary_model_wrapper', 'kwargs', 'adapters', 0)
+CASES = [
+    Case('`temperature: .nan` (PESF-KD loss)', loss_setter('temperature', math.nan)),
+    Case('`temperature: .inf`', loss_setter('temperature', math.inf)),
+    Case('`temperature: 0`', loss_setter('temperature', 0.0)),
+    Case('`beta: -0.5`', loss_setter('beta', -0.5)),
+    Case('`alpha: 1.5` without `beta` (beta = 1 - alpha < 0)', alpha_alone),
+    Case('`train.num_epochs: -2`', setter('train', 'num_epochs', value=-2)),
+    Case('`train.num_epochs: 2.5`', setter('train', 'num_epochs', value=2.5)),
+    Case('`train_data_loader.kwargs.batch_size: 0`', setter(*TRAIN_LOADER, 'batch_size', value=0)),
+    Case('`train_data_loader.kwargs.num_workers: -1`', setter(*TRAIN_LOADER, 'num_workers', value=-1)),
+    Case('adapter `bottleneck: 0`', setter(*ADAPTER, 'bottleneck', value=0)),
+    Case('optimizer `momentum: 1.5`', setter('train', 'optimizer', 'kwargs', 'momentum', value=1.5)),
+    Case('optimizer `lr: -0.1`', setter('train', 'optimizer', 'kwargs', 'lr', value=-0.1)),
+    Case("adapters' `lr: 2e-5` (YAML 1.1 reads it as a string)",
+         setter('train', 'optimizer', 'module_wise_configs', 6, 'kwargs', 'lr', value='2e-5')),
+    Case('sub-term `weight: .nan`', setter('train', 'criterion', 'kwargs', 'sub_terms', 'pesfkd', 'weight',
+                                           value=math.nan)),
+    Case('scheduler `milestones: [15, -1]`', setter('train', 'scheduler', 'kwargs', 'milestones', value=[15, -1])),
+    Case('`speed: {amp: fp8}`', setter('speed', value={'amp': 'fp8'})),
+    Case('`--max_steps_per_epoch -1`', argv=['--max_steps_per_epoch', '-1']),
+    Case('`--config` file that does not exist', missing_config=True),
+    Case('YAML syntax error (a tab indents a line)', text=lambda text: 'train:\n\tnum_epochs: 1\n' + text),
+    Case('teacher checkpoint missing', setter('models', 'teacher_model', 'src_ckpt', value='/missing/teacher.pt')),
+    Case("student's `lr: 1.0e+30` (in range, but the run diverges: the NaN stop)", student_lr_1e30),
+]
+
+
+def small_config(tmp_dir):
+    """The base config on the test budget in ``tmp_dir``, and a random teacher checkpoint where it looks for one."""
+    with open(BASE) as f:
+        text = f.read()
+    for anchor, value in {**BUDGET, 'ckpt_root': os.path.join(tmp_dir, 'ckpt'),
+                          'root_dir': os.path.join(tmp_dir, 'data')}.items():
+        text = set_anchor(text, anchor, value)
+    path = os.path.join(tmp_dir, 'pesfkd.yaml')
+    with open(path, 'w') as f:
+        f.write(text)
+    teacher = load_config(path)['models']['teacher_model']
+    torch.manual_seed(0)
+    model = build_model({**teacher, 'src_ckpt': None}, torch.device('cpu'), False, 'models.teacher_model')
+    os.makedirs(os.path.dirname(teacher['src_ckpt']), exist_ok=True)
+    torch.save({'model': model.state_dict()}, teacher['src_ckpt'])
+    return path
+
+
+def run_case(case, base_path, tmp_dir):
+    """Runs one case as the runner's command line would; returns (exit status, last stderr line). An error that
+    escapes the guard (a traceback) propagates."""
+    path = base_path
+    if case.missing_config:
+        path = os.path.join(tmp_dir, 'no_such_config.yaml')
+    elif case.text is not None:
+        with open(base_path) as f:
+            text = case.text(f.read())
+        path = os.path.join(tmp_dir, 'edited.yaml')
+        with open(path, 'w') as f:
+            f.write(text)
+    args = get_args(['--config', path, '--device', 'cpu', '--seed', '0', *case.argv])
+    config = None
+    if case.edit is not None:
+        config = load_config(path)
+        case.edit(config)
+    stderr, status = io.StringIO(), 0
+    with contextlib.redirect_stderr(stderr):
+        try:
+            main_guard(lambda: run(args, build_model, config=config), args)
+        except SystemExit as exit_:
+            status = exit_.code
+    lines = stderr.getvalue().strip().splitlines()
+    last = lines[-1] if lines else ''
+    return status, last.replace(tmp_dir, '<tmp>')
+
+
+def run_all(cases=CASES):
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp_dir = os.path.realpath(tmp_dir)
+        base_path = small_config(tmp_dir)
+        return [(case, *run_case(case, base_path, tmp_dir)) for case in cases]
+
+
+def markdown(rows):
+    lines = ['# Bad input: what the user gets', '',
+             'Written by `python tools/bad_input_table.py --write docs/bad_input.md`; tests/test_bad_input.py checks',
+             'that this file matches what the runner prints today. Each row starts from',
+             '`configs/fashion_mnist/resnet56_resnet20_pesfkd.yaml` on a 128-image budget, changes one thing and runs',
+             'it through the guard of `tools/image_classification.py`. The line shown is all the console gets (the',
+             'last line on stderr); the traceback goes to the `--run_log` file, or to the console with `--debug`.',
+             'Nothing is trained and no checkpoint is written in any row but the last, which stops before the',
+             'optimizer step that would use the non-finite loss (checkpoints of finished epochs stay as they were).',
+             '', '| what the user gave | exit status | the one line on stderr |', '|---|---|---|']
+    for case, status, line in rows:
+        lines.append(f'| {case.what} | {status} | {line.replace("|", "&#124;")} |')
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--write', help='write the Markdown table to this file')
+    args = parser.parse_args(argv)
+    text = markdown(run_all())
+    if args.write:
+        with open(args.write, 'w') as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == '__main__':
+    main()
