@@ -82,11 +82,12 @@ def count_lines(path):
 
 
 def run_command(config_path, out_dir, label, seed, overrides=(), device='cpu', resume=False,
-                script='image_classification.py'):
-    """The command line of one run of ``tools/<script>`` (summary JSON and log under ``out_dir``)."""
+                script='image_classification.py', extra_args=()):
+    """The command line of one run of ``tools/<script>`` (summary JSON and log under ``out_dir``; ``extra_args``
+    are more options of the script, e.g. ``['--data_dir', DIR]``)."""
     command = [sys.executable, os.path.join(ROOT, 'tools', script), '--config', config_path,
                '--device', device, '--seed', str(seed), '--summary_json', summary_path(out_dir, label),
-               '--run_log', os.path.join(out_dir, 'logs', f'{label}.log')]
+               '--run_log', os.path.join(out_dir, 'logs', f'{label}.log'), *extra_args]
     if resume:
         command.append('-resume')
     if overrides:
@@ -95,14 +96,14 @@ def run_command(config_path, out_dir, label, seed, overrides=(), device='cpu', r
 
 
 def run(config_path, out_dir, label, seed, overrides=(), progress=None, device='cpu', resume=False,
-        script='image_classification.py'):
+        script='image_classification.py', extra_args=()):
     """Runs one config in its own process (``--set overrides`` passed on); returns its summary JSON, raises
     :class:`RunFailed` on failure. ``progress`` (a tqdm bar counting epochs) advances as the run's per-epoch
     records appear; ``resume`` continues an interrupted run from its last epoch."""
     summary = summary_path(out_dir, label)
     log = os.path.join(out_dir, 'logs', f'{label}.log')
     os.makedirs(os.path.dirname(log), exist_ok=True)
-    command = run_command(config_path, out_dir, label, seed, overrides, device, resume, script)
+    command = run_command(config_path, out_dir, label, seed, overrides, device, resume, script, extra_args)
     (progress.write if progress is not None else print)(f'[{label}] {" ".join(command)}')
     records, done = records_path(out_dir, label), 0
     with open(os.path.join(out_dir, 'logs', f'{label}.stderr'), 'w+') as stderr:

@@ -215,11 +215,14 @@ def format_summary(results):
     return '\n'.join(lines)
 
 
-def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_EVALUATION, prepare_data=None):
+def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_EVALUATION, prepare_config=None,
+        prepare_data=None):
     """Runs one YAML: validate, build, train (unless ``-test_only``), test, summarise. Returns the results dict.
 
     ``config`` (an already loaded YAML dict) replaces reading ``args.config``; tests use it to shrink a run.
-    ``evaluation`` says how models are scored (:class:`Evaluation`). ``prepare_data(config, distributed,
+    ``evaluation`` says how models are scored (:class:`Evaluation`). ``prepare_config(config)``, when given, is
+    called once the ``--set`` overrides are applied, before the checks (the text runner checks its GLUE entry
+    there). ``prepare_data(config, distributed,
     world_size)``, when given, is called once the models are built and fills ``config['datasets']`` (the text
     runner tokenizes there, with the student's tokenizer).
     """
@@ -234,6 +237,8 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
     config = load_config(args.config) if config is None else config
     for key, old, new in apply_overrides(config, getattr(args, 'overrides', None)):
         logger.info('--set %s: %r -> %r', key, old, new)
+    if prepare_config is not None:
+        prepare_config(config)
     validate_config(config, needs_training=not args.test_only)
     check_speed_fits(speed_options(config, args), config)
     if args.log_config:

@@ -75,13 +75,17 @@ def set_num_training_steps(train_config, num_samples, world_size):
 
 
 class GlueData:
-    """Checks the GLUE entry before the models are built, then tokenizes once they are (``prepare_data``)."""
+    """The GLUE entry of a run: checked once the command line's overrides are applied and before the models are
+    built (:meth:`check`, the runner's ``prepare_config``), tokenized once they are (``prepare_data``)."""
 
-    def __init__(self, config, cache_dir=None, split_seed=0):
+    def __init__(self, cache_dir=None, split_seed=0):
+        self.cache_dir, self.split_seed = cache_dir, split_seed
+        self.key = self.spec = self.task = self.student_config = None
+
+    def check(self, config):
         self.key, self.spec = glue_spec(config)
         self.task = glue_task(self.spec.get('name'), f'datasets.{self.key}.name')
         resolve_files(self.spec, f'datasets.{self.key}')  # missing files stop the run now
-        self.cache_dir, self.split_seed = cache_dir, split_seed
         self.student_config = (config['models'].get('student_model') or config['models'].get('model'))
         # the ids the loaders refer to, so that the YAML checks can run before tokenization
         config['datasets'] = {dataset_id: None for dataset_id in self.spec['dataset_id_map'].values()}
@@ -100,8 +104,9 @@ class GlueData:
             logger.info('%s: %d examples', dataset_id, len(dataset))
 
     def evaluation(self):
-        names = self.task.metrics
-        return Evaluation(metric_fn=lambda logits, labels: glue_metrics(logits, labels, names), score_key='score')
+        """The task's metrics (known once :meth:`check` has run) and 'score', their mean, to pick the best model."""
+        return Evaluation(metric_fn=lambda logits, labels: glue_metrics(logits, labels, self.task.metrics),
+                          score_key='score')
 
 
 def run_text(args, config=None):
@@ -110,9 +115,9 @@ def run_text(args, config=None):
     register_hf_schedulers()
     config = copy.deepcopy(config) if config is not None else load_config(args.config)
     apply_command_line(config, args)
-    data = GlueData(config, cache_dir=args.cache_dir)
+    data = GlueData(cache_dir=args.cache_dir)
     return run(args, build_text_model, default_log_freq=50, config=config, evaluation=data.evaluation(),
-               prepare_data=data)
+               prepare_config=data.check, prepare_data=data)
 
 
 __all__ = ['get_text_args', 'run_text', 'GlueData', 'apply_command_line']
