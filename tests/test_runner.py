@@ -80,6 +80,8 @@ def test_resume_matches_uninterrupted_run(trained_teacher, small_config, monkeyp
     last_a = torch.load(checkpoint_paths(student_ckpt(reference))[2], weights_only=False)
     last_b = torch.load(checkpoint_paths(student_ckpt(interrupted))[2], weights_only=False)
     assert last_a['epoch'] == last_b['epoch'] == 1
+    # the resumed run's mean step time covers the steps before the crash too
+    assert last_a['timing']['steps'] == last_b['timing']['steps'] > 0 and last_b['timing']['step_seconds'] > 0
     for part in ('student', 'teacher'):
         assert last_a[part].keys() == last_b[part].keys()
         for key in last_a[part]:

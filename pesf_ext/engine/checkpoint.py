@@ -121,12 +121,13 @@ def save_best(box, student_model, best_value, args, dst_ckpt):
         atomic_save({'teacher': trainable_state_dict(teacher), 'best_value': best_value}, teacher_path)
 
 
-def save_last(box, epoch, best_value, args, dst_ckpt):
-    """Full training state after ``epoch`` (0-based), for ``--resume``."""
+def save_last(box, epoch, best_value, args, dst_ckpt, timing=None):
+    """Full training state after ``epoch`` (0-based), for ``--resume``; ``timing`` (steps and step seconds so far)
+    lets a resumed run report the mean step time of the whole run."""
     _, _, last_path = checkpoint_paths(dst_ckpt)
     teacher = _teacher(box)
     atomic_save({
-        'epoch': epoch, 'best_value': best_value, 'args': args,
+        'epoch': epoch, 'best_value': best_value, 'args': args, 'timing': timing,
         'student': unwrap(_student(box)).state_dict(),
         'teacher': trainable_state_dict(teacher) if teacher is not None else None,
         'optimizer': box.optimizer.state_dict(),
@@ -139,7 +140,8 @@ def save_last(box, epoch, best_value, args, dst_ckpt):
 
 
 def load_last(box, dst_ckpt):
-    """Restores :func:`save_last`'s state into ``box``; returns (next epoch, best value) or None if absent."""
+    """Restores :func:`save_last`'s state into ``box``; returns (next epoch, best value, timing so far or None) or
+    None if absent."""
     _, _, last_path = checkpoint_paths(dst_ckpt)
     if not os.path.isfile(last_path):
         return None
@@ -158,7 +160,7 @@ def load_last(box, dst_ckpt):
     if state.get('data_rng') is not None and getattr(box, 'data_stream', None) is not None:
         box.data_stream.load_state_dict(state['data_rng'])
     logger.info('Resumed from %s after epoch %d (best %.4f)', last_path, state['epoch'], state['best_value'])
-    return state['epoch'] + 1, state['best_value']
+    return state['epoch'] + 1, state['best_value'], state.get('timing')
 
 
 def load_teacher_side(teacher, dst_ckpt):

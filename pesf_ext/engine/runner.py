@@ -144,15 +144,16 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     for name, (trainable, total) in counts.items():
         logger.info('%s: %s trainable / %s total parameters', name, f'{trainable:,}', f'{total:,}')
     start_epoch, best_value = args.start_epoch, 0.0
+    timing = {'steps': 0, 'step_seconds': 0.0}
     if args.resume:
         resumed = load_last(box, dst_ckpt)
         if resumed is None:
             logger.info('-resume: no %s yet, starting from scratch', checkpoint_paths(dst_ckpt)[2])
         else:
-            start_epoch, best_value = resumed
+            start_epoch, best_value, saved_timing = resumed
+            timing.update(saved_timing or {})  # the mean step time covers the epochs before the interruption too
     log_freq = config['train'].get('log_freq', 1000)
     student_model = box.student_model if hasattr(box, 'student_model') else box.model
-    timing = {'steps': 0, 'step_seconds': 0.0}
     start_time = time.time()
     epoch_kwargs = epoch_metrics_kwargs(box, config, args, dst_ckpt)
     progress = tqdm(range(start_epoch, box.num_epochs), initial=start_epoch, total=box.num_epochs, unit='epoch',
@@ -174,7 +175,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
         progress.set_postfix({f'val {evaluation.score_key}': f'{val_score:.4g}',
                               's/step': f'{stats["seconds_per_step"]:.3f}'})
         box.post_epoch_process(**epoch_kwargs, **({'epoch': epoch, 'epoch_stats': stats} if epoch_kwargs else {}))
-        save_last(box, epoch, best_value, args, dst_ckpt)
+        save_last(box, epoch, best_value, args, dst_ckpt, timing)
     barrier()
     logger.info('Training time %s', datetime.timedelta(seconds=int(time.time() - start_time)))
     # torchdistill's clean-up unfreezes every teacher parameter, so decide now whether the teacher side trained
