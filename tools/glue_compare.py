@@ -100,7 +100,8 @@ def main(argv=None):
              f'fine-tuned once ({args.metric} {teacher_metric:.2f}), 3-layer student cut from it; seeds '
              f'0..{args.seeds - 1} paired. Δ: mean over seeds of (method - {LABELS.get(args.reference)}) with the 95% '
              't-interval. Teacher column: the teacher as used at test time (adapted for PESF-KD, fine-tuned online '
-             'for FT-KD and DML). s/step: mean training step time on this machine.')
+             'for FT-KD and DML). s/step: mean training step time of each run as it ran (with --jobs N, N runs '
+             'shared the CPU), indicative only: tools/benchmark.py measures cost ratios side by side.')
     print(text)
     os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
     with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
