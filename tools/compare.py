@@ -193,6 +193,8 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
+    # parallel CPU runs split the cores instead of each starting one thread per core
+    os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // max(args.jobs, 1))))
     unknown = [m for m in args.methods if m not in LABELS]
     if unknown:
         sys.exit(f'--methods: unknown {unknown}; known: {", ".join(LABELS)}')
