@@ -128,12 +128,13 @@ def paired_interval(row, reference, confidence=0.95):
     return mean(diffs), half, len(diffs)
 
 
-def table(rows, reference=None, failures=None, metric='top-1'):
+def table(rows, reference=None, failures=None, metric='top-1', labels=None):
     """Markdown table: ``rows`` maps a row label (method or method@grid point) to :func:`summarize` output;
     ``metric`` names the compared metric in the header."""
     ref = rows.get(reference)
     ref_speed = ref['seconds_per_step'] if ref else None
-    ref_name = LABELS.get(reference, reference)
+    labels = LABELS if labels is None else labels
+    ref_name = labels.get(reference, reference)
     lines = [f'| method | student {metric} (mean ± std) | Δ {metric} vs {ref_name}, paired, 95% CI | teacher {metric} | '
              f'sharpness gap (test) | KL (val) | agreement (val) | s/step | ratio to {ref_name} | '
              'trainable student / teacher |', '|' + '---|' * 10]
@@ -153,7 +154,7 @@ def table(rows, reference=None, failures=None, metric='top-1'):
         params = f'{res["counts"]["student"][0]:,} / ' + (
             f'{res["counts"]["teacher"][0]:,}' if 'teacher' in res['counts'] else '-')
         method, _, point = label.partition('@')
-        name = LABELS.get(method, method) + (f' ({point})' if point else '')
+        name = labels.get(method, method) + (f' ({point})' if point else '')
         lines.append(f'| {name} | {mean(students):.2f} ± {std} (n={res["n"]}) | {delta} | {teacher} | {gap} | '
                      f'{kl} | {agreement} | {res["seconds_per_step"]:.4f} | {ratio} | {params} |')
     for label, run_labels in (failures or {}).items():

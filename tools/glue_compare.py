@@ -95,7 +95,7 @@ def main(argv=None):
     rows = {method: summarize(seed_runs, args.metric) for method, seed_runs in rows.items()}
     with open(summary_path(out_dir, 'teacher')) as f:
         teacher_metric = json.load(f)['test']['student'][args.metric]
-    text = table(rows, args.reference, failures, metric=args.metric)
+    text = table(rows, args.reference, failures, metric=args.metric, labels=LABELS)
     text += (f'\n\nGLUE {args.task.upper()} dev ({args.metric}), configs/glue_offline/{args.task}/: MiniLM-L6 teacher '
              f'fine-tuned once ({args.metric} {teacher_metric:.2f}), 3-layer student cut from it; seeds '
              f'0..{args.seeds - 1} paired. Δ: mean over seeds of (method - {LABELS.get(args.reference)}) with the 95% '
