@@ -45,6 +45,8 @@ LABELS = {
 }
 DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
                    'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')
+SPEED_NOTE = ('s/step: mean training step time of each run as it ran (with --jobs N, N runs shared the CPU), '
+              'indicative only: tools/benchmark.py measures cost ratios side by side.')
 FULL_TRAIN_SIZE = 55000  # Fashion-MNIST train split
 
 
@@ -270,8 +272,8 @@ def main(argv=None):
              f'seeds 0..{args.seeds - 1} paired (same student initialisation and batches per seed). Δ: mean over '
              f'seeds of (method - {LABELS.get(args.reference, args.reference)}) student top-1 with the 95% '
              't-interval. Sharpness gap: mean over test images of logsumexp(z_t) - logsumexp(z_s); KL (at the '
-             "loss's temperature, without tau^2) and top-1 agreement: validation set after the last epoch; "
-             's/step: mean training step time, same machine.')
+             "loss's temperature, without tau^2) and top-1 agreement: validation set after the last epoch. "
+             + SPEED_NOTE)
     print(text)
     os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
     with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare import LABELS, last_record, summarize, table  # noqa: E402
+from compare import LABELS, SPEED_NOTE, last_record, summarize, table  # noqa: E402
 from quickstart import EPOCH_METRICS_OVERRIDES, ROOT, RunFailed, records_path, run, summary_path  # noqa: E402
 
 METHODS = ('ce', 'kd', 'pesfkd', 'pesfkd_head', 'ftkd', 'dml', 'zscore', 'pkd', 'pkd_pesfkd')
@@ -100,8 +100,7 @@ def main(argv=None):
              f'fine-tuned once ({args.metric} {teacher_metric:.2f}), 3-layer student cut from it; seeds '
              f'0..{args.seeds - 1} paired. Δ: mean over seeds of (method - {LABELS.get(args.reference)}) with the 95% '
              't-interval. Teacher column: the teacher as used at test time (adapted for PESF-KD, fine-tuned online '
-             'for FT-KD and DML). s/step: mean training step time of each run as it ran (with --jobs N, N runs '
-             'shared the CPU), indicative only: tools/benchmark.py measures cost ratios side by side.')
+             'for FT-KD and DML). ' + SPEED_NOTE)
     print(text)
     os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
     with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
