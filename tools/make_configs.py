@@ -65,7 +65,7 @@ class Pair:
 class Method:
     name: str
     terms: tuple                        # functions Context -> {name: WeightedSumLoss sub-term}
-    teacher_side: str = 'frozen'        # frozen | adapters (PESF-KD) | full (FT-KD, DML, KDCL)
+    teacher_side: str = 'frozen'        # frozen | adapters (PESF-KD) | released (PESF-KD, released code) | full
     features: str = ''                  # representation loss among the terms: '' | 'pkt' | 'rkd' | 'crd'
 
     @property
@@ -186,7 +186,7 @@ class Context:
 
     @property
     def teacher_wrapped(self):
-        return self.method.teacher_side == 'adapters' or self.method.crd
+        return self.method.teacher_side in ('adapters', 'released') or self.method.crd
 
     @property
     def student_wrapped(self):
@@ -225,9 +225,27 @@ def pesfkd_term(temperature=4.0, beta=0.9, zscore=False):
     def term(ctx):
         return sub_term('pesfkd', 'PESFKDLoss', logits(
             temperature=temperature, alpha=note(0.1, "CE weight; the paper's alpha (KL weight) is beta"), beta=beta,
-            teacher_kl=note('reverse', "eq. 8; 'shared' = the authors' released code"),
+            teacher_kl=note('reverse', "eq. 8; 'released' = the authors' released code (pesfkd_released.yaml)"),
             logit_standardization=zscore, reduction='batchmean'))
     return term
+
+
+RELEASED_ACCUMULATION = 4   # released CV code: optimizer.step() every 4 batches on the SUM of their gradients
+
+
+def pesfkd_released_term(ctx):
+    head = ctx.features('teacher').head
+    return sub_term('pesfkd', 'PESFKDLoss', logits(
+        temperature=4.0, alpha=note(1.0, "released code: gamma (CE weight) 1"), beta=note(0.9, "released code: -a"),
+        teacher_alpha=note(1.0, 'released code: CE(y, z_ta) added with weight 1'), teacher_beta=0.9,
+        teacher_kl=note('released', 'student learns from the pre-adapter teacher; DistillKL(z_s_cor, z_ta) for the '
+                                    'adapter (1170300319/PESF-KD cv/helper/loops.py train_distill)'),
+        target_correction=note('swap', "the released code's label correction (logit_t_cor, logit_s_cor)"),
+        delta_module_path=note(f'adapters.{head}', "the head adapter's output, the delta it adds to the logits"),
+        reduction='batchmean'),
+        weight=note(float(RELEASED_ACCUMULATION), f'x{RELEASED_ACCUMULATION} with grad_accum_step '
+                                                   f'{RELEASED_ACCUMULATION}: the released code sums the gradients '
+                                                   'of 4 batches, torchdistill averages them'))
 
 
 def ftkd_term(temperature=4.0, beta=0.9, zscore=False):
@@ -327,6 +345,7 @@ CE_ONLY = (ce_term,)
 METHODS = {m.name: m for m in (
     Method('kd', (kd_term,)),
     Method('pesfkd', (pesfkd_term(),), teacher_side='adapters'),
+    Method('pesfkd_released', (pesfkd_released_term,), teacher_side='released'),
     Method('ftkd', (ftkd_term(),), teacher_side='full'),
     Method('zscore', (zscore_term,)),
     Method('pesfkd_zscore', (pesfkd_term(temperature=2.0, beta=9.0, zscore=True),), teacher_side='adapters'),
@@ -451,6 +470,17 @@ def teacher_block(ctx):
         trained = 'the adapters and the CRD head train' if method.crd else 'only the adapters train'
         return side_block(ctx, 'teacher', {'key': 'AdapterTeacher', 'kwargs': kwargs},
                           requires_grad_note=f'the teacher forward runs with grad, {trained}')
+    if method.teacher_side == 'released':
+        head = ctx.features('teacher').head
+        adapters = [{'modules': [head], 'kind': note('head', 'logits - A(feature), A = Linear(d, K) -> Linear(K, r) -> '
+                                                             'ReLU -> Linear(r, K)'),
+                     'bottleneck': 32, 'zero_init': note(False, "released code: PyTorch's default init, not zero")}]
+        block = side_block(ctx, 'teacher', {'key': 'AdapterTeacher', 'kwargs': {
+            'adapters': adapters, 'input_shape': list(data.input_shape)}},
+            requires_grad_note='the teacher forward runs with grad, only the head adapter trains')
+        block['forward_hook']['output'] = note([f'adapters.{head}'], "the adapter's delta: PESFKDLoss subtracts it "
+                                                                      'to get the pre-adapter logits')
+        return block
     if method.crd:
         wrapper = note(linear4crd(ctx, 'teacher'), "CRD trains the teacher's embedding head ('normalizer') only")
         return side_block(ctx, 'teacher', wrapper, frozen_modules=['model'])
@@ -462,14 +492,17 @@ def distillation_optimizer(ctx):
     groups = module_wise(pair.student, data.num_classes, data.lr, data.weight_decay, prefix=ctx.path('student', ''))
     if method.crd:
         groups.append(param_group('normalizer', data.lr, data.weight_decay))
-    if method.teacher_side == 'adapters':
+    if method.teacher_side in ('adapters', 'released'):
         groups.append(param_group('adapters', ADAPTER_LR, data.weight_decay, is_teacher=True))
     elif method.teacher_side == 'full':
         groups += module_wise(pair.teacher, data.num_classes, FTKD_TEACHER_LR, data.weight_decay, is_teacher=True,
                               prefix=ctx.path('teacher', ''))
     if method.crd:
         groups.append(param_group('normalizer', data.lr, data.weight_decay, is_teacher=True))
-    return optimizer(data, groups)
+    config = optimizer(data, groups)
+    if method.teacher_side == 'released':
+        config['grad_accum_step'] = note(RELEASED_ACCUMULATION, 'released code: one optimizer step every 4 batches')
+    return config
 
 
 def settings(data, crd=False):
@@ -533,7 +566,8 @@ def training_config(data, model_key, role):
 FASHION_MNIST_METHODS = tuple(METHODS)                   # every method and combination
 CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair (PESF-KD Table I, DML/KDCL rows)
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
-    'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore'),
+    'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
+                          'pesfkd_released'),
     'vgg13_vgg8': ('dkd', 'dkd_zscore'),
 }
 IMAGENET_METHODS = ('kd', 'pkt', 'crd', 'rkd', 'kdcl', 'dml', 'ftkd', 'pesfkd', 'zscore', 'pesfkd_crd')  # Table II

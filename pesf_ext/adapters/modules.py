@@ -116,21 +116,26 @@ class HeadAdapter(nn.Module):
 
     where ``x`` is the classifier's INPUT (the penultimate feature, size d) and ``z`` its logits (K classes). The
     minus sign is the released code's; with the zero-initialised last layer the sign only flips the learned
-    weights. Target: an ``nn.Linear`` classifier (e.g. 'fc', 'classifier'). Spec options: ``bottleneck`` (r).
+    weights. Target: an ``nn.Linear`` classifier (e.g. 'fc', 'classifier'). Spec options: ``bottleneck`` (r),
+    ``zero_init`` (default True; False keeps PyTorch's default init of the last layer too, as the released code
+    does, so the adapted teacher no longer starts as the pretrained one).
     """
-    def __init__(self, in_features, num_classes, bottleneck=32):
+    def __init__(self, in_features, num_classes, bottleneck=32, zero_init=True):
         super().__init__()
+        last = nn.Linear(bottleneck, num_classes)
         self.net = nn.Sequential(
             nn.Linear(in_features, num_classes), nn.Linear(num_classes, bottleneck), nn.ReLU(),
-            zero_(nn.Linear(bottleneck, num_classes))
+            zero_(last) if zero_init else last
         )
 
     @classmethod
-    def from_target(cls, target, bottleneck=32):
+    def from_target(cls, target, bottleneck=32, zero_init=True):
         if not isinstance(target.module, nn.Linear):
             raise ValueError(f"a head adapter needs an nn.Linear classifier, but '{target.path}' is "
                              f'{type(target.module).__name__}')
-        return cls(target.module.in_features, target.module.out_features, bottleneck)
+        if not isinstance(zero_init, bool):
+            raise ValueError(f"head adapter on '{target.path}': zero_init must be true or false, got {zero_init!r}")
+        return cls(target.module.in_features, target.module.out_features, bottleneck, zero_init)
 
     def forward(self, module_input, module_output):
         return -self.net(module_input)

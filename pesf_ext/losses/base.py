@@ -3,8 +3,11 @@ import torch
 from torch import nn
 
 from .functional import (
-    REDUCTION_CHOICES, LogitStandardization, check_choice, cross_entropy, is_regression, softened_kl, squared_error
+    REDUCTION_CHOICES, LogitStandardization, check_choice, cross_entropy, is_regression, softened_kl, squared_error,
+    swap_label_correction
 )
+
+TARGET_CORRECTION_CHOICES = (None, 'swap')
 
 
 def check_weight(name, value):
@@ -40,6 +43,9 @@ class LogitPairLoss(nn.Module):
     :param logit_standardization: Z-score the logits before the temperature (Sun et al., CVPR 2024).
     :param std: 'unbiased' or 'population' std of the Z-score.
     :param eps: added to the std of the Z-score.
+    :param target_correction: None, or 'swap': the label correction of the PESF-KD authors' released code
+        (:func:`~pesf_ext.losses.functional.swap_label_correction`) on the logits a KL term is held to, i.e. the
+        teacher's for the student; in online methods each network's target. Needs class logits and targets.
 
     Each forward stores the unweighted term values (KL terms already tau^2-scaled) as detached tensors in
     ``self.last_terms`` for logging; terms whose weight is 0 are skipped and absent.
@@ -51,8 +57,9 @@ class LogitPairLoss(nn.Module):
     """
     def __init__(self, student_module_path, student_module_io, teacher_module_path, teacher_module_io,
                  temperature, alpha=None, beta=None, reduction='batchmean',
-                 logit_standardization=False, std='unbiased', eps=1e-7):
+                 logit_standardization=False, std='unbiased', eps=1e-7, target_correction=None):
         super().__init__()
+        check_choice('target_correction', target_correction, TARGET_CORRECTION_CHOICES)
         if temperature is None or temperature <= 0:
             raise ValueError(f'temperature must be > 0, got {temperature!r}')
         check_choice('reduction', reduction, REDUCTION_CHOICES)
@@ -73,12 +80,21 @@ class LogitPairLoss(nn.Module):
         self.reduction = reduction
         standardization = LogitStandardization(std, eps)  # validates std and eps even when unused
         self.standardization = standardization if logit_standardization else None
+        self.target_correction = target_correction
         self.last_terms = dict()
 
     def logits(self, student_io_dict, teacher_io_dict):
         """Returns ``(z_s, z_t)`` from the io dicts filled by torchdistill's forward hooks."""
         return (extract_logits(student_io_dict, self.student_module_path, self.student_module_io),
                 extract_logits(teacher_io_dict, self.teacher_module_path, self.teacher_module_io))
+
+    def corrected(self, logits, targets):
+        """``logits`` with this loss's ``target_correction`` applied (unchanged when it is None)."""
+        if self.target_correction is None:
+            return logits
+        if targets is None or is_regression(logits):
+            raise ValueError(f"{type(self).__name__}: target_correction='swap' needs class logits and targets")
+        return swap_label_correction(logits, targets)
 
     def cross_entropy(self, logits, targets):
         """CE(y, z) with this loss's reduction; targets are required whenever a CE weight is > 0."""
@@ -115,4 +131,5 @@ class LogitPairLoss(nn.Module):
 
     def extra_repr(self):
         return (f'temperature={self.temperature}, alpha={self.alpha}, beta={self.beta}, '
-                f'reduction={self.reduction!r}, standardization={self.standardization}')
+                f'reduction={self.reduction!r}, standardization={self.standardization}, '
+                f'target_correction={self.target_correction!r}')

@@ -60,9 +60,9 @@ class DKDLoss(LogitPairLoss):
     """
     def __init__(self, student_module_path, student_module_io, teacher_module_path, teacher_module_io,
                  ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=0,
-                 logit_standardization=False, std='unbiased', eps=1e-7):
+                 logit_standardization=False, std='unbiased', eps=1e-7, target_correction=None):
         super().__init__(student_module_path, student_module_io, teacher_module_path, teacher_module_io,
-                         temperature, alpha, beta, 'batchmean', logit_standardization, std, eps)
+                         temperature, alpha, beta, 'batchmean', logit_standardization, std, eps, target_correction)
         self.ce_weight = check_weight('ce_weight', ce_weight)
         self.warmup_epochs = check_weight('warmup_epochs', warmup_epochs)
         self.epoch = None
@@ -85,7 +85,7 @@ class DKDLoss(LogitPairLoss):
         kd_factor = self.warmup_factor()
         target_mask = torch.zeros_like(z_s, dtype=torch.bool).scatter_(1, targets.view(-1, 1), True)
         soft_s = soften(z_s, self.temperature, self.standardization)
-        soft_t = soften(z_t.detach(), self.temperature, self.standardization)
+        soft_t = soften(self.corrected(z_t.detach(), targets), self.temperature, self.standardization)
         tau2 = self.temperature ** 2
         return self.weighted_sum([
             ('student_ce', self.ce_weight, lambda: self.cross_entropy(z_s, targets)),

@@ -38,16 +38,16 @@ class FTKDLoss(LogitPairLoss):
     """
     def __init__(self, student_module_path, student_module_io, teacher_module_path, teacher_module_io,
                  temperature, alpha=None, beta=None, reduction='batchmean', teacher_ce_weight=1.0,
-                 logit_standardization=False, std='unbiased', eps=1e-7):
+                 logit_standardization=False, std='unbiased', eps=1e-7, target_correction=None):
         super().__init__(student_module_path, student_module_io, teacher_module_path, teacher_module_io,
-                         temperature, alpha, beta, reduction, logit_standardization, std, eps)
+                         temperature, alpha, beta, reduction, logit_standardization, std, eps, target_correction)
         self.teacher_ce_weight = check_weight('teacher_ce_weight', teacher_ce_weight)
 
     def forward(self, student_io_dict, teacher_io_dict, targets=None, *args, **kwargs):
         z_s, z_t = self.logits(student_io_dict, teacher_io_dict)
         return self.weighted_sum([
             ('student_ce', self.alpha, lambda: self.cross_entropy(z_s, targets)),
-            ('student_kl', self.beta, lambda: self.kl(z_t, z_s)),
+            ('student_kl', self.beta, lambda: self.kl(self.corrected(z_t, targets), z_s)),
             ('teacher_ce', self.teacher_ce_weight, lambda: self.cross_entropy(z_t, targets)),
         ], reference=z_s)
 

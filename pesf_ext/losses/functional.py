@@ -93,6 +93,27 @@ def softened_kl(target_logits, input_logits, temperature, reduction='batchmean',
     return temperature ** 2 * kl_divergence(target_log_probs, input_log_probs, reduction)
 
 
+def swap_label_correction(logits, targets):
+    """Label correction of the PESF-KD authors' released code (``logit_t_cor`` in ``cv/helper/loops.py``): per
+    sample, the largest logit and the ground-truth class's logit change places, so the label's class becomes the
+    argmax and the distribution's shape is otherwise kept. Rows already predicting their label are unchanged.
+
+    .. math:: \\tilde{z}_{i,y_i} = z_{i,m_i}, \\quad \\tilde{z}_{i,m_i} = z_{i,y_i}, \\quad m_i = \\arg\\max_k z_{i,k}
+
+    A permutation (a gather), so gradient flows through it when ``logits`` require it. ``logits``: (N, K);
+    ``targets``: (N,) class indices.
+    """
+    if logits.dim() != 2 or logits.shape[-1] < 2:
+        raise ValueError(f'label correction needs (N, K >= 2) class logits, got shape {tuple(logits.shape)}')
+    if targets is None:
+        raise ValueError('label correction needs the targets (ground-truth class indices)')
+    label = targets.view(-1, 1).long()
+    top = logits.argmax(dim=1, keepdim=True)
+    order = torch.arange(logits.shape[1], device=logits.device).expand_as(logits)
+    order = order.scatter(1, top, label).scatter(1, label, top)
+    return logits.gather(1, order)
+
+
 def cross_entropy(logits, targets, reduction='batchmean'):
     """CE(y, z) with the KL reduction mapped as torchdistill does ('batchmean' and 'mean' -> 'mean')."""
     check_choice('reduction', reduction, REDUCTION_CHOICES)

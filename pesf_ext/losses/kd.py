@@ -40,5 +40,5 @@ class LogitKDLoss(LogitPairLoss):
         z_s, z_t = self.logits(student_io_dict, teacher_io_dict)
         return self.weighted_sum([
             ('student_ce', self.alpha, lambda: self.cross_entropy(z_s, targets)),
-            ('student_kl', self.beta, lambda: self.kl(z_t.detach(), z_s)),
+            ('student_kl', self.beta, lambda: self.kl(self.corrected(z_t.detach(), targets), z_s)),
         ], reference=z_s)

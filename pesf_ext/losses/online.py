@@ -44,9 +44,9 @@ class DMLLoss(LogitPairLoss):
     """
     def __init__(self, student_module_path, student_module_io, teacher_module_path, teacher_module_io,
                  temperature=1.0, alpha=1.0, beta=1.0, reduction='batchmean', teacher_alpha=None, teacher_beta=None,
-                 logit_standardization=False, std='unbiased', eps=1e-7):
+                 logit_standardization=False, std='unbiased', eps=1e-7, target_correction=None):
         super().__init__(student_module_path, student_module_io, teacher_module_path, teacher_module_io,
-                         temperature, alpha, beta, reduction, logit_standardization, std, eps)
+                         temperature, alpha, beta, reduction, logit_standardization, std, eps, target_correction)
         self.teacher_alpha = check_weight('teacher_alpha', self.alpha if teacher_alpha is None else teacher_alpha)
         self.teacher_beta = check_weight('teacher_beta', self.beta if teacher_beta is None else teacher_beta)
 
@@ -54,9 +54,9 @@ class DMLLoss(LogitPairLoss):
         z_s, z_t = self.logits(student_io_dict, teacher_io_dict)
         return self.weighted_sum([
             ('student_ce', self.alpha, lambda: self.cross_entropy(z_s, targets)),
-            ('student_kl', self.beta, lambda: self.kl(z_t.detach(), z_s)),
+            ('student_kl', self.beta, lambda: self.kl(self.corrected(z_t.detach(), targets), z_s)),
             ('teacher_ce', self.teacher_alpha, lambda: self.cross_entropy(z_t, targets)),
-            ('teacher_kl', self.teacher_beta, lambda: self.kl(z_s.detach(), z_t)),
+            ('teacher_kl', self.teacher_beta, lambda: self.kl(self.corrected(z_s.detach(), targets), z_t)),
         ], reference=z_s)
 
     def extra_repr(self):
@@ -101,9 +101,9 @@ class KDCLLoss(LogitPairLoss):
     """
     def __init__(self, student_module_path, student_module_io, teacher_module_path, teacher_module_io,
                  temperature, alpha=1.0, beta=1.0, reduction='batchmean', target='naive',
-                 logit_standardization=False, std='unbiased', eps=1e-7):
+                 logit_standardization=False, std='unbiased', eps=1e-7, target_correction=None):
         super().__init__(student_module_path, student_module_io, teacher_module_path, teacher_module_io,
-                         temperature, alpha, beta, reduction, logit_standardization, std, eps)
+                         temperature, alpha, beta, reduction, logit_standardization, std, eps, target_correction)
         check_choice('target', target, KDCL_TARGET_CHOICES)
         self.target = target
 
@@ -122,9 +122,9 @@ class KDCLLoss(LogitPairLoss):
         z_ens = self.ensemble_logits(z_s, z_t, targets)
         return self.weighted_sum([
             ('student_ce', self.alpha, lambda: self.cross_entropy(z_s, targets)),
-            ('student_kl', self.beta, lambda: self.kl(z_ens, z_s)),
+            ('student_kl', self.beta, lambda: self.kl(self.corrected(z_ens, targets), z_s)),
             ('teacher_ce', self.alpha, lambda: self.cross_entropy(z_t, targets)),
-            ('teacher_kl', self.beta, lambda: self.kl(z_ens, z_t)),
+            ('teacher_kl', self.beta, lambda: self.kl(self.corrected(z_ens, targets), z_t)),
         ], reference=z_s)
 
     def extra_repr(self):

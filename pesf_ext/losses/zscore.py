@@ -41,6 +41,8 @@ class ZScoreKDLoss(LogitKDLoss):
             std: 'unbiased'
     """
     def __init__(self, student_module_path, student_module_io, teacher_module_path, teacher_module_io,
-                 temperature, eps=1e-7, alpha=None, beta=None, reduction='batchmean', std='unbiased'):
+                 temperature, eps=1e-7, alpha=None, beta=None, reduction='batchmean', std='unbiased',
+                 target_correction=None):
         super().__init__(student_module_path, student_module_io, teacher_module_path, teacher_module_io,
-                         temperature, alpha, beta, reduction, logit_standardization=True, std=std, eps=eps)
+                         temperature, alpha, beta, reduction, logit_standardization=True, std=std, eps=eps,
+                         target_correction=target_correction)
