@@ -62,13 +62,14 @@ def criterion_modules(criterion):
 def distillation_pre_epoch_process(self, epoch=None, **kwargs):
     """Pre-epoch process of a DistillationBox: torchdistill's ``default_pre_epoch_process_with_teacher`` (I/O
     dicts cleared, student in train mode, DistributedSampler epoch), then the teacher's modes by
-    :func:`set_train_mode_where_trainable`, then ``set_epoch(epoch + 1)`` on every loss module that has it
-    (1-based epoch number, as the DKD authors count epochs for their warm-up; skipped when ``epoch`` is None).
+    :func:`set_train_mode_where_trainable`, then ``set_epoch(epoch + 1)`` on every loss module and student module
+    that has it (1-based epoch number, as the DKD and CTKD authors count epochs for their warm-up and curriculum;
+    skipped when ``epoch`` is None).
     """
     default_pre_epoch_process_with_teacher(self, epoch=epoch, **kwargs)
     set_train_mode_where_trainable(self.teacher_model)
     if epoch is not None:
-        for module in criterion_modules(self.criterion):
+        for module in [*criterion_modules(self.criterion), *self.student_model.modules()]:
             if callable(getattr(module, 'set_epoch', None)):
                 module.set_epoch(epoch + 1)
     logger.debug('pre-epoch %s: teacher modules in train mode: %d / %d', epoch,

@@ -42,7 +42,7 @@ LABELS = {
     'kdcl_naive': 'KDCL (naive)', 'pkt': 'PKT', 'crd': 'CRD', 'rkd': 'RKD', 'pesfkd_pkt': 'PKT + PESF-KD',
     'pesfkd_crd': 'CRD + PESF-KD', 'pesfkd_rkd': 'RKD + PESF-KD', 'dkd': 'DKD', 'dkd_zscore': 'DKD + Z-score',
     'pesfkd_head': 'PESF-KD (head adapter)', 'pkd': 'PKD', 'pkd_pesfkd': 'PKD + PESF-KD',
-    'pesfkd_released': 'PESF-KD (released code)',
+    'pesfkd_released': 'PESF-KD (released code)', 'ctkd': 'CTKD', 'ctkd_zscore': 'CTKD + Z-score',
 }
 DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
                    'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')

@@ -67,6 +67,7 @@ class Method:
     terms: tuple                        # functions Context -> {name: WeightedSumLoss sub-term}
     teacher_side: str = 'frozen'        # frozen | adapters (PESF-KD) | released (PESF-KD, released code) | full
     features: str = ''                  # representation loss among the terms: '' | 'pkt' | 'rkd' | 'crd'
+    learned_temperature: bool = False   # CTKD: the student is wrapped with CurriculumTemperature
 
     @property
     def crd(self):
@@ -190,7 +191,7 @@ class Context:
 
     @property
     def student_wrapped(self):
-        return self.method.crd
+        return self.method.crd or self.method.learned_temperature
 
     def path(self, side, module):
         """Module path as the box sees it: inside an auxiliary wrapper the network is ``model``."""
@@ -246,6 +247,27 @@ def pesfkd_released_term(ctx):
         weight=note(float(RELEASED_ACCUMULATION), f'x{RELEASED_ACCUMULATION} with grad_accum_step '
                                                    f'{RELEASED_ACCUMULATION}: the released code sums the gradients '
                                                    'of 4 batches, torchdistill averages them'))
+
+
+CTKD_SCRIPT = 'sunshangquan/logit-standardization-KD CTKD/scripts/run_cifar_distill.sh'
+
+
+def ctkd_term(zscore):
+    def term(ctx):
+        weights = ("Z-score authors' CTKD: -r 0.1 -a 9, their DistillKL Z-scores both logits" if zscore else
+                   "CTKD: -r 0.1 -a 0.9 (the KD setting)")
+        return sub_term('ctkd', 'CTKDLoss', logits(
+            temperature_module_path='temperature', temperature_module_io='output',
+            alpha=note(0.1, weights), beta=9.0 if zscore else 0.9, logit_standardization=zscore,
+            reduction='batchmean'))
+    return term
+
+
+def curriculum_temperature():
+    return note({'key': 'CurriculumTemperature', 'kwargs': {
+        'init': 1.0, 't_start': 1.0, 't_range': 20.0, 'curriculum_start': 0.0, 'curriculum_end': -1.0,
+        'curriculum_epochs': 10}},
+        f'CTKD global temperature 1 + 20 sigmoid(GRL(t)), reversal weight cosine 0 -> -1 over 10 epochs ({CTKD_SCRIPT})')
 
 
 def ftkd_term(temperature=4.0, beta=0.9, zscore=False):
@@ -355,6 +377,8 @@ METHODS = {m.name: m for m in (
     Method('kdcl_naive', (kdcl_term('naive'),), teacher_side='full'),
     Method('dkd', (dkd_term(zscore=False),)),
     Method('dkd_zscore', (dkd_term(zscore=True),)),
+    Method('ctkd', (ctkd_term(zscore=False),), learned_temperature=True),
+    Method('ctkd_zscore', (ctkd_term(zscore=True),), learned_temperature=True),
     # representation methods as in CRD / RepDistiller: CE + weight * loss; with PESF-KD: the PESF-KD loss + the same
     Method('pkt', CE_ONLY + (pkt_term,), features='pkt'),
     Method('rkd', CE_ONLY + (rkd_term,), features='rkd'),
@@ -453,6 +477,14 @@ def side_block(ctx, side, wrapper=None, requires_grad=True, frozen_modules=(), r
             'frozen_modules': list(frozen_modules)}
 
 
+def student_block(ctx):
+    if ctx.method.learned_temperature:
+        block = side_block(ctx, 'student', curriculum_temperature())
+        block['forward_hook']['output'] = note(['temperature'], "the learned temperature, read by CTKDLoss")
+        return block
+    return side_block(ctx, 'student', linear4crd(ctx, 'student') if ctx.method.crd else None)
+
+
 def teacher_block(ctx):
     data, pair, method = ctx.data, ctx.pair, ctx.method
     if method.teacher_side == 'adapters':
@@ -492,6 +524,8 @@ def distillation_optimizer(ctx):
     groups = module_wise(pair.student, data.num_classes, data.lr, data.weight_decay, prefix=ctx.path('student', ''))
     if method.crd:
         groups.append(param_group('normalizer', data.lr, data.weight_decay))
+    if method.learned_temperature:
+        groups.append(param_group('temperature', data.lr, data.weight_decay))  # CTKD: in the student's SGD
     if method.teacher_side in ('adapters', 'released'):
         groups.append(param_group('adapters', ADAPTER_LR, data.weight_decay, is_teacher=True))
     elif method.teacher_side == 'full':
@@ -542,7 +576,7 @@ def distillation_config(data, pair, method):
         'train_data_loader': loader(data, 'train', train=True, dataset_wrapper=dataset_wrapper),
         'val_data_loader': loader(data, 'val', train=False),
         'teacher': teacher_block(ctx),
-        'student': side_block(ctx, 'student', linear4crd(ctx, 'student') if method.crd else None),
+        'student': student_block(ctx),
         'optimizer': distillation_optimizer(ctx),
         'scheduler': data.scheduler,
         'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {
@@ -567,8 +601,8 @@ FASHION_MNIST_METHODS = tuple(METHODS)                   # every method and comb
 CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair (PESF-KD Table I, DML/KDCL rows)
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
-                          'pesfkd_released'),
-    'vgg13_vgg8': ('dkd', 'dkd_zscore'),
+                          'pesfkd_released', 'ctkd', 'ctkd_zscore'),
+    'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore'),
 }
 IMAGENET_METHODS = ('kd', 'pkt', 'crd', 'rkd', 'kdcl', 'dml', 'ftkd', 'pesfkd', 'zscore', 'pesfkd_crd')  # Table II
 

@@ -1,5 +1,6 @@
 """Logit-based distillation losses; importing this package registers them with torchdistill's mid-level registry."""
 from .base import LogitPairLoss
+from .ctkd import CTKDLoss, CurriculumTemperature
 from .dkd import DKDLoss
 from .ftkd import FTKDLoss
 from .functional import (
@@ -15,7 +16,8 @@ from .zscore import ZScoreKDLoss
 
 __all__ = [
     'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss',
-    'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss',
+    'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss',
+    'CurriculumTemperature',
     'LogitStandardization', 'standardize_logits', 'soften', 'softened_kl', 'kl_divergence', 'cross_entropy',
     'sharpness', 'sharpness_gap',
 ]
