@@ -45,6 +45,8 @@ class Dataset:
     teacher_from_training: bool = True  # teacher weights from our own CE run (else: pretrained kwargs)
     dkd_warmup_epochs: int = 20         # DKD: linear warm-up of its KD terms (authors: 20 of 240 CIFAR epochs)
     epoch_metrics: bool = False         # per-epoch analysis metrics (epoch_metrics_post_epoch_process) on
+    two_view_datasets: dict = None      # ``datasets`` with a weak/strong TwoViews train transform (MLKD)
+    mlkd_max_grad_norm: float = None    # MLKD gradient clipping (not in the reference; see FASHION_MNIST)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Method:
     teacher_side: str = 'frozen'        # frozen | adapters (PESF-KD) | released (PESF-KD, released code) | full
     features: str = ''                  # representation loss among the terms: '' | 'pkt' | 'rkd' | 'crd'
     learned_temperature: bool = False   # CTKD: the student is wrapped with CurriculumTemperature
+    two_views: bool = False             # MLKD: weak/strong views of each image (TwoViews, forward_two_views)
 
     @property
     def crd(self):
@@ -105,27 +108,49 @@ def fashion_mnist_split(split, root, size_note, transform):
         'transform': transform})
 
 
-FASHION_MNIST_DATASETS = {
-    anchor('train', 'fashion_mnist/train'): fashion_mnist_split(
+def two_views(weak, strong):
+    return note(import_call('pesf_ext.data.TwoViews', {'weak': weak, 'strong': strong}),
+                'MLKD: a weak and a strong (RandAugment) view of each image', above=True)
+
+
+def fashion_mnist_datasets(train_transform):
+    return {anchor('train', 'fashion_mnist/train'): fashion_mnist_split(
         'train', anchor('root_dir', './resource/dataset/fashion_mnist'),
-        'null = all 55,000 (5,000 of the 60,000 are held out for val)',
-        import_call('pesf_ext.data.fashion_mnist_transform', {'train': True})),
+        'null = all 55,000 (5,000 of the 60,000 are held out for val)', train_transform), **FASHION_MNIST_EVAL_DATASETS}
+
+
+FASHION_MNIST_EVAL_DATASETS = {
     anchor('val', 'fashion_mnist/val'): fashion_mnist_split(
         'val', alias('root_dir'), 'null = all 5,000',
         anchor('eval_transform', import_call('pesf_ext.data.fashion_mnist_transform', {'train': False}))),
     anchor('test', 'fashion_mnist/test'): fashion_mnist_split(
         'test', alias('root_dir'), 'null = all 10,000', alias('eval_transform')),
 }
+FASHION_MNIST_TRAIN_TRANSFORM = import_call('pesf_ext.data.fashion_mnist_transform', {'train': True})
+FASHION_MNIST_DATASETS = fashion_mnist_datasets(FASHION_MNIST_TRAIN_TRANSFORM)
+FASHION_MNIST_TWO_VIEW_DATASETS = fashion_mnist_datasets(two_views(
+    FASHION_MNIST_TRAIN_TRANSFORM, import_call('pesf_ext.data.fashion_mnist_transform', {'train': True, 'strong': True})))
 CIFAR100_NORMALIZE = {'mean': [0.5071, 0.4865, 0.4409], 'std': [0.2673, 0.2564, 0.2762]}
-CIFAR100_DATASETS = {
-    anchor('train', 'cifar100/train'): import_call('torchvision.datasets.CIFAR100', {
-        'root': anchor('root_dir', './resource/dataset/cifar100'), 'train': True, 'download': True,
-        'transform': transforms(('RandomCrop', {'size': 32, 'padding': 4}), ('RandomHorizontalFlip', {'p': 0.5}),
-                                ('ToTensor', None), ('Normalize', anchor('normalize_kwargs', CIFAR100_NORMALIZE)))}),
-    anchor('val', 'cifar100/test'): import_call('torchvision.datasets.CIFAR100', {
-        'root': alias('root_dir'), 'train': False, 'download': True,
-        'transform': transforms(('ToTensor', None), ('Normalize', alias('normalize_kwargs')))}),
-}
+def cifar100_crop_flip():
+    return ('RandomCrop', {'size': 32, 'padding': 4}), ('RandomHorizontalFlip', {'p': 0.5})
+
+
+def cifar100_datasets(two_view=False):
+    weak = transforms(*cifar100_crop_flip(), ('ToTensor', None),
+                      ('Normalize', anchor('normalize_kwargs', CIFAR100_NORMALIZE)))
+    strong = transforms(*cifar100_crop_flip(), ('RandAugment', {'num_ops': 2, 'magnitude': 10}), ('ToTensor', None),
+                        ('Normalize', alias('normalize_kwargs')))
+    return {
+        anchor('train', 'cifar100/train'): import_call('torchvision.datasets.CIFAR100', {
+            'root': anchor('root_dir', './resource/dataset/cifar100'), 'train': True, 'download': True,
+            'transform': two_views(weak, strong) if two_view else weak}),
+        anchor('val', 'cifar100/test'): import_call('torchvision.datasets.CIFAR100', {
+            'root': alias('root_dir'), 'train': False, 'download': True,
+            'transform': transforms(('ToTensor', None), ('Normalize', alias('normalize_kwargs')))}),
+    }
+
+
+CIFAR100_DATASETS = cifar100_datasets()
 IMAGENET_NORMALIZE = {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]}
 IMAGENET_DATASETS = {
     anchor('train', 'ilsvrc2012/train'): import_call('torchvision.datasets.ImageFolder', {
@@ -144,12 +169,15 @@ FASHION_MNIST = Dataset(
     lr=0.05, weight_decay=5e-4, num_epochs=30, num_workers=2, log_freq=100, train_size=55000, test_split='test',
     dkd_warmup_epochs=3,                # the DKD authors' 20 of 240 epochs, scaled to this 30-epoch schedule
     scheduler={'key': 'MultiStepLR', 'kwargs': {'milestones': [15, 25], 'gamma': 0.1}},
-    ckpt_root='./resource/ckpt/fashion_mnist', epoch_metrics=True)
+    ckpt_root='./resource/ckpt/fashion_mnist', epoch_metrics=True, two_view_datasets=FASHION_MNIST_TWO_VIEW_DATASETS,
+    # MLKD's class-level term ||P_t^T P_t - P_s^T P_s||^2 / K grows like (N / K)^2: on 10 classes it is ~100x its
+    # CIFAR-100 size, and the students diverged within 4 steps at lr 0.05 (logit std 1e21) without clipping
+    mlkd_max_grad_norm=5.0)
 CIFAR100 = Dataset(
     name='cifar100', num_classes=100, input_shape=(1, 3, 32, 32), datasets=CIFAR100_DATASETS, batch_size=64,
     lr=0.05, weight_decay=5e-4, num_epochs=240, num_workers=8, log_freq=100,
     scheduler={'key': 'MultiStepLR', 'kwargs': {'milestones': [150, 180, 210], 'gamma': 0.1}},
-    ckpt_root='./resource/ckpt/cifar100', train_size=50000)
+    ckpt_root='./resource/ckpt/cifar100', train_size=50000, two_view_datasets=cifar100_datasets(two_view=True))
 IMAGENET = Dataset(
     name='ilsvrc2012', num_classes=1000, input_shape=(1, 3, 224, 224), datasets=IMAGENET_DATASETS, batch_size=256,
     lr=0.1, weight_decay=1e-4, num_epochs=100, num_workers=16, log_freq=1000,
@@ -247,6 +275,24 @@ def pesfkd_released_term(ctx):
         weight=note(float(RELEASED_ACCUMULATION), f'x{RELEASED_ACCUMULATION} with grad_accum_step '
                                                    f'{RELEASED_ACCUMULATION}: the released code sums the gradients '
                                                    'of 4 batches, torchdistill averages them'))
+
+
+MLKD_CODE = 'sunshangquan/logit-standardization-KD mdistiller/distillers/MLKD.py'
+
+
+def mlkd_term(zscore):
+    def term(ctx):
+        return sub_term('mlkd', 'MLKDLoss', logits(
+            temperature=note(2.0 if zscore else 4.0, "base temperature: the Z-score authors' --base-temp 2 with "
+                             'logit standardization, else mdistiller cfg KD.TEMPERATURE 4'),
+            extra_temperatures=[3.0, 5.0, 2.0, 6.0],
+            strong_view_temperatures=note(3, "as the reference: its strong-view KD evaluates T = 2, 6 on the weak view"),
+            alpha=note(1.0, 'CE weight (Z-score repository cfg KD.LOSS.CE_WEIGHT 1)'),
+            beta=note(9.0, 'KD weight (KD.LOSS.KD_WEIGHT 9; --kd-weight 9 with logit standardization)'),
+            logit_standardization=zscore),
+            about=f'MLKD as {MLKD_CODE} computes it (docs/baselines.md); the reference trains 480 epochs at lr 0.025, '
+                  'this family keeps one schedule for every row')
+    return term
 
 
 CTKD_SCRIPT = 'sunshangquan/logit-standardization-KD CTKD/scripts/run_cifar_distill.sh'
@@ -377,6 +423,8 @@ METHODS = {m.name: m for m in (
     Method('kdcl_naive', (kdcl_term('naive'),), teacher_side='full'),
     Method('dkd', (dkd_term(zscore=False),)),
     Method('dkd_zscore', (dkd_term(zscore=True),)),
+    Method('mlkd', (mlkd_term(zscore=False),), two_views=True),
+    Method('mlkd_zscore', (mlkd_term(zscore=True),), two_views=True),
     Method('ctkd', (ctkd_term(zscore=False),), learned_temperature=True),
     Method('ctkd_zscore', (ctkd_term(zscore=True),), learned_temperature=True),
     # representation methods as in CRD / RepDistiller: CE + weight * loss; with PESF-KD: the PESF-KD loss + the same
@@ -469,7 +517,9 @@ def linear4crd(ctx, side):
 def side_block(ctx, side, wrapper=None, requires_grad=True, frozen_modules=(), requires_grad_note=None):
     """``train.teacher`` / ``train.student``: ``wrapper`` is an auxiliary model wrapper (or None)."""
     inputs, outputs = hooks(ctx, side)
-    block = {'forward_proc': 'forward_batch_supp_dict' if ctx.method.crd else 'forward_batch_only', 'sequential': []}
+    forward_proc = 'forward_batch_supp_dict' if ctx.method.crd else \
+        'forward_two_views' if ctx.method.two_views else 'forward_batch_only'
+    block = {'forward_proc': forward_proc, 'sequential': []}
     if wrapper:
         block['auxiliary_model_wrapper'] = wrapper
     return {**block, 'forward_hook': {'input': inputs, 'output': outputs},
@@ -534,6 +584,9 @@ def distillation_optimizer(ctx):
     if method.crd:
         groups.append(param_group('normalizer', data.lr, data.weight_decay, is_teacher=True))
     config = optimizer(data, groups)
+    if method.two_views and data.mlkd_max_grad_norm:
+        config['max_grad_norm'] = note(data.mlkd_max_grad_norm, 'not in the reference: MLKD diverges here without it '
+                                                                 '(tools/make_configs.py, FASHION_MNIST)')
     if method.teacher_side == 'released':
         config['grad_accum_step'] = note(RELEASED_ACCUMULATION, 'released code: one optimizer step every 4 batches')
     return config
@@ -553,7 +606,7 @@ def settings(data, crd=False):
     return block
 
 
-def config(data, description, models, train, crd=False):
+def config(data, description, models, train, crd=False, datasets=None):
     """A whole config: header, dependencies, settings, datasets, ``models``, ``train`` (after its loaders), test."""
     header = [description, 'Generated by tools/make_configs.py; run with',
               '  python tools/image_classification.py --config <this file>']
@@ -562,7 +615,7 @@ def config(data, description, models, train, crd=False):
         train['post_epoch_process'] = note('epoch_metrics_post_epoch_process',
                                            'gap, KL, agreement, PL, CKA per epoch (docs/analysis.md)')
     return dump_config({
-        'dependencies': [{'name': 'pesf_ext'}], 'settings': settings(data, crd), 'datasets': data.datasets,
+        'dependencies': [{'name': 'pesf_ext'}], 'settings': settings(data, crd), 'datasets': datasets or data.datasets,
         'models': models, 'train': train,
         'test': {'test_data_loader': loader(data, data.test_split, train=False)}}, header)
 
@@ -582,7 +635,8 @@ def distillation_config(data, pair, method):
         'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {
             name: sub for term in method.terms for name, sub in term(ctx).items()}}}}
     return config(data, f'{method.name} on {data.name}: {pair.teacher} -> {pair.student}',
-                  models_block(data, pair, method.name, experiment), train, crd=method.crd)
+                  models_block(data, pair, method.name, experiment), train, crd=method.crd,
+                  datasets=data.two_view_datasets if method.two_views else None)
 
 
 def training_config(data, model_key, role):
@@ -601,8 +655,8 @@ FASHION_MNIST_METHODS = tuple(METHODS)                   # every method and comb
 CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair (PESF-KD Table I, DML/KDCL rows)
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
-                          'pesfkd_released', 'ctkd', 'ctkd_zscore'),
-    'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore'),
+                          'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore'),
+    'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore'),
 }
 IMAGENET_METHODS = ('kd', 'pkt', 'crd', 'rkd', 'kdcl', 'dml', 'ftkd', 'pesfkd', 'zscore', 'pesfkd_crd')  # Table II
 

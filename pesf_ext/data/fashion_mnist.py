@@ -104,12 +104,15 @@ def fashion_mnist(root='./resource/dataset/fashion_mnist', split='train', transf
     return subset
 
 
-def fashion_mnist_transform(train=True, size=32, channels=3):
-    """CIFAR-style input for CIFAR networks: pad 28→32, grey→``channels``, random crop/flip when ``train``."""
+def fashion_mnist_transform(train=True, size=32, channels=3, strong=False):
+    """CIFAR-style input for CIFAR networks: pad 28→32, grey→``channels``, random crop/flip when ``train``;
+    ``strong`` adds torchvision's RandAugment (2 ops, magnitude 10) after them (MLKD's strong view)."""
     pad = (size - 28) // 2
     steps = [transforms.Pad(pad)] if pad > 0 else []
     if train:
         steps += [transforms.RandomCrop(size, padding=2), transforms.RandomHorizontalFlip()]
+        if strong:
+            steps.append(transforms.RandAugment(num_ops=2, magnitude=10))
     steps += [transforms.Grayscale(num_output_channels=channels), transforms.ToTensor(),
               transforms.Normalize([FASHION_MNIST_MEAN] * channels, [FASHION_MNIST_STD] * channels)]
     return transforms.Compose(steps)

@@ -8,6 +8,7 @@ from .functional import (
     squared_error, standardize_logits
 )
 from .kd import LogitKDLoss
+from .mlkd import MLKDLoss, forward_two_views
 from .online import DMLLoss, KDCLLoss
 from .pesf import PESFKDLoss
 from .pkd import PKDLoss
@@ -16,7 +17,7 @@ from .zscore import ZScoreKDLoss
 
 __all__ = [
     'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss',
-    'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss',
+    'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss', 'MLKDLoss', 'forward_two_views',
     'CurriculumTemperature',
     'LogitStandardization', 'standardize_logits', 'soften', 'softened_kl', 'kl_divergence', 'cross_entropy',
     'sharpness', 'sharpness_gap',
