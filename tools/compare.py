@@ -43,7 +43,7 @@ LABELS = {
     'pesfkd_crd': 'CRD + PESF-KD', 'pesfkd_rkd': 'RKD + PESF-KD', 'dkd': 'DKD', 'dkd_zscore': 'DKD + Z-score',
     'pesfkd_head': 'PESF-KD (head adapter)', 'pkd': 'PKD', 'pkd_pesfkd': 'PKD + PESF-KD',
     'pesfkd_released': 'PESF-KD (released code)', 'ctkd': 'CTKD', 'ctkd_zscore': 'CTKD + Z-score',
-    'mlkd': 'MLKD', 'mlkd_zscore': 'MLKD + Z-score',
+    'mlkd': 'MLKD', 'mlkd_zscore': 'MLKD + Z-score', 'dist': 'DIST', 'dist_zscore': 'DIST + Z-score',
 }
 DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
                    'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')

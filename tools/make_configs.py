@@ -277,6 +277,15 @@ def pesfkd_released_term(ctx):
                                                    'of 4 batches, torchdistill averages them'))
 
 
+def dist_term(zscore):
+    def term(ctx):
+        return sub_term('dist', 'LogitDISTLoss', logits(
+            temperature=note(1.0, "DIST's ImageNet setting (torchdistill's DISTLoss example: beta = gamma = tau = 1)"),
+            alpha=1.0, inter_weight=1.0, intra_weight=1.0,
+            logit_standardization=note(zscore, 'the Z-score plug-in on DIST: logits standardized before softmax')))
+    return term
+
+
 MLKD_CODE = 'sunshangquan/logit-standardization-KD mdistiller/distillers/MLKD.py'
 
 
@@ -423,6 +432,8 @@ METHODS = {m.name: m for m in (
     Method('kdcl_naive', (kdcl_term('naive'),), teacher_side='full'),
     Method('dkd', (dkd_term(zscore=False),)),
     Method('dkd_zscore', (dkd_term(zscore=True),)),
+    Method('dist', (dist_term(zscore=False),)),
+    Method('dist_zscore', (dist_term(zscore=True),)),
     Method('mlkd', (mlkd_term(zscore=False),), two_views=True),
     Method('mlkd_zscore', (mlkd_term(zscore=True),), two_views=True),
     Method('ctkd', (ctkd_term(zscore=False),), learned_temperature=True),
@@ -655,8 +666,9 @@ FASHION_MNIST_METHODS = tuple(METHODS)                   # every method and comb
 CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair (PESF-KD Table I, DML/KDCL rows)
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
-                          'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore'),
-    'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore'),
+                          'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore', 'dist', 'dist_zscore'),
+    'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore',
+                   'dist', 'dist_zscore'),
 }
 IMAGENET_METHODS = ('kd', 'pkt', 'crd', 'rkd', 'kdcl', 'dml', 'ftkd', 'pesfkd', 'zscore', 'pesfkd_crd')  # Table II
 

@@ -1,6 +1,7 @@
 """Logit-based distillation losses; importing this package registers them with torchdistill's mid-level registry."""
 from .base import LogitPairLoss
 from .ctkd import CTKDLoss, CurriculumTemperature
+from .dist import LogitDISTLoss
 from .dkd import DKDLoss
 from .ftkd import FTKDLoss
 from .functional import (
@@ -17,7 +18,7 @@ from .zscore import ZScoreKDLoss
 
 __all__ = [
     'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss',
-    'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss', 'MLKDLoss', 'forward_two_views',
+    'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss', 'MLKDLoss', 'forward_two_views', 'LogitDISTLoss',
     'CurriculumTemperature',
     'LogitStandardization', 'standardize_logits', 'soften', 'softened_kl', 'kl_divergence', 'cross_entropy',
     'sharpness', 'sharpness_gap',
