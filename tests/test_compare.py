@@ -1,4 +1,6 @@
 """tools/compare.py without training: the configs it writes and the table it prints."""
+import os
+
 import pytest
 
 import compare
@@ -67,3 +69,15 @@ def test_grid_is_a_product_per_method():
     assert grid['kd'][1] == ('temperature=2_alpha=0.5', ['a.b.temperature=2', 'c.alpha=0.5'])
     assert len(grid['kd']) == 4
     assert compare.parse_grid([], ['kd']) == {'kd': [('', [])]}
+
+
+def test_takd_runs_its_assistant_per_seed_and_learns_from_it(tmp_path, capsys):
+    compare.main(['--methods', 'kd', 'takd', '--seeds', '2', '--out_dir', str(tmp_path), '--commands_only'])
+    lines = capsys.readouterr().out.splitlines()
+    for seed in range(2):
+        assistant = [line for line in lines if 'resnet56_resnet20_takd_assistant.yaml' in line and f'--seed {seed}' in line]
+        student = [line for line in lines if 'resnet56_resnet20_takd.yaml' in line and f'--seed {seed}' in line]
+        assert len(assistant) == 1 and len(student) == 1
+        expected = os.path.join(str(tmp_path), 'ckpt', f'takd_assistant_seed{seed}', 'student.pt')
+        assert f'models.teacher_model.src_ckpt={expected}' in student[0]
+        assert 'models.teacher_model.src_ckpt' not in assistant[0]

@@ -87,3 +87,22 @@ def test_config_trains_two_steps(rel_path, tiny_world):
     if rel_path.endswith('_crd.yaml') and 'pesfkd' not in rel_path:
         teacher_trainable, teacher_total = results['counts']['teacher']
         assert 0 < teacher_trainable < 0.2 * teacher_total, 'CRD trains the teacher-side embedding head only'
+
+
+@pytest.mark.parametrize('family', ['fashion_mnist', 'cifar100'])
+def test_takd_chain_student_learns_from_the_assistant_the_first_link_saved(family, tiny_world):
+    """TAKD: the assistant config's dst_ckpt is the student config's teacher src_ckpt; the second link's teacher is
+    exactly the first link's student (same test accuracy on the same data)."""
+    results = {}
+    for link in ('takd_assistant', 'takd'):
+        path = os.path.join(ROOT, 'configs', family, f'resnet56_resnet20_{link}.yaml')
+        config = load_config(path)
+        shrink(config)
+        if link == 'takd_assistant':
+            make_teacher_checkpoint(config)
+        else:
+            assert config['models']['teacher_model']['src_ckpt'] == results['takd_assistant'][1]
+            assert os.path.isfile(config['models']['teacher_model']['src_ckpt'])
+        results[link] = (run(get_args(['--config', path, '--device', 'cpu', '--seed', '0']), build_model,
+                             config=config), config['models']['student_model']['dst_ckpt'])
+    assert results['takd'][0]['test']['teacher'] == results['takd_assistant'][0]['test']['student']

@@ -44,6 +44,7 @@ LABELS = {
     'pesfkd_head': 'PESF-KD (head adapter)', 'pkd': 'PKD', 'pkd_pesfkd': 'PKD + PESF-KD',
     'pesfkd_released': 'PESF-KD (released code)', 'ctkd': 'CTKD', 'ctkd_zscore': 'CTKD + Z-score',
     'mlkd': 'MLKD', 'mlkd_zscore': 'MLKD + Z-score', 'dist': 'DIST', 'dist_zscore': 'DIST + Z-score',
+    'takd': 'TAKD', 'takd_assistant': 'TAKD assistant (ResNet-32)',
 }
 DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
                    'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')
@@ -200,6 +201,8 @@ def main(argv=None):
     args = get_args(argv)
     # parallel CPU runs split the cores instead of each starting one thread per core
     os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // max(args.jobs, 1))))
+    if 'takd' in args.methods and 'takd_assistant' not in args.methods:   # TAKD's first link, run per seed first
+        args.methods.insert(args.methods.index('takd'), 'takd_assistant')
     unknown = [m for m in args.methods if m not in LABELS]
     if unknown:
         sys.exit(f'--methods: unknown {unknown}; known: {", ".join(LABELS)}')
@@ -217,6 +220,9 @@ def main(argv=None):
         ckpt_key = 'models.model.dst_ckpt' if method == STUDENT_CE else 'models.student_model.dst_ckpt'
         ckpt = os.path.join(out_dir, 'ckpt', run_label, 'student.pt')
         run_overrides = [*EPOCH_METRICS_OVERRIDES, f'{ckpt_key}={ckpt}', *overrides, *args.overrides]
+        if method == 'takd':  # the teacher is this seed's assistant (same grid point)
+            assistant = plan('takd_assistant', point, overrides, seed)[1]
+            run_overrides.append(f'models.teacher_model.src_ckpt={os.path.join(out_dir, "ckpt", assistant, "student.pt")}')
         return label, run_label, configs[method], seed, run_overrides
 
     runs = [plan(m, point, overrides, seed) for seed in range(args.seeds) for m in args.methods
@@ -248,15 +254,18 @@ def main(argv=None):
     try:
         if teacher_run in pending:
             execute(teacher_run)
-        with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-            futures = {run_label: (label, pool.submit(execute, item))
-                       for item in pending if item is not teacher_run for label, run_label in [item[:2]]}
-            for run_label, (label, future) in futures.items():
-                try:
-                    future.result()
-                except RunFailed as error:
-                    failures.setdefault(label, []).append(run_label)
-                    progress.write(str(error).splitlines()[0])
+        first = [item for item in pending if item[0].startswith('takd_assistant')]  # before the TAKD students
+        then = [item for item in pending if item is not teacher_run and item not in first]
+        for phase in (first, then):
+            with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+                futures = {run_label: (label, pool.submit(execute, item))
+                           for item in phase for label, run_label in [item[:2]]}
+                for run_label, (label, future) in futures.items():
+                    try:
+                        future.result()
+                    except RunFailed as error:
+                        failures.setdefault(label, []).append(run_label)
+                        progress.write(str(error).splitlines()[0])
     except RunFailed as error:  # the teacher
         sys.exit(str(error))
     finally:

@@ -14,6 +14,7 @@ family (e.g. GLUE) is one import and one entry there.
 The YAML files are plain torchdistill 1.x configs: edit a generated file by hand if you like, but then the sync
 test will remind you to move the change here.
 """
+import dataclasses
 import functools
 import os
 import sys
@@ -57,6 +58,7 @@ class Pair:
     adapter_modules: tuple = ()         # bottleneck-adapter targets on the teacher (PESF-KD eq. 6)
     name: str = ''
     dkd_beta: float = 8.0               # DKD's NCKD weight (mdistiller: 8 by default, tuned per CIFAR pair)
+    assistant: str = ''                 # TAKD's teacher assistant, between teacher and student in size
 
     @property
     def tag(self):
@@ -71,6 +73,7 @@ class Method:
     features: str = ''                  # representation loss among the terms: '' | 'pkt' | 'rkd' | 'crd'
     learned_temperature: bool = False   # CTKD: the student is wrapped with CurriculumTemperature
     two_views: bool = False             # MLKD: weak/strong views of each image (TwoViews, forward_two_views)
+    chain: str = ''                     # TAKD: 'assistant' (teacher -> assistant) | 'student' (assistant -> student)
 
     @property
     def crd(self):
@@ -192,7 +195,7 @@ ADAPTER_LR = 2e-5   # PESF-KD authors' code: --adapter_lr default (1170300319/PE
 # only pooling and classifier of the teacher, so PESF-KD costs ~1.02x KD; adapters in every block of the last stage
 # (e.g. 'layer3.?' on ResNet-56, 9 adapters) cost ~1.3x KD on CPU (tools/benchmark.py, README).
 PAIRS_CIFAR = (
-    Pair('resnet56', 'resnet20', adapter_modules=('layer3.8',), dkd_beta=2.0),
+    Pair('resnet56', 'resnet20', adapter_modules=('layer3.8',), dkd_beta=2.0, assistant='resnet32'),
     Pair('resnet110', 'resnet32', adapter_modules=('layer3.17',)),
     Pair('vgg13', 'vgg8', adapter_modules=('block4',), dkd_beta=6.0),
     Pair('resnet56', 'vgg8', adapter_modules=('layer3.8',)),
@@ -432,6 +435,8 @@ METHODS = {m.name: m for m in (
     Method('kdcl_naive', (kdcl_term('naive'),), teacher_side='full'),
     Method('dkd', (dkd_term(zscore=False),)),
     Method('dkd_zscore', (dkd_term(zscore=True),)),
+    Method('takd_assistant', (kd_term,), chain='assistant'),
+    Method('takd', (kd_term,), chain='student'),
     Method('dist', (dist_term(zscore=False),)),
     Method('dist_zscore', (dist_term(zscore=True),)),
     Method('mlkd', (mlkd_term(zscore=False),), two_views=True),
@@ -482,9 +487,9 @@ def trained_model(data, key, ckpt_dir, experiment):
             'dst_ckpt': join(alias('ckpt_root'), f'/{ckpt_dir}/{experiment}.pt')}
 
 
-def models_block(data, pair, ckpt_dir, experiment):
-    teacher_ckpt = join(alias('ckpt_root'), f'/ce/{data.name}-{pair.teacher}.pt') if data.teacher_from_training \
-        else None
+def models_block(data, pair, ckpt_dir, experiment, teacher_ckpt=None):
+    if teacher_ckpt is None and data.teacher_from_training:
+        teacher_ckpt = join(alias('ckpt_root'), f'/ce/{data.name}-{pair.teacher}.pt')
     return {'teacher_model': {'key': pair.teacher, 'kwargs': pair.teacher_kwargs or {'num_classes': data.num_classes},
                               'src_ckpt': teacher_ckpt},
             'student_model': trained_model(data, pair.student, ckpt_dir, experiment)}
@@ -631,7 +636,19 @@ def config(data, description, models, train, crd=False, datasets=None):
         'test': {'test_data_loader': loader(data, data.test_split, train=False)}}, header)
 
 
+def takd_experiment(data, pair):
+    """TAKD's first link (teacher -> assistant): its experiment name, also the ckpt the second link starts from."""
+    return f'{data.name}-{pair.assistant}_from_{pair.teacher}'
+
+
 def distillation_config(data, pair, method):
+    teacher_ckpt = None
+    if method.chain == 'assistant':
+        pair = dataclasses.replace(pair, student=pair.assistant)
+    elif method.chain == 'student':
+        teacher_ckpt = note(join(alias('ckpt_root'), f'/takd_assistant/{takd_experiment(data, pair)}.pt'),
+                            "TAKD: the assistant trained by the *_takd_assistant.yaml config of this pair")
+        pair = dataclasses.replace(pair, teacher=pair.assistant)
     ctx = Context(data, pair, method)
     experiment = f'{data.name}-{pair.student}_from_{pair.teacher}'
     dataset_wrapper = crd_dataset_wrapper() if method.crd else None
@@ -646,7 +663,7 @@ def distillation_config(data, pair, method):
         'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {
             name: sub for term in method.terms for name, sub in term(ctx).items()}}}}
     return config(data, f'{method.name} on {data.name}: {pair.teacher} -> {pair.student}',
-                  models_block(data, pair, method.name, experiment), train, crd=method.crd,
+                  models_block(data, pair, method.name, experiment, teacher_ckpt), train, crd=method.crd,
                   datasets=data.two_view_datasets if method.two_views else None)
 
 
@@ -666,7 +683,8 @@ FASHION_MNIST_METHODS = tuple(METHODS)                   # every method and comb
 CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair (PESF-KD Table I, DML/KDCL rows)
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
-                          'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore', 'dist', 'dist_zscore'),
+                          'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore', 'dist', 'dist_zscore',
+                          'takd_assistant', 'takd'),
     'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore',
                    'dist', 'dist_zscore'),
 }
