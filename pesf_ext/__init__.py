@@ -5,5 +5,6 @@ registries, so a YAML file only needs ``dependencies: [{name: pesf_ext}]`` (the 
 """
 from . import adapters, data, losses, models, nlp, procs  # noqa: F401  (registration side effects)
 from . import epoch_metrics  # noqa: F401,E402  (registers epoch_metrics_post_epoch_process)
+from . import rco  # noqa: F401,E402  (registers rco_pre_epoch_process)
 
 __version__ = '0.1.0'

@@ -50,6 +50,10 @@ def shrink(config):
     wrapper = train['train_data_loader'].get('dataset_wrapper') or {}
     if wrapper.get('key') == 'CRDDatasetWrapper':
         wrapper['kwargs']['num_negative_samples'] = CRD_NEGATIVES
+    if 'anchor_epochs' in train:  # RCO's route: after the one epoch
+        train['anchor_epochs'] = [1]
+    if 'rco' in train:  # RCO: the converged teacher only (the route needs the teacher's run: see the RCO test)
+        train['rco'] = {'anchors': [config['models']['teacher_model']['src_ckpt']], 'switch_epochs': [0]}
     for term in (train['criterion'].get('kwargs') or {}).get('sub_terms', {}).values():
         if term['criterion']['key'] == 'CRDLoss':
             term['criterion']['kwargs'].update(num_samples=NUM_SAMPLES, output_size=NUM_SAMPLES,
@@ -106,3 +110,31 @@ def test_takd_chain_student_learns_from_the_assistant_the_first_link_saved(famil
         results[link] = (run(get_args(['--config', path, '--device', 'cpu', '--seed', '0']), build_model,
                              config=config), config['models']['student_model']['dst_ckpt'])
     assert results['takd'][0]['test']['teacher'] == results['takd_assistant'][0]['test']['student']
+
+
+@pytest.mark.parametrize('family', ['fashion_mnist', 'cifar100'])
+def test_rco_student_follows_the_route_the_teacher_run_saved(family, tiny_world, caplog):
+    """RCO: the teacher's *_rco run saves its anchors; the RCO run loads anchor i at switch_epochs[i] and ends on the
+    converged teacher (its test accuracy is the teacher run's)."""
+    teacher_path = os.path.join(ROOT, 'configs', family, 'resnet56_teacher_ce_rco.yaml')
+    config = load_config(teacher_path)
+    shrink(config)
+    config['train']['num_epochs'] = 2
+    teacher_results = run(get_args(['--config', teacher_path, '--device', 'cpu', '--seed', '0']), build_model,
+                          config=config)
+    final = config['models']['model']['dst_ckpt']
+    anchor = final[:-len('.pt')] + '_ep1.pt'
+    assert os.path.isfile(anchor) and os.path.isfile(final)
+
+    path = os.path.join(ROOT, 'configs', family, 'resnet56_resnet20_rco.yaml')
+    config = load_config(path)
+    shrink(config)
+    config['train']['num_epochs'] = 2
+    assert config['models']['teacher_model']['src_ckpt'] == final
+    config['train']['rco'] = {'anchors': [anchor, final], 'switch_epochs': [0, 1]}
+    with caplog.at_level('INFO', logger='pesf_ext.rco'):
+        results = run(get_args(['--config', path, '--device', 'cpu', '--seed', '0']), build_model, config=config)
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith('RCO: epoch')]
+    assert [m.split(' (')[0] for m in loaded] == ['RCO: epoch 0 learns from anchor 1/2',
+                                                  'RCO: epoch 1 learns from anchor 2/2']
+    assert results['test']['teacher'] == teacher_results['test']['student']

@@ -48,6 +48,7 @@ class Dataset:
     epoch_metrics: bool = False         # per-epoch analysis metrics (epoch_metrics_post_epoch_process) on
     two_view_datasets: dict = None      # ``datasets`` with a weak/strong TwoViews train transform (MLKD)
     mlkd_max_grad_norm: float = None    # MLKD gradient clipping (not in the reference; see FASHION_MNIST)
+    rco_anchor_epochs: tuple = ()       # RCO: epochs after which the teacher's route is saved (evenly spaced)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Method:
     learned_temperature: bool = False   # CTKD: the student is wrapped with CurriculumTemperature
     two_views: bool = False             # MLKD: weak/strong views of each image (TwoViews, forward_two_views)
     chain: str = ''                     # TAKD: 'assistant' (teacher -> assistant) | 'student' (assistant -> student)
+    rco: bool = False                   # RCO: the teacher steps along its saved training route
 
     @property
     def crd(self):
@@ -175,12 +177,13 @@ FASHION_MNIST = Dataset(
     ckpt_root='./resource/ckpt/fashion_mnist', epoch_metrics=True, two_view_datasets=FASHION_MNIST_TWO_VIEW_DATASETS,
     # MLKD's class-level term ||P_t^T P_t - P_s^T P_s||^2 / K grows like (N / K)^2: on 10 classes it is ~100x its
     # CIFAR-100 size, and the students diverged within 4 steps at lr 0.05 (logit std 1e21) without clipping
-    mlkd_max_grad_norm=5.0)
+    mlkd_max_grad_norm=5.0, rco_anchor_epochs=(5, 10, 20))
 CIFAR100 = Dataset(
     name='cifar100', num_classes=100, input_shape=(1, 3, 32, 32), datasets=CIFAR100_DATASETS, batch_size=64,
     lr=0.05, weight_decay=5e-4, num_epochs=240, num_workers=8, log_freq=100,
     scheduler={'key': 'MultiStepLR', 'kwargs': {'milestones': [150, 180, 210], 'gamma': 0.1}},
-    ckpt_root='./resource/ckpt/cifar100', train_size=50000, two_view_datasets=cifar100_datasets(two_view=True))
+    ckpt_root='./resource/ckpt/cifar100', train_size=50000, two_view_datasets=cifar100_datasets(two_view=True),
+    rco_anchor_epochs=(60, 120, 180))
 IMAGENET = Dataset(
     name='ilsvrc2012', num_classes=1000, input_shape=(1, 3, 224, 224), datasets=IMAGENET_DATASETS, batch_size=256,
     lr=0.1, weight_decay=1e-4, num_epochs=100, num_workers=16, log_freq=1000,
@@ -437,6 +440,7 @@ METHODS = {m.name: m for m in (
     Method('dkd_zscore', (dkd_term(zscore=True),)),
     Method('takd_assistant', (kd_term,), chain='assistant'),
     Method('takd', (kd_term,), chain='student'),
+    Method('rco', (kd_term,), rco=True),
     Method('dist', (dist_term(zscore=False),)),
     Method('dist_zscore', (dist_term(zscore=True),)),
     Method('mlkd', (mlkd_term(zscore=False),), two_views=True),
@@ -641,8 +645,22 @@ def takd_experiment(data, pair):
     return f'{data.name}-{pair.assistant}_from_{pair.teacher}'
 
 
+def rco_block(data, pair):
+    """``train.rco``: the route saved by the teacher's *_teacher_ce_rco.yaml run, one anchor per equal share of the
+    student's epochs, the converged teacher last."""
+    route = [join(alias('ckpt_root'), f'/ce_rco/{data.name}-{pair.teacher}_ep{e}.pt') for e in data.rco_anchor_epochs]
+    route.append(join(alias('ckpt_root'), f'/ce_rco/{data.name}-{pair.teacher}.pt'))
+    share = data.num_epochs // len(route)
+    return note({'anchors': route, 'switch_epochs': [i * share for i in range(len(route))]},
+                'RCO: the teacher after epochs ' + ', '.join(map(str, data.rco_anchor_epochs)) + ' of its own run, then '
+                'converged, each for an equal share of the epochs (evenly spaced: RCO chooses anchors greedily)',
+                above=True)
+
+
 def distillation_config(data, pair, method):
     teacher_ckpt = None
+    if method.rco:
+        teacher_ckpt = join(alias('ckpt_root'), f'/ce_rco/{data.name}-{pair.teacher}.pt')
     if method.chain == 'assistant':
         pair = dataclasses.replace(pair, student=pair.assistant)
     elif method.chain == 'student':
@@ -662,20 +680,29 @@ def distillation_config(data, pair, method):
         'scheduler': data.scheduler,
         'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {
             name: sub for term in method.terms for name, sub in term(ctx).items()}}}}
+    if method.rco:
+        train['pre_epoch_process'] = note('rco_pre_epoch_process', 'distillation_pre_epoch_process, then the anchor '
+                                                                   'of the epoch into the teacher')
+        train['rco'] = rco_block(data, pair)
     return config(data, f'{method.name} on {data.name}: {pair.teacher} -> {pair.student}',
                   models_block(data, pair, method.name, experiment, teacher_ckpt), train, crd=method.crd,
                   datasets=data.two_view_datasets if method.two_views else None)
 
 
-def training_config(data, model_key, role):
+def training_config(data, model_key, role, rco=False):
+    """Cross-entropy training; ``rco`` also saves the route (``train.anchor_epochs``) under ckpt_root/ce_rco/."""
     train = {
         'train_data_loader': loader(data, 'train', train=True), 'val_data_loader': loader(data, 'val', train=False),
         'model': {'forward_proc': 'forward_batch_only', 'sequential': [],
                   'forward_hook': {'input': [], 'output': []}, 'requires_grad': True, 'frozen_modules': []},
         'optimizer': optimizer(data), 'scheduler': data.scheduler,
         'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': ce_term(None)}}}
-    return config(data, f'cross-entropy training of the {role} ({model_key}) on {data.name}',
-                  {'model': trained_model(data, model_key, 'ce', f'{data.name}-{model_key}')}, train)
+    if rco:
+        train['anchor_epochs'] = note(list(data.rco_anchor_epochs), 'RCO: the model is also saved after these epochs '
+                                                                    '(<dst_ckpt stem>_ep<N>.pt), the route')
+    return config(data, f'cross-entropy training of the {role} ({model_key}) on {data.name}' +
+                  (', saving its route for RCO' if rco else ''),
+                  {'model': trained_model(data, model_key, 'ce_rco' if rco else 'ce', f'{data.name}-{model_key}')}, train)
 
 
 # ---- which configs exist ----
@@ -684,7 +711,7 @@ CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair 
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
                           'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore', 'dist', 'dist_zscore',
-                          'takd_assistant', 'takd'),
+                          'takd_assistant', 'takd', 'rco'),
     'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore',
                    'dist', 'dist_zscore'),
 }
@@ -695,6 +722,8 @@ def fashion_mnist_configs():
     pair = PAIRS_CIFAR[0]
     configs = {f'fashion_mnist/{model}_{role}_ce.yaml': training_config(FASHION_MNIST, model, role)
                for model, role in ((pair.teacher, 'teacher'), (pair.student, 'student'))}
+    configs[f'fashion_mnist/{pair.teacher}_teacher_ce_rco.yaml'] = training_config(FASHION_MNIST, pair.teacher,
+                                                                                  'teacher', rco=True)
     for name in FASHION_MNIST_METHODS:
         configs[f'fashion_mnist/{pair.tag}_{name}.yaml'] = distillation_config(FASHION_MNIST, pair, METHODS[name])
     return configs
@@ -706,6 +735,9 @@ def cifar100_configs():
         teacher_path = f'cifar100/{pair.teacher}_teacher_ce.yaml'
         if teacher_path not in configs:
             configs[teacher_path] = training_config(CIFAR100, pair.teacher, 'teacher')
+        if 'rco' in CIFAR_EXTRA_METHODS.get(pair.tag, ()):
+            configs[f'cifar100/{pair.teacher}_teacher_ce_rco.yaml'] = training_config(CIFAR100, pair.teacher,
+                                                                                       'teacher', rco=True)
         for name in CIFAR_METHODS + CIFAR_EXTRA_METHODS.get(pair.tag, ()):
             configs[f'cifar100/{pair.tag}_{name}.yaml'] = distillation_config(CIFAR100, pair, METHODS[name])
     return configs

@@ -156,6 +156,11 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     student_model = box.student_model if hasattr(box, 'student_model') else box.model
     start_time = time.time()
     epoch_kwargs = epoch_metrics_kwargs(box, config, args, dst_ckpt)
+    from ..rco import anchor_epochs, rco_schedule, save_anchor  # pesf_ext.rco imports this package's modules
+    anchors = anchor_epochs(config['train'], box.num_epochs)
+    schedule = rco_schedule(config['train'], box.num_epochs)
+    if schedule is not None:
+        box.rco_schedule = schedule
     progress = tqdm(range(start_epoch, box.num_epochs), initial=start_epoch, total=box.num_epochs, unit='epoch',
                     desc='epochs', dynamic_ncols=True, disable=None if is_main_process() else True)  # console only
     for epoch in progress:
@@ -176,6 +181,8 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
                               's/step': f'{stats["seconds_per_step"]:.3f}'})
         box.post_epoch_process(**epoch_kwargs, **({'epoch': epoch, 'epoch_stats': stats} if epoch_kwargs else {}))
         save_last(box, epoch, best_value, args, dst_ckpt, timing)
+        if epoch + 1 in anchors and is_main_process():
+            save_anchor(student_model, dst_ckpt, epoch + 1)
     barrier()
     logger.info('Training time %s', datetime.timedelta(seconds=int(time.time() - start_time)))
     # torchdistill's clean-up unfreezes every teacher parameter, so decide now whether the teacher side trained
