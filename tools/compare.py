@@ -210,9 +210,12 @@ def main(argv=None):
     sizes = {'num_train_samples': args.num_train_samples, 'num_val_samples': args.num_val_samples,
              'num_test_samples': args.num_test_samples}
     grid = parse_grid(args.grid, args.methods)
-    configs = {m: write_config(config_name(m), out_dir, args.num_epochs, sizes, args.crd_negatives)
-               for m in args.methods}
-    teacher_config = write_config(TEACHER, out_dir, args.teacher_epochs, sizes, args.crd_negatives)
+    if args.table_only:  # nothing runs: no configs written (the results may be a committed copy, e.g. results/)
+        configs, teacher_config = {m: None for m in args.methods}, None
+    else:
+        configs = {m: write_config(config_name(m), out_dir, args.num_epochs, sizes, args.crd_negatives)
+                   for m in args.methods}
+        teacher_config = write_config(TEACHER, out_dir, args.teacher_epochs, sizes, args.crd_negatives)
 
     def plan(method, point, overrides, seed):
         label = f'{method}' + (f'@{point}' if point else '')
