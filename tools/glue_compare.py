@@ -12,8 +12,10 @@ interrupted one continues from its last epoch; ``-table_only`` builds the table 
 runs two at a time with ``OMP_NUM_THREADS`` split between them.
 """
 import argparse
+import glob
 import json
 import os
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,8 +46,31 @@ def get_args(argv=None):
                         help='YAML overrides for every run')
     parser.add_argument('--jobs', type=int, default=1)
     parser.add_argument('--out_dir', default=os.path.join(ROOT, 'runs', 'glue_compare'))
+    parser.add_argument('--records_dir', default=None,
+                        help='a folder that keeps the finished runs across machines (e.g. committed, '
+                             'docs/results/glue_<task>): its summaries and per-epoch records are copied into '
+                             '--out_dir before and back after; the teacher is fine-tuned again when its checkpoint is '
+                             'missing, and must reproduce its recorded metric')
     parser.add_argument('-table_only', action='store_true')
     return parser.parse_args(argv)
+
+
+RECORD_PATTERNS = (('results', '*.json'), ('logs', '*_epochs.jsonl'))
+
+
+def copy_records(source, target):
+    """Copies run summaries and per-epoch records from ``source`` to ``target`` (each a run folder) where missing."""
+    for sub, pattern in RECORD_PATTERNS:
+        for path in glob.glob(os.path.join(source, sub, pattern)):
+            destination = os.path.join(target, sub, os.path.basename(path))
+            if not os.path.isfile(destination) and not path.endswith('table.md'):
+                os.makedirs(os.path.dirname(destination), exist_ok=True)
+                shutil.copy2(path, destination)
+
+
+def teacher_metric_of(out_dir, metric):
+    with open(summary_path(out_dir, 'teacher')) as f:
+        return json.load(f)['test']['student'][metric]
 
 
 def main(argv=None):
@@ -67,16 +92,29 @@ def main(argv=None):
     teacher = ('teacher', 'teacher', config_path(args.task, 'teacher'), 0,
                [f'models.model.dst_ckpt={teacher_ckpt}', *EPOCH_METRICS_OVERRIDES, *args.overrides])
     runs = [plan(method, seed) for seed in range(args.seeds) for method in args.methods]
+    if args.records_dir:
+        copy_records(os.path.abspath(args.records_dir), out_dir)
     pending = [] if args.table_only else [r for r in [teacher, *runs] if not os.path.isfile(summary_path(out_dir, r[1]))]
+    recorded_teacher = None
+    if pending and teacher not in pending and not os.path.isfile(teacher_ckpt):  # records without the checkpoint
+        recorded_teacher = teacher_metric_of(out_dir, args.metric)
+        pending.insert(0, teacher)
 
     def execute(item):
         _, label, config, seed, overrides = item
-        return run(config, out_dir, label, seed, overrides, resume=True, script=SCRIPT)
+        result = run(config, out_dir, label, seed, overrides, resume=True, script=SCRIPT)
+        if args.records_dir:  # after every run, so an interrupted comparison keeps what finished
+            copy_records(out_dir, os.path.abspath(args.records_dir))
+        return result
 
     failures = {}
     try:
         if teacher in pending:
             execute(teacher)
+            if recorded_teacher is not None and teacher_metric_of(out_dir, args.metric) != recorded_teacher:
+                sys.exit(f'the teacher fine-tuned again scores {teacher_metric_of(out_dir, args.metric)} where the '
+                         f'records say {recorded_teacher}: the finished runs learnt from another teacher; start a new '
+                         '--out_dir / --records_dir')
         with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
             futures = [(item, pool.submit(execute, item)) for item in pending if item is not teacher]
             for item, future in futures:
@@ -93,8 +131,7 @@ def main(argv=None):
             with open(summary_path(out_dir, label)) as f:
                 rows.setdefault(method, {})[seed] = (json.load(f), last_record(records_path(out_dir, label)))
     rows = {method: summarize(seed_runs, args.metric) for method, seed_runs in rows.items()}
-    with open(summary_path(out_dir, 'teacher')) as f:
-        teacher_metric = json.load(f)['test']['student'][args.metric]
+    teacher_metric = teacher_metric_of(out_dir, args.metric)
     text = table(rows, args.reference, failures, metric=args.metric, labels=LABELS)
     text += (f'\n\nGLUE {args.task.upper()} dev ({args.metric}), configs/glue_offline/{args.task}/: MiniLM-L6 teacher '
              f'fine-tuned once ({args.metric} {teacher_metric:.2f}), 3-layer student cut from it; seeds '
@@ -105,6 +142,8 @@ def main(argv=None):
     os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
     with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
         f.write(text + '\n')
+    if args.records_dir:
+        copy_records(out_dir, os.path.abspath(args.records_dir))
     return rows
 
 
