@@ -186,7 +186,7 @@ def report(entries, device, batch_size):
     base_time = statistics.median(base['times'])
     lines = [f'device: {device} ({torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
              f'{torch.get_num_threads()} threads), batch {batch_size}, {len(base["times"])} timed steps per config',
-             '| config | s/step (median) | images/s | ratio to first | saved activations MB | ratio | peak CUDA MB | '
+             '| config | s/step (median) | samples/s | ratio to first | saved activations MB | ratio | peak CUDA MB | '
              'trainable teacher params |', '|---|---|---|---|---|---|---|---|']
     for entry in entries:
         median = statistics.median(entry['times'])
