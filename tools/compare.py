@@ -19,6 +19,7 @@ GPU). ``--commands_only`` prints the command of every missing run instead, one p
 (a Slurm job array, submitit); ``-table_only`` then builds the table from their JSON files without running anything.
 """
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -197,9 +198,25 @@ def get_args(argv=None):
     return parser.parse_args(argv)
 
 
+@contextlib.contextmanager
+def alone(user_threads=None):
+    """Within the block, child runs get every core (``OMP_NUM_THREADS`` = the CPU count, or the user's own setting
+    ``user_threads``): the teacher runs before the parallel phase, alone."""
+    saved = os.environ.get('OMP_NUM_THREADS')
+    os.environ['OMP_NUM_THREADS'] = user_threads or str(os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop('OMP_NUM_THREADS')
+        else:
+            os.environ['OMP_NUM_THREADS'] = saved
+
+
 def main(argv=None):
     args = get_args(argv)
     # parallel CPU runs split the cores instead of each starting one thread per core
+    user_threads = os.environ.get('OMP_NUM_THREADS')
     os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // max(args.jobs, 1))))
     if 'takd' in args.methods and 'takd_assistant' not in args.methods:   # TAKD's first link, run per seed first
         args.methods.insert(args.methods.index('takd'), 'takd_assistant')
@@ -256,7 +273,8 @@ def main(argv=None):
     failures = {}
     try:
         if teacher_run in pending:
-            execute(teacher_run)
+            with alone(user_threads):
+                execute(teacher_run)
         first = [item for item in pending if item[0].startswith('takd_assistant')]  # before the TAKD students
         then = [item for item in pending if item is not teacher_run and item not in first]
         for phase in (first, then):

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare import LABELS, SPEED_NOTE, last_record, summarize, table  # noqa: E402
+from compare import LABELS, SPEED_NOTE, alone, last_record, summarize, table  # noqa: E402
 from quickstart import EPOCH_METRICS_OVERRIDES, ROOT, RunFailed, records_path, run, summary_path  # noqa: E402
 
 METHODS = ('ce', 'kd', 'pesfkd', 'pesfkd_head', 'ftkd', 'dml', 'zscore', 'pkd', 'pkd_pesfkd')
@@ -78,6 +78,7 @@ def main(argv=None):
     out_dir = os.path.join(os.path.abspath(args.out_dir), args.task)
     teacher_ckpt = os.path.join(out_dir, 'ckpt', 'teacher', 'teacher.pt')
     threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    user_threads = os.environ.get('OMP_NUM_THREADS')
     os.environ.setdefault('OMP_NUM_THREADS', str(threads))
 
     def plan(method, seed):
@@ -110,7 +111,8 @@ def main(argv=None):
     failures = {}
     try:
         if teacher in pending:
-            execute(teacher)
+            with alone(user_threads):
+                execute(teacher)
             if recorded_teacher is not None and teacher_metric_of(out_dir, args.metric) != recorded_teacher:
                 sys.exit(f'the teacher fine-tuned again scores {teacher_metric_of(out_dir, args.metric)} where the '
                          f'records say {recorded_teacher}: the finished runs learnt from another teacher; start a new '
