@@ -88,9 +88,10 @@ class Features:
     pool: str                           # module whose output is the pooled feature (N, d, 1, 1): RKD, CRD flatten it
     head: str                           # the classifier, whose input is the flat feature (N, d): PKT
     dim: int
+    stages: tuple = ()                  # the stages' outputs (N, C, H, W), same spatial sizes across CIFAR ResNets: AT
 
 
-CIFAR_RESNET_FEATURES = Features('avgpool', 'fc', 64)
+CIFAR_RESNET_FEATURES = Features('avgpool', 'fc', 64, ('layer1', 'layer2', 'layer3'))
 FEATURES = {
     'resnet20': CIFAR_RESNET_FEATURES, 'resnet32': CIFAR_RESNET_FEATURES, 'resnet56': CIFAR_RESNET_FEATURES,
     'resnet110': CIFAR_RESNET_FEATURES, 'vgg8': Features('pool4', 'classifier', 512),
@@ -405,6 +406,23 @@ def pkt_term(ctx):
         'eps': 1e-7}, weight=30000.0, about=f'PKT weight 30000 (alone: with CE 1), as RepDistiller ({MDISTILLER_CFG})')
 
 
+def at_term(ctx):
+    stages = zip(ctx.features('student').stages, ctx.features('teacher').stages)
+    return sub_term('at', 'ATLoss', {'at_pairs': {
+        f'stage{i}': {'student': {'path': ctx.path('student', s), 'io': 'output'},
+                      'teacher': {'path': ctx.path('teacher', t), 'io': 'output'}, 'weight': 1}
+        for i, (s, t) in enumerate(stages, 1)}, 'mode': note('code', "RepDistiller's implementation (mean over "
+                                                                   'channels, squared difference averaged)')},
+        weight=1000.0, about=f'AT on every stage output, weight 1000 (with CE 1), as RepDistiller ({MDISTILLER_CFG})')
+
+
+def sp_term(ctx):
+    return sub_term('sp', 'SimilarityPreservingLoss', {
+        'student_module_path': ctx.path('student', ctx.features('student').stages[-1]),
+        'teacher_module_path': ctx.path('teacher', ctx.features('teacher').stages[-1])},
+        weight=3000.0, about=f'SP on the last stage output, weight 3000 (with CE 1), as RepDistiller ({MDISTILLER_CFG})')
+
+
 def rkd_term(ctx):
     return sub_term('rkd', 'RKDLoss', {
         'student_output_path': ctx.path('student', ctx.features('student').pool),
@@ -450,6 +468,8 @@ METHODS = {m.name: m for m in (
     # representation methods as in CRD / RepDistiller: CE + weight * loss; with PESF-KD: the PESF-KD loss + the same
     Method('pkt', CE_ONLY + (pkt_term,), features='pkt'),
     Method('rkd', CE_ONLY + (rkd_term,), features='rkd'),
+    Method('at', CE_ONLY + (at_term,), features='at'),
+    Method('sp', CE_ONLY + (sp_term,), features='sp'),
     Method('crd', CE_ONLY + (crd_term,), features='crd'),
     Method('pesfkd_pkt', (pesfkd_term(), pkt_term), teacher_side='adapters', features='pkt'),
     Method('pesfkd_rkd', (pesfkd_term(), rkd_term), teacher_side='adapters', features='rkd'),
@@ -518,6 +538,10 @@ def hooks(ctx, side):
     features = ctx.features(side)
     if ctx.method.features == 'pkt':
         return [ctx.path(side, features.head)], []
+    if ctx.method.features == 'at':
+        return [], [ctx.path(side, stage) for stage in features.stages]
+    if ctx.method.features == 'sp':
+        return [], [ctx.path(side, features.stages[-1])]
     if ctx.method.features == 'rkd':
         return [], [ctx.path(side, features.pool)]
     if ctx.method.crd:
@@ -711,7 +735,8 @@ CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair 
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
                           'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore', 'dist', 'dist_zscore',
-                          'takd_assistant', 'takd', 'rco'),
+                          'takd_assistant', 'takd', 'rco', 'at', 'sp'),
+    'resnet110_resnet32': ('at', 'sp'),
     'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore',
                    'dist', 'dist_zscore'),
 }

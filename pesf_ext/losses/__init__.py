@@ -13,12 +13,13 @@ from .mlkd import MLKDLoss, forward_two_views
 from .online import DMLLoss, KDCLLoss
 from .pesf import PESFKDLoss
 from .pkd import PKDLoss
+from .sp import SimilarityPreservingLoss
 from .task import TaskLoss
 from .zscore import ZScoreKDLoss
 
 __all__ = [
     'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss',
-    'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss', 'MLKDLoss', 'forward_two_views', 'LogitDISTLoss',
+    'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss', 'MLKDLoss', 'forward_two_views', 'LogitDISTLoss', 'SimilarityPreservingLoss',
     'CurriculumTemperature',
     'LogitStandardization', 'standardize_logits', 'soften', 'softened_kl', 'kl_divergence', 'cross_entropy',
     'sharpness', 'sharpness_gap',

@@ -1,0 +1,87 @@
+"""AT and SP as the generated configs set them up (torchdistill's ATLoss / SPKDLoss), against hand-written formulas
+(Zagoruyko & Komodakis 2017 as RepDistiller computes it; Tung & Mori 2019), with their gradient routing."""
+import pytest
+import torch
+import yaml
+from torchdistill.losses.registry import get_mid_level_loss
+
+import make_configs
+
+STAGES = {'layer1': (16, 32), 'layer2': (32, 16), 'layer3': (64, 8)}   # channels, spatial size (CIFAR ResNets)
+
+
+class TaglessLoader(yaml.SafeLoader):
+    """Reads a generated config without building anything: torchdistill's tags (!import_call, !join) become None."""
+
+
+TaglessLoader.add_multi_constructor('!', lambda loader, suffix, node: None)
+
+
+def generated(name):
+    return yaml.load(make_configs.all_configs()[f'fashion_mnist/resnet56_resnet20_{name}.yaml'], TaglessLoader)
+
+
+def criterion(name, term):
+    sub = generated(name)['train']['criterion']['kwargs']['sub_terms'][term]
+    return get_mid_level_loss(sub['criterion']), sub['weight']
+
+
+def features(seed, requires_grad):
+    g = torch.Generator().manual_seed(seed)
+    return {path: {'output': torch.randn(4, c, s, s, generator=g, dtype=torch.float64).requires_grad_(requires_grad)}
+            for path, (c, s) in STAGES.items()}
+
+
+def hand_attention(f):
+    a = (f ** 2).mean(dim=1).flatten(1)
+    return a / a.norm(dim=1, keepdim=True)
+
+
+def hand_similarity(f):
+    f = f.flatten(1)
+    g = f @ f.t()
+    return g / g.norm(dim=1, keepdim=True)
+
+
+def test_at_config_is_the_stagewise_attention_loss():
+    loss, weight = criterion('at', 'at')
+    assert weight == 1000.0
+    student, teacher = features(0, True), features(1, False)
+    value = loss(student, teacher)
+    hand = sum(((hand_attention(student[p]['output']) - hand_attention(teacher[p]['output'])) ** 2).mean()
+               for p in STAGES)
+    torch.testing.assert_close(value, hand)
+    grads = torch.autograd.grad(value, [student[p]['output'] for p in STAGES])
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_sp_config_is_the_similarity_preserving_loss():
+    loss, weight = criterion('sp', 'sp')
+    assert weight == 3000.0
+    student, teacher = features(2, True), features(3, False)
+    value = loss(student, teacher)
+    s, t = student['layer3']['output'], teacher['layer3']['output']
+    hand = ((hand_similarity(s) - hand_similarity(t)) ** 2).sum() / s.shape[0] ** 2
+    torch.testing.assert_close(value, hand)
+    (grad,) = torch.autograd.grad(value, s)
+    assert grad.abs().sum() > 0
+
+
+def test_torchdistill_spkd_normalises_rows_by_their_l1_norm():
+    """Why the SP configs use pesf_ext's loss: torchdistill's SPKDLoss differs from the paper's L2 form."""
+    from torchdistill.losses.mid_level import SPKDLoss
+    student, teacher = features(4, False), features(5, False)
+    theirs = SPKDLoss('layer3', 'layer3', 'batchmean')(student, teacher)
+    s, t = student['layer3']['output'].flatten(1), teacher['layer3']['output'].flatten(1)
+    gram_s, gram_t = s @ s.t(), t @ t.t()
+    l1 = ((gram_s / gram_s.abs().sum(1, keepdim=True) - gram_t / gram_t.abs().sum(1, keepdim=True)) ** 2).sum() / 16
+    torch.testing.assert_close(theirs, l1)
+    ours, _ = criterion('sp', 'sp')
+    assert not torch.allclose(ours(student, teacher), theirs)
+
+
+@pytest.mark.parametrize('name', ['at', 'sp'])
+def test_the_teacher_side_is_frozen(name):
+    config = generated(name)
+    assert config['train']['teacher']['requires_grad'] is False
+    assert not any(g['is_teacher'] for g in config['train']['optimizer']['module_wise_configs'])
