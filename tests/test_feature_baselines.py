@@ -85,3 +85,29 @@ def test_the_teacher_side_is_frozen(name):
     config = generated(name)
     assert config['train']['teacher']['requires_grad'] is False
     assert not any(g['is_teacher'] for g in config['train']['optimizer']['module_wise_configs'])
+
+
+def test_fitnet_regressor_hint_and_loss():
+    from torchdistill.models.classification.resnet import resnet20
+    from pesf_ext.models import HintRegressor
+    student = HintRegressor(resnet20(num_classes=10), torch.device('cpu'), hint_module_path='layer2', in_channels=32,
+                            out_channels=32).train()
+    term = generated('fitnet')['train']['criterion']['kwargs']['sub_terms']['fitnet']
+    assert term['weight'] == 100.0 and term['criterion']['key'] == 'MSELoss'
+    assert term['criterion_wrapper']['kwargs']['target'] == {'is_from_teacher': True, 'module_path': 'layer2',
+                                                             'io': 'output'}
+    x = torch.randn(4, 3, 32, 32)
+    captured = {}
+    student.regressor.register_forward_hook(lambda m, a, out: captured.update(regressed=out))
+    logits = student(x)
+    bare = student.model
+    hint = bare.layer2(bare.layer1(bare.relu(bare.bn1(bare.conv1(x)))))
+    torch.testing.assert_close(logits, bare(x))                          # the wrapper returns the student's output
+    torch.testing.assert_close(captured['regressed'], student.regressor(hint))
+    teacher_hint = torch.randn(4, 32, 16, 16)
+    loss = term['weight'] * torch.nn.functional.mse_loss(captured['regressed'], teacher_hint)
+    hand = 100.0 * ((captured['regressed'] - teacher_hint) ** 2).sum() / captured['regressed'].numel()
+    torch.testing.assert_close(loss, hand)
+    loss.backward()
+    assert student.regressor[0].weight.grad.abs().sum() > 0 and bare.layer1[0].conv1.weight.grad.abs().sum() > 0
+    assert bare.fc.weight.grad is None                                   # the hint loss stops at the hint layer

@@ -89,9 +89,10 @@ class Features:
     head: str                           # the classifier, whose input is the flat feature (N, d): PKT
     dim: int
     stages: tuple = ()                  # the stages' outputs (N, C, H, W), same spatial sizes across CIFAR ResNets: AT
+    stage_channels: tuple = ()          # their channels (FitNet's regressor)
 
 
-CIFAR_RESNET_FEATURES = Features('avgpool', 'fc', 64, ('layer1', 'layer2', 'layer3'))
+CIFAR_RESNET_FEATURES = Features('avgpool', 'fc', 64, ('layer1', 'layer2', 'layer3'), (16, 32, 64))
 FEATURES = {
     'resnet20': CIFAR_RESNET_FEATURES, 'resnet32': CIFAR_RESNET_FEATURES, 'resnet56': CIFAR_RESNET_FEATURES,
     'resnet110': CIFAR_RESNET_FEATURES, 'vgg8': Features('pool4', 'classifier', 512),
@@ -226,7 +227,7 @@ class Context:
 
     @property
     def student_wrapped(self):
-        return self.method.crd or self.method.learned_temperature
+        return self.method.crd or self.method.learned_temperature or self.method.features == 'fitnet'
 
     def path(self, side, module):
         """Module path as the box sees it: inside an auxiliary wrapper the network is ``model``."""
@@ -416,6 +417,27 @@ def at_term(ctx):
         weight=1000.0, about=f'AT on every stage output, weight 1000 (with CE 1), as RepDistiller ({MDISTILLER_CFG})')
 
 
+FITNET_HINT = 1   # index into Features.stages: layer2, mdistiller's FITNET.HINT_LAYER 2 (feats[2], after the stem)
+
+
+def fitnet_term(ctx):
+    return {'fitnet': {
+        'criterion': {'key': 'MSELoss', 'kwargs': {'reduction': 'mean'}},
+        'criterion_wrapper': {'key': 'SimpleLossWrapper', 'kwargs': {
+            'input': {'is_from_teacher': False, 'module_path': 'regressor', 'io': 'output'},
+            'target': {'is_from_teacher': True, 'module_path': ctx.features('teacher').stages[FITNET_HINT],
+                       'io': 'output'}}},
+        'weight': note(100.0, f'FitNet hint MSE weight 100 (with CE 1), hint layer 2, as mdistiller ({MDISTILLER_CFG})')}}
+
+
+def hint_regressor(ctx):
+    student, teacher = ctx.features('student'), ctx.features('teacher')
+    return note({'key': 'HintRegressor', 'kwargs': {
+        'hint_module_path': student.stages[FITNET_HINT], 'in_channels': student.stage_channels[FITNET_HINT],
+        'out_channels': teacher.stage_channels[FITNET_HINT]}},
+        "FitNet: Conv3x3-BN-ReLU regressor from the student's hint layer (trains with the student)")
+
+
 def sp_term(ctx):
     return sub_term('sp', 'SimilarityPreservingLoss', {
         'student_module_path': ctx.path('student', ctx.features('student').stages[-1]),
@@ -469,6 +491,7 @@ METHODS = {m.name: m for m in (
     Method('pkt', CE_ONLY + (pkt_term,), features='pkt'),
     Method('rkd', CE_ONLY + (rkd_term,), features='rkd'),
     Method('at', CE_ONLY + (at_term,), features='at'),
+    Method('fitnet', CE_ONLY + (fitnet_term,), features='fitnet'),
     Method('sp', CE_ONLY + (sp_term,), features='sp'),
     Method('crd', CE_ONLY + (crd_term,), features='crd'),
     Method('pesfkd_pkt', (pesfkd_term(), pkt_term), teacher_side='adapters', features='pkt'),
@@ -542,6 +565,8 @@ def hooks(ctx, side):
         return [], [ctx.path(side, stage) for stage in features.stages]
     if ctx.method.features == 'sp':
         return [], [ctx.path(side, features.stages[-1])]
+    if ctx.method.features == 'fitnet':
+        return [], ['regressor'] if side == 'student' else [features.stages[FITNET_HINT]]
     if ctx.method.features == 'rkd':
         return [], [ctx.path(side, features.pool)]
     if ctx.method.crd:
@@ -572,6 +597,8 @@ def side_block(ctx, side, wrapper=None, requires_grad=True, frozen_modules=(), r
 
 
 def student_block(ctx):
+    if ctx.method.features == 'fitnet':
+        return side_block(ctx, 'student', hint_regressor(ctx))
     if ctx.method.learned_temperature:
         block = side_block(ctx, 'student', curriculum_temperature())
         block['forward_hook']['output'] = note(['temperature'], "the learned temperature, read by CTKDLoss")
@@ -619,7 +646,9 @@ def distillation_optimizer(ctx):
     if method.crd:
         groups.append(param_group('normalizer', data.lr, data.weight_decay))
     if method.learned_temperature:
-        groups.append(param_group('temperature', data.lr, data.weight_decay))  # CTKD: in the student's SGD
+        groups.append(param_group('temperature', data.lr, data.weight_decay))
+    if method.features == 'fitnet':
+        groups.append(param_group('regressor', data.lr, data.weight_decay))  # CTKD: in the student's SGD
     if method.teacher_side in ('adapters', 'released'):
         groups.append(param_group('adapters', ADAPTER_LR, data.weight_decay, is_teacher=True))
     elif method.teacher_side == 'full':
@@ -735,8 +764,8 @@ CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair 
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
                           'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore', 'dist', 'dist_zscore',
-                          'takd_assistant', 'takd', 'rco', 'at', 'sp'),
-    'resnet110_resnet32': ('at', 'sp'),
+                          'takd_assistant', 'takd', 'rco', 'at', 'sp', 'fitnet'),
+    'resnet110_resnet32': ('at', 'sp', 'fitnet'),
     'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore',
                    'dist', 'dist_zscore'),
 }
