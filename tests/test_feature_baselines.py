@@ -111,3 +111,37 @@ def test_fitnet_regressor_hint_and_loss():
     loss.backward()
     assert student.regressor[0].weight.grad.abs().sum() > 0 and bare.layer1[0].conv1.weight.grad.abs().sum() > 0
     assert bare.fc.weight.grad is None                                   # the hint loss stops at the hint layer
+
+
+def test_vid_regressors_and_loss_as_configured():
+    """VID: a Gaussian with a learned per-channel variance (init 5) predicts each teacher stage from the student's;
+    L = mean of 0.5 ((mu - t)^2 / var + log var), summed over stages (Ahn et al. 2019, RepDistiller's form)."""
+    from torchdistill.losses.registry import get_mid_level_loss as loss_of
+    from torchdistill.models.registry import get_auxiliary_model_wrapper
+    config = generated('vid')
+    wrapper = config['train']['student']['auxiliary_model_wrapper']
+    term = config['train']['criterion']['kwargs']['sub_terms']['vid']
+    assert term['weight'] == 1.0
+    from torchdistill.models.classification.resnet import resnet20
+    student = get_auxiliary_model_wrapper(wrapper['key'], student_model=resnet20(num_classes=10),
+                                          device=torch.device('cpu'), device_ids=None, distributed=False,
+                                          **wrapper['kwargs'])
+    feats = {p: torch.randn(4, c, s, s) for p, (c, s) in STAGES.items()}
+    io = {f'student_model.{p}': {'output': f.requires_grad_()} for p, f in feats.items()}
+    student.secondary_forward(io)   # the wrapper's regressors read the hooked stage outputs
+    outputs = {}
+    for i, p in enumerate(STAGES, 1):
+        regressor = student.regressor_dict[f'stage{i}']
+        outputs[f'regressor_dict.stage{i}'] = {'output': regressor(io[f'student_model.{p}']['output'])}
+        torch.testing.assert_close(outputs[f'regressor_dict.stage{i}']['output'][1].flatten(),
+                                   torch.full((STAGES[p][0],), 5.0))            # initial variance
+    teacher = {p: {'output': torch.randn(4, c, s, s)} for p, (c, s) in STAGES.items()}
+    value = loss_of(term['criterion'])(outputs, teacher)
+    hand = 0
+    for i, p in enumerate(STAGES, 1):
+        mean, var = outputs[f'regressor_dict.stage{i}']['output']
+        hand = hand + (0.5 * ((mean - teacher[p]['output']) ** 2 / var + torch.log(var))).mean()
+    torch.testing.assert_close(value, hand)
+    value.backward()
+    assert all(f.grad.abs().sum() > 0 for f in feats.values())
+    assert student.regressor_dict['stage1'].soft_plus_param.grad.abs().sum() > 0

@@ -227,12 +227,15 @@ class Context:
 
     @property
     def student_wrapped(self):
-        return self.method.crd or self.method.learned_temperature or self.method.features == 'fitnet'
+        return self.method.crd or self.method.learned_temperature or self.method.features in ('fitnet', 'vid')
 
     def path(self, side, module):
-        """Module path as the box sees it: inside an auxiliary wrapper the network is ``model``."""
+        """Module path as the box sees it: inside an auxiliary wrapper the network is ``model`` (``student_model`` in
+        torchdistill's VID wrapper)."""
         wrapped = self.teacher_wrapped if side == 'teacher' else self.student_wrapped
-        return f'model.{module}' if wrapped else module
+        if not wrapped:
+            return module
+        return f'student_model.{module}' if side == 'student' and self.method.features == 'vid' else f'model.{module}'
 
     def features(self, side):
         return FEATURES[self.pair.teacher if side == 'teacher' else self.pair.student]
@@ -438,6 +441,25 @@ def hint_regressor(ctx):
         "FitNet: Conv3x3-BN-ReLU regressor from the student's hint layer (trains with the student)")
 
 
+def vid_term(ctx):
+    teacher = ctx.features('teacher')
+    return sub_term('vid', 'VIDLoss', {'feature_pairs': {
+        f'stage{i}': {'student': {'path': f'regressor_dict.stage{i}', 'io': 'output'},
+                      'teacher': {'path': ctx.path('teacher', stage), 'io': 'output'}, 'weight': 1}
+        for i, stage in enumerate(teacher.stages, 1)}},
+        weight=1.0, about=f'VID on every stage output, weight 1 (with CE 1), as RepDistiller ({MDISTILLER_CFG})')
+
+
+def vid_distributor(ctx):
+    student, teacher = ctx.features('student'), ctx.features('teacher')
+    return note({'key': 'VariationalDistributor4VID', 'kwargs': {'regressors': {
+        f'stage{i}': {'io': 'output', 'path': ctx.path('student', stage), 'kwargs': {
+            'in_channels': s_ch, 'middle_channels': t_ch, 'out_channels': t_ch, 'eps': 1.0e-5, 'init_pred_var': 5.0}}
+        for i, (stage, s_ch, t_ch) in enumerate(zip(student.stages, student.stage_channels, teacher.stage_channels), 1)
+    }}}, "torchdistill's VID regressors (mean and variance of the teacher's stage from the student's), RepDistiller's "
+         'sizes: middle = out = teacher channels, eps 1e-5, initial variance 5')
+
+
 def sp_term(ctx):
     return sub_term('sp', 'SimilarityPreservingLoss', {
         'student_module_path': ctx.path('student', ctx.features('student').stages[-1]),
@@ -492,6 +514,7 @@ METHODS = {m.name: m for m in (
     Method('rkd', CE_ONLY + (rkd_term,), features='rkd'),
     Method('at', CE_ONLY + (at_term,), features='at'),
     Method('fitnet', CE_ONLY + (fitnet_term,), features='fitnet'),
+    Method('vid', CE_ONLY + (vid_term,), features='vid'),
     Method('sp', CE_ONLY + (sp_term,), features='sp'),
     Method('crd', CE_ONLY + (crd_term,), features='crd'),
     Method('pesfkd_pkt', (pesfkd_term(), pkt_term), teacher_side='adapters', features='pkt'),
@@ -567,6 +590,10 @@ def hooks(ctx, side):
         return [], [ctx.path(side, features.stages[-1])]
     if ctx.method.features == 'fitnet':
         return [], ['regressor'] if side == 'student' else [features.stages[FITNET_HINT]]
+    if ctx.method.features == 'vid':
+        outputs = [ctx.path(side, stage) for stage in features.stages]
+        return [], outputs + [f'regressor_dict.stage{i}' for i in range(1, len(features.stages) + 1)] \
+            if side == 'student' else outputs
     if ctx.method.features == 'rkd':
         return [], [ctx.path(side, features.pool)]
     if ctx.method.crd:
@@ -599,6 +626,8 @@ def side_block(ctx, side, wrapper=None, requires_grad=True, frozen_modules=(), r
 def student_block(ctx):
     if ctx.method.features == 'fitnet':
         return side_block(ctx, 'student', hint_regressor(ctx))
+    if ctx.method.features == 'vid':
+        return side_block(ctx, 'student', vid_distributor(ctx))
     if ctx.method.learned_temperature:
         block = side_block(ctx, 'student', curriculum_temperature())
         block['forward_hook']['output'] = note(['temperature'], "the learned temperature, read by CTKDLoss")
@@ -648,7 +677,9 @@ def distillation_optimizer(ctx):
     if method.learned_temperature:
         groups.append(param_group('temperature', data.lr, data.weight_decay))
     if method.features == 'fitnet':
-        groups.append(param_group('regressor', data.lr, data.weight_decay))  # CTKD: in the student's SGD
+        groups.append(param_group('regressor', data.lr, data.weight_decay))
+    if method.features == 'vid':
+        groups.append(param_group('regressor_dict', data.lr, data.weight_decay))  # CTKD: in the student's SGD
     if method.teacher_side in ('adapters', 'released'):
         groups.append(param_group('adapters', ADAPTER_LR, data.weight_decay, is_teacher=True))
     elif method.teacher_side == 'full':
@@ -764,8 +795,8 @@ CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair 
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
                           'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore', 'dist', 'dist_zscore',
-                          'takd_assistant', 'takd', 'rco', 'at', 'sp', 'fitnet'),
-    'resnet110_resnet32': ('at', 'sp', 'fitnet'),
+                          'takd_assistant', 'takd', 'rco', 'at', 'sp', 'fitnet', 'vid'),
+    'resnet110_resnet32': ('at', 'sp', 'fitnet', 'vid'),
     'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore',
                    'dist', 'dist_zscore'),
 }

@@ -136,13 +136,19 @@ def batch_len(targets):
     return targets.shape[0] if torch.is_tensor(targets) else len(targets)
 
 
+WRAPPED_NETWORK_NAMES = ('model', 'student_model', 'teacher_model')  # Linear4CRD: model; VID, DAB: student_model
+
+
 def inference_model(model):
     """The network to evaluate: DDP and auxiliary wrappers removed (their forward may need a supp_dict, as
     torchdistill's ``Linear4CRD`` does), adapter hooks kept (they live on the base model's modules)."""
     if check_if_wrapped(model):
         model = model.module
-    if isinstance(model, AuxiliaryModelWrapper) and isinstance(getattr(model, 'model', None), nn.Module):
-        return inference_model(model.model)
+    if isinstance(model, AuxiliaryModelWrapper):  # torchdistill's wrappers keep the network as one of these
+        inner = next((getattr(model, name) for name in WRAPPED_NETWORK_NAMES
+                      if isinstance(getattr(model, name, None), nn.Module)), None)
+        if inner is not None:
+            return inference_model(inner)
     return model
 
 
