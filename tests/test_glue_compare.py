@@ -63,3 +63,15 @@ def test_a_teacher_that_does_not_reproduce_stops_the_comparison(tmp_path, fake_r
         glue_compare.main(['--task', 'rte', '--methods', 'kd', '--seeds', '2', '--out_dir', str(tmp_path / 'runs'),
                            '--records_dir', str(records)])
     assert calls == ['teacher']
+
+
+def test_only_finished_runs_are_copied(tmp_path):
+    source, target = tmp_path / 'a', tmp_path / 'b'
+    write(summary_path(str(source), 'kd_seed0'), summary(70.0, teacher=80.0))
+    for label in ('kd_seed0', 'ftkd_seed0'):    # ftkd_seed0 is still running: records without a summary
+        (source / 'logs').mkdir(parents=True, exist_ok=True)
+        (source / 'logs' / f'{label}_epochs.jsonl').write_text('{"epoch": 0}\n')
+    glue_compare.copy_records(str(source), str(target))
+    assert os.path.isfile(summary_path(str(target), 'kd_seed0'))
+    assert (target / 'logs' / 'kd_seed0_epochs.jsonl').is_file()
+    assert not (target / 'logs' / 'ftkd_seed0_epochs.jsonl').exists()

@@ -55,15 +55,15 @@ def get_args(argv=None):
     return parser.parse_args(argv)
 
 
-RECORD_PATTERNS = (('results', '*.json'), ('logs', '*_epochs.jsonl'))
-
 
 def copy_records(source, target):
-    """Copies run summaries and per-epoch records from ``source`` to ``target`` (each a run folder) where missing."""
-    for sub, pattern in RECORD_PATTERNS:
-        for path in glob.glob(os.path.join(source, sub, pattern)):
-            destination = os.path.join(target, sub, os.path.basename(path))
-            if not os.path.isfile(destination) and not path.endswith('table.md'):
+    """Copies the summaries and per-epoch records of the runs finished in ``source`` (their summary JSON exists) to
+    ``target`` (each a run folder), where missing. An unfinished run's records stay behind: elsewhere it starts again."""
+    for summary in glob.glob(os.path.join(source, 'results', '*.json')):
+        label = os.path.basename(summary)[:-len('.json')]
+        for path in (summary, records_path(source, label)):
+            destination = os.path.join(target, os.path.relpath(path, source))
+            if os.path.isfile(path) and not os.path.isfile(destination):
                 os.makedirs(os.path.dirname(destination), exist_ok=True)
                 shutil.copy2(path, destination)
 
