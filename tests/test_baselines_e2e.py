@@ -154,3 +154,24 @@ def test_dkd_with_zscore_warms_up_per_epoch(small_config, monkeypatch):
     assert all(call['terms'] == {'student_ce', 'tckd', 'nckd'} for call in calls)
     assert all(torch.isfinite(torch.tensor(call['loss'])) for call in calls)
     assert results['counts']['teacher'][0] == 0  # DKD keeps the teacher frozen
+
+
+def test_pesfkd_teacher_warmup_follows_the_epochs(small_config, monkeypatch):
+    """``teacher_warmup_epochs`` (issue 9's option) gets its epoch from the pre-epoch process inside
+    WeightedSumLoss: the adapter KL weight is beta_t / 3 in epoch 1 and 2 beta_t / 3 in epoch 2."""
+    from pesf_ext.losses import PESFKDLoss
+    weights = []
+    real_forward = PESFKDLoss.forward
+
+    def recording_forward(self, *args, **kwargs):
+        loss = real_forward(self, *args, **kwargs)
+        weights.append((self.epoch, self.teacher_beta * min(self.epoch / self.teacher_warmup_epochs, 1)))
+        return loss
+
+    monkeypatch.setattr(PESFKDLoss, 'forward', recording_forward)
+    path = small_config('resnet56_resnet20_pesfkd.yaml', num_train_samples=128, num_epochs=2)
+    config = load_config(path)
+    config['train']['criterion']['kwargs']['sub_terms']['pesfkd']['criterion']['kwargs']['teacher_warmup_epochs'] = 3
+    args = runner.get_args(['--config', path, '--device', 'cpu', '--seed', '0'])
+    runner.run(args, build_model, config=config)
+    assert dict(weights) == {1: pytest.approx(0.9 / 3), 2: pytest.approx(0.9 * 2 / 3)}

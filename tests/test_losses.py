@@ -174,6 +174,30 @@ def test_pesf_adapters_get_gradients_frozen_teacher_does_not():
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(adapter_grads, adapter.parameters()))
 
 
+def test_pesf_teacher_warmup_ramps_only_the_adapter_kl():
+    z_s, z_ta, y = make_logits(3)
+    tau, alpha, beta, ta, tb = 4.0, 0.2, 0.8, 0.5, 0.7
+    kwargs = dict(temperature=tau, alpha=alpha, beta=beta, teacher_alpha=ta, teacher_beta=tb)
+    warm = PESFKDLoss(**PATHS, **kwargs, teacher_warmup_epochs=4)
+    with pytest.raises(RuntimeError, match='set_epoch'):
+        warm(io(z_s), io(z_ta), y)
+    for epoch, factor in [(1, 0.25), (3, 0.75), (4, 1.0), (30, 1.0)]:
+        warm.set_epoch(epoch)
+        total = warm(io(z_s), io(z_ta), y)
+        student_term = alpha * ref_ce(z_s, y) + beta * ref_kl(z_ta.detach(), z_s, tau)
+        teacher_term = ta * ref_ce(z_ta, y) + factor * tb * ref_kl(z_s.detach(), z_ta, tau)
+        assert close(total, student_term + teacher_term), epoch
+        assert close(grad_of(total, z_s), grad_of(student_term, z_s)), epoch      # the student is not ramped
+        assert close(grad_of(total, z_ta), grad_of(teacher_term, z_ta)), epoch
+    off = PESFKDLoss(**PATHS, **kwargs)                                            # default 0: no set_epoch needed
+    warm.set_epoch(4)
+    assert close(off(io(z_s), io(z_ta), y), warm(io(z_s), io(z_ta), y))
+    with pytest.raises(ValueError, match='teacher_warmup_epochs'):
+        PESFKDLoss(**PATHS, temperature=tau, teacher_warmup_epochs=-1)
+    with pytest.raises(ValueError, match='teacher_warmup_epochs'):
+        PESFKDLoss(**PATHS, temperature=tau, teacher_kl='shared', teacher_warmup_epochs=2)
+
+
 def test_pesf_hugging_face_style_output_and_reductions():
     z_s, z_ta, y = make_logits()
     loss = PESFKDLoss(**PATHS, temperature=2.0, alpha=0.5)

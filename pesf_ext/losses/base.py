@@ -17,6 +17,16 @@ def check_weight(name, value):
     return value
 
 
+def linear_warmup(epoch, warmup_epochs, who):
+    """Warm-up factor :math:`w(e) = \\min(e / E_{warm}, 1)` (DKD's ramp; 1 when ``warmup_epochs`` = 0). ``epoch`` is
+    the 1-based epoch a pre-epoch process gave to ``set_epoch``; None raises a RuntimeError naming ``who``."""
+    if warmup_epochs == 0:
+        return 1.0
+    if epoch is None:
+        raise RuntimeError(f'{who} needs set_epoch(epoch) before its first forward (a pre-epoch process calls it)')
+    return min(epoch / warmup_epochs, 1.0)
+
+
 def extract_logits(io_dict, module_path, module_io):
     """``io_dict[module_path][module_io]``; a Hugging Face ``ModelOutput`` gives its ``.logits``."""
     value = io_dict[module_path][module_io]

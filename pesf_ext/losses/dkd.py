@@ -2,7 +2,7 @@
 import torch
 from torchdistill.losses.registry import register_mid_level_loss
 
-from .base import LogitPairLoss, check_weight
+from .base import LogitPairLoss, check_weight, linear_warmup
 from .functional import kl_divergence, soften
 
 
@@ -72,11 +72,7 @@ class DKDLoss(LogitPairLoss):
         self.epoch = epoch
 
     def warmup_factor(self):
-        if self.warmup_epochs == 0:
-            return 1.0
-        if self.epoch is None:
-            raise RuntimeError('DKDLoss with warmup_epochs > 0 needs set_epoch(epoch) before its first forward')
-        return min(self.epoch / self.warmup_epochs, 1.0)
+        return linear_warmup(self.epoch, self.warmup_epochs, 'DKDLoss with warmup_epochs > 0')
 
     def forward(self, student_io_dict, teacher_io_dict, targets=None, *args, **kwargs):
         z_s, z_t = self.logits(student_io_dict, teacher_io_dict)

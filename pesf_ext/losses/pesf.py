@@ -1,7 +1,7 @@
 """PESF-KD: parameter-efficient, student-friendly KD (student and teacher adapters trained together)."""
 from torchdistill.losses.registry import register_mid_level_loss
 
-from .base import LogitPairLoss, check_weight, extract_logits
+from .base import LogitPairLoss, check_weight, extract_logits, linear_warmup
 from .functional import check_choice
 
 TEACHER_KL_CHOICES = ('reverse', 'shared', 'released')
@@ -36,6 +36,11 @@ class PESFKDLoss(LogitPairLoss):
     ``target_correction='swap'`` (the released code always applies it). So the adapters never change what the
     student learns from. Released defaults: ``alpha`` = gamma = 1, ``beta`` = its ``-a``, ``teacher_alpha`` = 1,
     ``teacher_beta`` = ``beta`` (one ``-a`` weighs both KL terms). Classification heads only.
+
+    ``teacher_warmup_epochs`` :math:`E_{warm} > 0` (not in the papers; an option to measure, default 0 = off) ramps
+    the adapters' KL term linearly, :math:`\\beta_t \\cdot \\min(e / E_{warm}, 1)`, as DKD ramps its terms: early in
+    training the student is far from the teacher, and a large adapter lr lets the reverse KL drag the teacher onto
+    it. The epoch :math:`e` (1-based) comes from :meth:`set_epoch`, which ``distillation_pre_epoch_process`` calls.
 
     The sum :math:`L_s + L_{ta}` is returned: student and adapters have disjoint parameters, so one backward
     gives each its own gradient. Frozen teacher parameters get none, which keeps PESF-KD cheap.
@@ -74,7 +79,7 @@ class PESFKDLoss(LogitPairLoss):
     def __init__(self, student_module_path, student_module_io, teacher_module_path, teacher_module_io,
                  temperature, alpha=None, beta=None, reduction='batchmean', teacher_alpha=None, teacher_beta=None,
                  teacher_kl='reverse', logit_standardization=False, std='unbiased', eps=1e-7, target_correction=None,
-                 delta_module_path=None, delta_module_io='output'):
+                 delta_module_path=None, delta_module_io='output', teacher_warmup_epochs=0):
         super().__init__(student_module_path, student_module_io, teacher_module_path, teacher_module_io,
                          temperature, alpha, beta, reduction, logit_standardization, std, eps, target_correction)
         check_choice('teacher_kl', teacher_kl, TEACHER_KL_CHOICES)
@@ -89,6 +94,15 @@ class PESFKDLoss(LogitPairLoss):
         self.teacher_alpha = check_weight('teacher_alpha', self.alpha if teacher_alpha is None else teacher_alpha)
         self.teacher_beta = 0.0 if teacher_kl == 'shared' else \
             check_weight('teacher_beta', self.beta if teacher_beta is None else teacher_beta)
+        self.teacher_warmup_epochs = check_weight('teacher_warmup_epochs', teacher_warmup_epochs)
+        if teacher_kl == 'shared' and teacher_warmup_epochs:
+            raise ValueError("teacher_warmup_epochs ramps the adapters' KL term, which teacher_kl='shared' does "
+                             "not have; leave it 0")
+        self.epoch = None
+
+    def set_epoch(self, epoch):
+        """Sets the 1-based epoch :math:`e` of the teacher-term warm-up (called by a pre-epoch process)."""
+        self.epoch = epoch
 
     def forward(self, student_io_dict, teacher_io_dict, targets=None, *args, **kwargs):
         z_s, z_ta = self.logits(student_io_dict, teacher_io_dict)
@@ -104,9 +118,11 @@ class PESFKDLoss(LogitPairLoss):
             ('student_ce', self.alpha, lambda: self.cross_entropy(z_s, targets)),
             ('student_kl', self.beta, student_kl),
             ('teacher_ce', self.teacher_alpha, lambda: self.cross_entropy(z_ta, targets)),
-            ('teacher_kl', self.teacher_beta, teacher_kl),
+            ('teacher_kl', self.teacher_beta * linear_warmup(
+                self.epoch, self.teacher_warmup_epochs, 'PESFKDLoss with teacher_warmup_epochs > 0'), teacher_kl),
         ], reference=z_s)
 
     def extra_repr(self):
         return (f'{super().extra_repr()}, teacher_alpha={self.teacher_alpha}, teacher_beta={self.teacher_beta}, '
-                f'teacher_kl={self.teacher_kl!r}, delta_module_path={self.delta_module_path!r}')
+                f'teacher_kl={self.teacher_kl!r}, delta_module_path={self.delta_module_path!r}, '
+                f'teacher_warmup_epochs={self.teacher_warmup_epochs}')
