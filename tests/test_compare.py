@@ -81,3 +81,33 @@ def test_takd_runs_its_assistant_per_seed_and_learns_from_it(tmp_path, capsys):
         expected = os.path.join(str(tmp_path), 'ckpt', f'takd_assistant_seed{seed}', 'student.pt')
         assert f'models.teacher_model.src_ckpt={expected}' in student[0]
         assert 'models.teacher_model.src_ckpt' not in assistant[0]
+
+
+def test_teacher_trains_on_a_superset_with_its_own_schedule(tmp_path, capsys):
+    """Issue 9's regime: --teacher_train_samples gives the teacher more images than the students (theirs are a
+    prefix of the same fixed permutation, so a subset) and --milestones / --teacher_milestones set the lr steps."""
+    compare.main(['--methods', 'kd', 'student_ce', '--seeds', '1', '--out_dir', str(tmp_path), '--commands_only',
+                  '--num_train_samples', '500', '--num_epochs', '10', '--milestones', '5', '8',
+                  '--teacher_train_samples', '3000', '--teacher_epochs', '6', '--teacher_milestones', '4'])
+    configs = {name: (tmp_path / 'configs' / name).read_text() for name in
+               ('resnet56_teacher_ce.yaml', 'resnet56_resnet20_kd.yaml', 'resnet20_student_ce.yaml')}
+    assert '&num_train_samples 3000' in configs['resnet56_teacher_ce.yaml']
+    assert 'milestones: [4]' in configs['resnet56_teacher_ce.yaml']
+    for name in ('resnet56_resnet20_kd.yaml', 'resnet20_student_ce.yaml'):
+        assert '&num_train_samples 500' in configs[name] and 'milestones: [5, 8]' in configs[name]
+        assert '&num_epochs 10' in configs[name]
+    assert len(capsys.readouterr().out.splitlines()) == 3     # teacher + 2 students
+
+
+def test_student_subset_is_inside_the_teacher_subset(fashion_mnist_root):
+    from pesf_ext.data import fashion_mnist
+    small = fashion_mnist(fashion_mnist_root, 'train', num_samples=200, download=False)
+    large = fashion_mnist(fashion_mnist_root, 'train', num_samples=3000, download=False)
+    assert set(small.indices) < set(large.indices)
+
+
+@pytest.mark.parametrize('flags', [['--milestones', '10'], ['--teacher_milestones', '0'], ['--milestones', '-1']])
+def test_milestones_outside_the_epochs_exit_naming_the_flag(tmp_path, flags):
+    with pytest.raises(SystemExit, match=flags[0]):
+        compare.main(['--methods', 'kd', '--seeds', '1', '--num_epochs', '10', '--out_dir', str(tmp_path),
+                      '--commands_only', *flags])

@@ -58,9 +58,9 @@ def config_name(method):
     return 'resnet20_student_ce.yaml' if method == STUDENT_CE else f'resnet56_resnet20_{method}.yaml'
 
 
-def write_config(name, out_dir, epochs, sizes, crd_negatives):
+def write_config(name, out_dir, epochs, sizes, crd_negatives, milestones=None):
     """quickstart's budget config, then this comparison's data sizes; CRD's memory follows the train size."""
-    path = budget_config(name, out_dir, epochs)
+    path = budget_config(name, out_dir, epochs, milestones)
     with open(path) as f:
         text = f.read()
     for anchor, value in sizes.items():
@@ -183,6 +183,14 @@ def get_args(argv=None):
     parser.add_argument('--num_test_samples', type=int, default=BUDGET['num_test_samples'])
     parser.add_argument('--num_epochs', type=int, default=BUDGET['num_epochs'], help='epochs of every method')
     parser.add_argument('--teacher_epochs', type=int, default=4, help='epochs of the teacher CE run')
+    parser.add_argument('--teacher_train_samples', type=int, default=None,
+                        help="the teacher's training images (default: the students'); more gives a teacher that "
+                             "knows more than the students' labels can teach, the classic KD regime (the students' "
+                             'images are always a subset of the teacher\'s)')
+    parser.add_argument('--milestones', type=int, nargs='+', default=None,
+                        help="the students' lr decays x0.1 at these epochs (default: once, at the last epoch)")
+    parser.add_argument('--teacher_milestones', type=int, nargs='+', default=None,
+                        help="the teacher's, likewise")
     parser.add_argument('--crd_negatives', type=int, default=4096,
                         help="CRD's negatives per sample (configs and paper: 16384, ~7 s/step on 2 CPU cores; "
                              '4096 keeps the CPU budget affordable)')
@@ -227,12 +235,19 @@ def main(argv=None):
     sizes = {'num_train_samples': args.num_train_samples, 'num_val_samples': args.num_val_samples,
              'num_test_samples': args.num_test_samples}
     grid = parse_grid(args.grid, args.methods)
+    teacher_train_samples = args.teacher_train_samples or args.num_train_samples
+    for flag, epochs, milestones in (('--milestones', args.num_epochs, args.milestones),
+                                     ('--teacher_milestones', args.teacher_epochs, args.teacher_milestones)):
+        if milestones is not None and not all(0 < m < epochs for m in milestones):
+            sys.exit(f'{flag} {milestones}: every milestone must be an epoch between 1 and {epochs - 1}')
     if args.table_only:  # nothing runs: no configs written (the results may be a committed copy, e.g. results/)
         configs, teacher_config = {m: None for m in args.methods}, None
     else:
-        configs = {m: write_config(config_name(m), out_dir, args.num_epochs, sizes, args.crd_negatives)
-                   for m in args.methods}
-        teacher_config = write_config(TEACHER, out_dir, args.teacher_epochs, sizes, args.crd_negatives)
+        configs = {m: write_config(config_name(m), out_dir, args.num_epochs, sizes, args.crd_negatives,
+                                   args.milestones) for m in args.methods}
+        teacher_config = write_config(TEACHER, out_dir, args.teacher_epochs,
+                                      {**sizes, 'num_train_samples': teacher_train_samples}, args.crd_negatives,
+                                      args.teacher_milestones)
 
     def plan(method, point, overrides, seed):
         label = f'{method}' + (f'@{point}' if point else '')
@@ -299,8 +314,11 @@ def main(argv=None):
             rows.setdefault(label, {})[seed] = (result, last_record(records_path(out_dir, run_label)))
     rows = {label: summarize(seed_runs) for label, seed_runs in rows.items()}
     text = table(rows, args.reference, failures)
+    teacher_budget = f'teacher: {args.teacher_epochs}' + (
+        f' epochs on {teacher_train_samples} train images, a superset of the students\''
+        if teacher_train_samples != args.num_train_samples else '')
     text += (f'\n\nFashion-MNIST, ResNet-56 -> ResNet-20; {args.num_train_samples} train / {args.num_val_samples} '
-             f'val / {args.num_test_samples} test images, {args.num_epochs} epochs (teacher: {args.teacher_epochs}), '
+             f'val / {args.num_test_samples} test images, {args.num_epochs} epochs ({teacher_budget}), '
              f'seeds 0..{args.seeds - 1} paired (same student initialisation and batches per seed). Δ: mean over '
              f'seeds of (method - {LABELS.get(args.reference, args.reference)}) student top-1 with the 95% '
              't-interval. Sharpness gap: mean over test images of logsumexp(z_t) - logsumexp(z_s); KL (at the '

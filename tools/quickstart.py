@@ -43,14 +43,18 @@ def set_anchor(text, anchor, value):
     return pattern.sub(lambda m: m.group(1) + (repr(value) if isinstance(value, str) else str(value)), text)
 
 
-def budget_config(name, out_dir, epochs):
+def budget_config(name, out_dir, epochs, milestones=None):
+    """configs/fashion_mnist/<name> on the budget, written to <out_dir>/configs/; the lr decays x0.1 at each epoch
+    of ``milestones`` (default: once, at the last epoch)."""
     with open(os.path.join(CONFIG_DIR, name)) as f:
         text = f.read()
     for anchor, value in {**BUDGET, 'num_epochs': epochs}.items():
         text = set_anchor(text, anchor, value)
     text = set_anchor(text, 'ckpt_root', os.path.join(out_dir, 'ckpt'))
-    if epochs > 1:
-        text, count = MILESTONES.subn(f'milestones: [{epochs - 1}]', text)
+    if milestones is None:
+        milestones = [epochs - 1] if epochs > 1 else None
+    if milestones is not None:
+        text, count = MILESTONES.subn(f'milestones: {list(milestones)}', text)
         assert count == 1, f'{name}: expected one MultiStepLR milestones line, found {count}'
     path = os.path.join(out_dir, 'configs', name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
