@@ -130,3 +130,30 @@ class MinibatchCKA:
         if self.batches == 0 or self.xx <= 0 or self.yy <= 0:
             return float('nan')
         return self.xy / math.sqrt(self.xx * self.yy)
+
+
+def zscore_extreme_logits(num_classes, std='unbiased'):
+    """The standardized logit vector with the largest possible top entry, and that entry (Sun et al., CVPR 2024).
+
+    A Z-scored vector has mean 0 and :math:`\\sum_k z_k^2 = d` with :math:`d = K - 1` (``std='unbiased'``) or
+    :math:`K` (``'population'``). Under those constraints the top entry is largest when the other :math:`K - 1`
+    are equal, :math:`z = (a, -a/(K-1), \\dots)`, which gives :math:`a = \\sqrt{d (K-1) / K}`: :math:`(K-1)/\\sqrt K`
+    unbiased, :math:`\\sqrt{K-1}` population. So the sharpest target Z-score KD can give at temperature
+    :math:`\\tau` is fixed by :math:`K` and :math:`\\tau` alone, whatever the teacher: 10 classes cannot be as peaked
+    as 100. Returns (the vector as a (K,) float64 tensor, a)."""
+    from .losses.functional import STD_CHOICES, check_choice
+    check_choice('std', std, STD_CHOICES)
+    if num_classes < 2:
+        raise ValueError(f'num_classes must be >= 2, got {num_classes}')
+    d = num_classes - 1 if std == 'unbiased' else num_classes
+    top = math.sqrt(d * (num_classes - 1) / num_classes)
+    vector = torch.full((num_classes,), -top / (num_classes - 1), dtype=torch.float64)
+    vector[0] = top
+    return vector, top
+
+
+def zscore_max_probability(num_classes, temperature, std='unbiased'):
+    """Largest top-class probability of :math:`\\mathrm{softmax}(Z(z)/\\tau)` over all logit vectors :math:`z`
+    (attained by :func:`zscore_extreme_logits`)."""
+    vector, _ = zscore_extreme_logits(num_classes, std)
+    return torch.softmax(vector / temperature, dim=0)[0].item()

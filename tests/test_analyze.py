@@ -41,3 +41,12 @@ def test_average_cluster_distance_hand_value():
     # two classes, centroids (0, 0) and (4, 0), every point at distance 1 from its centroid
     points = np.array([[1.0, 0], [-1.0, 0], [5.0, 0], [3.0, 0]])
     assert analyze.average_cluster_distance(points, np.array([0, 0, 1, 1])) == pytest.approx(4.0)
+
+
+def test_zscore_bound_table_rows(capsys):
+    from pesf_ext.metrics import zscore_max_probability
+    text = analyze.main(['zscore_bound', '--classes', '10', '100', '--temperatures', '2'])
+    rows = text.splitlines()[2:]
+    assert [row.split(' | ')[0] for row in rows] == ['| 10', '| 100']
+    assert rows[0].split(' | ')[2] == f'{zscore_max_probability(10, 2.0):.3f} |'
+    assert capsys.readouterr().out.strip() == text

@@ -93,3 +93,31 @@ def test_linear_cka_self_and_invariances():
     assert metrics.linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
     q, _ = torch.linalg.qr(torch.randn(7, 7, dtype=torch.float64))
     assert metrics.linear_cka(x, 2.5 * (y.double() @ q)) == pytest.approx(metrics.linear_cka(x, y), abs=1e-10)
+
+
+@pytest.mark.parametrize('num_classes', [2, 10, 100])
+@pytest.mark.parametrize('std', ['unbiased', 'population'])
+def test_zscore_bound_is_attained_and_never_exceeded(num_classes, std):
+    from pesf_ext.losses.functional import standardize_logits
+    vector, top = metrics.zscore_extreme_logits(num_classes, std)
+    expected = (num_classes - 1) / math.sqrt(num_classes) if std == 'unbiased' else math.sqrt(num_classes - 1)
+    assert top == pytest.approx(expected)
+    # the extreme vector is already standardized, so Z-scoring any positive rescaling/shift of it gives it back
+    assert torch.allclose(standardize_logits(5 * vector + 3, std, eps=0.0), vector, atol=1e-12)
+    g = torch.Generator().manual_seed(num_classes)
+    z = torch.randn(4000, num_classes, generator=g, dtype=torch.float64) * torch.rand(4000, 1, generator=g) * 20
+    z[:, 0] += 50 * torch.rand(4000, generator=g, dtype=torch.float64)     # many peaked rows too
+    standardized = standardize_logits(z, std, eps=0.0)
+    assert standardized.max() <= top + 1e-9
+    for tau in (0.5, 2.0):
+        bound = metrics.zscore_max_probability(num_classes, tau, std)
+        assert torch.softmax(standardized / tau, dim=1).max() <= bound + 1e-12
+        assert bound == pytest.approx(math.exp(top / tau) / (math.exp(top / tau) + (num_classes - 1) * math.exp(
+            -top / ((num_classes - 1) * tau))))
+
+
+def test_zscore_bound_rejects_bad_arguments():
+    with pytest.raises(ValueError, match='num_classes'):
+        metrics.zscore_extreme_logits(1)
+    with pytest.raises(ValueError, match='std'):
+        metrics.zscore_extreme_logits(10, 'sample')

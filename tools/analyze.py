@@ -5,6 +5,8 @@
         --student_ckpt runs/compare5/ckpt/pesfkd_seed0/student.pt --set datasets...
     # every figure of docs/analysis.md from the per-epoch records of tools/compare.py or tools/quickstart.py runs
     python tools/analyze.py figures --runs runs/compare5 --out docs/figures
+    # the sharpest target Z-score KD can give, per class count and temperature (docs/RESULTS.md)
+    python tools/analyze.py zscore_bound --classes 10 100 --temperatures 1 2 4
 
 ``figures`` reads ``<run dir>/logs/<label>_epochs.jsonl`` (one JSON line per epoch, written by
 ``epoch_metrics_post_epoch_process``) and ``<label>_epoch_samples.pt`` (last epoch's validation logits, penultimate
@@ -252,6 +254,21 @@ def figures_main(args):
     return written
 
 
+# ---------------------------------------------------------------------------------------------------- Z-score bound
+def zscore_bound_main(args):
+    """Markdown table: the largest standardized logit and the sharpest target probability Z-score KD can give."""
+    from pesf_ext.metrics import zscore_extreme_logits, zscore_max_probability
+    lines = ['| classes K | largest Z-scored logit | ' + ' | '.join(f'max p at τ = {t:g}' for t in args.temperatures)
+             + ' |', '|' + '---|' * (2 + len(args.temperatures))]
+    for k in args.classes:
+        _, top = zscore_extreme_logits(k, args.std)
+        probs = ' | '.join(f'{zscore_max_probability(k, t, args.std):.3f}' for t in args.temperatures)
+        lines.append(f'| {k} | {top:.3f} | {probs} |')
+    text = '\n'.join(lines)
+    print(text)
+    return text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
@@ -266,9 +283,13 @@ def main(argv=None):
     figures.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/)')
     figures.add_argument('--methods', nargs='+', help='methods to draw, in this order (default: all)')
     figures.add_argument('--out', default=os.path.join(ROOT, 'docs', 'figures'))
+    bound = sub.add_parser('zscore_bound', help="the sharpest softened target a Z-scored logit vector can give")
+    bound.add_argument('--classes', type=int, nargs='+', default=[10, 100, 1000])
+    bound.add_argument('--temperatures', type=float, nargs='+', default=[0.5, 1, 2, 3, 4])
+    bound.add_argument('--std', default='unbiased', choices=('unbiased', 'population'))
     args = parser.parse_args(argv)
     import pesf_ext  # noqa: F401  (registries)
-    return metrics_main(args) if args.command == 'metrics' else figures_main(args)
+    return {'metrics': metrics_main, 'figures': figures_main, 'zscore_bound': zscore_bound_main}[args.command](args)
 
 
 if __name__ == '__main__':
