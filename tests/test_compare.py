@@ -1,4 +1,5 @@
 """tools/compare.py without training: the configs it writes and the table it prints."""
+import json
 import os
 
 import pytest
@@ -111,3 +112,29 @@ def test_milestones_outside_the_epochs_exit_naming_the_flag(tmp_path, flags):
     with pytest.raises(SystemExit, match=flags[0]):
         compare.main(['--methods', 'kd', '--seeds', '1', '--num_epochs', '10', '--out_dir', str(tmp_path),
                       '--commands_only', *flags])
+
+
+@pytest.mark.parametrize('teacher_epochs,student_epochs,anchors,route,switch', [
+    (30, 30, [5, 10, 20], ['_ep5', '_ep10', '_ep20', ''], [0, 8, 15, 22]),   # the configs' route
+    (4, 3, [1, 3], ['_ep1', '_ep3', ''], [0, 1, 2]),                          # the quickstart budget
+    (3, 2, [1, 2], ['_ep2', ''], [0, 1]),                                      # fewer epochs than anchors
+    (1, 5, [], [''], [0]),
+])
+def test_rco_route_scales_to_the_budget(teacher_epochs, student_epochs, anchors, route, switch):
+    teacher_overrides, student_overrides = compare.rco_route(teacher_epochs, student_epochs, '/r/ce/t.pt')
+    assert teacher_overrides == [f'+train.anchor_epochs={json.dumps(anchors, separators=(",", ":"))}']
+    expected_route = [f'/r/ce/t{suffix}.pt' for suffix in route]
+    assert student_overrides == ['models.teacher_model.src_ckpt=/r/ce/t.pt',
+                                 f'train.rco.anchors={json.dumps(expected_route, separators=(",", ":"))}',
+                                 f'train.rco.switch_epochs={json.dumps(switch, separators=(",", ":"))}']
+
+
+def test_rco_runs_in_compare_on_the_route_of_its_teacher(tmp_path, fashion_mnist_root, capsys):
+    """End to end: compare's teacher saves the anchors, and the RCO student loads them in order."""
+    compare.main(['--methods', 'rco', '--seeds', '1', '--out_dir', str(tmp_path), '--num_train_samples', '64',
+                  '--num_val_samples', '32', '--num_test_samples', '32', '--num_epochs', '2', '--teacher_epochs', '3'])
+    assert (tmp_path / 'ckpt' / 'ce' / 'fashion_mnist-resnet56_ep2.pt').is_file()
+    log = (tmp_path / 'logs' / 'rco_seed0.log').read_text()
+    loaded = [line.split('(')[-1].rstrip(')') for line in log.splitlines() if 'RCO: epoch' in line]
+    assert [os.path.basename(path) for path in loaded] == ['fashion_mnist-resnet56_ep2.pt', 'fashion_mnist-resnet56.pt']
+    assert '| RCO |' in capsys.readouterr().out

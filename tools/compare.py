@@ -12,6 +12,10 @@ the budget of tools/quickstart.py (``budget_config``; ``--num_*`` change it), th
 Paired seeds (``pesf_ext.engine.rng``): with the same seed every method starts from the same student and sees the
 same batches, so differences to the reference are taken seed by seed.
 
+TAKD runs each seed's assistant first and learns from it; RCO learns from this comparison's own teacher, whose run
+always saves the route's anchors (``rco_route``: after 1/6, 1/3 and 2/3 of its epochs, as the configs' 5, 10, 20
+of 30), each for an equal share of the student's epochs.
+
 Resumable: a run whose summary JSON exists in ``--out_dir`` is skipped (``-rerun`` redoes everything), and an
 interrupted run continues from its last epoch (``-resume``). Runs go in seed-major order, so an interrupted
 comparison still has complete pairs. ``--jobs N`` runs N at a time (``--devices cuda:0 cuda:1`` gives each slot a
@@ -25,6 +29,7 @@ import json
 import math
 import os
 import queue
+import shlex
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +50,7 @@ LABELS = {
     'pesfkd_head': 'PESF-KD (head adapter)', 'pkd': 'PKD', 'pkd_pesfkd': 'PKD + PESF-KD',
     'pesfkd_released': 'PESF-KD (released code)', 'ctkd': 'CTKD', 'ctkd_zscore': 'CTKD + Z-score',
     'mlkd': 'MLKD', 'mlkd_zscore': 'MLKD + Z-score', 'dist': 'DIST', 'dist_zscore': 'DIST + Z-score',
-    'takd': 'TAKD', 'takd_assistant': 'TAKD assistant (ResNet-32)', 'at': 'AT', 'sp': 'SP', 'fitnet': 'FitNet', 'vid': 'VID',
+    'takd': 'TAKD', 'takd_assistant': 'TAKD assistant (ResNet-32)', 'rco': 'RCO', 'at': 'AT', 'sp': 'SP', 'fitnet': 'FitNet', 'vid': 'VID',
 }
 DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
                    'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')
@@ -71,6 +76,25 @@ def write_config(name, out_dir, epochs, sizes, crd_negatives, milestones=None):
     with open(path, 'w') as f:
         f.write(text)
     return path
+
+
+RCO_ROUTE = (5 / 30, 10 / 30, 20 / 30)  # the configs' anchors: after epochs 5, 10, 20 of the teacher's 30
+
+
+def rco_route(teacher_epochs, student_epochs, teacher_ckpt):
+    """RCO on this comparison's budget: the teacher's anchor epochs at the configs' fractions of its run, and the
+    student's overrides that learn from them (plus the converged teacher) for equal shares of its epochs; with
+    fewer student epochs than anchors, the earliest anchors are dropped. (teacher overrides, student overrides)."""
+    from pesf_ext.rco import anchor_path
+    anchors = sorted({min(teacher_epochs - 1, max(1, round(teacher_epochs * f))) for f in RCO_ROUTE}) \
+        if teacher_epochs > 1 else []
+    route = [anchor_path(teacher_ckpt, epoch) for epoch in anchors] + [teacher_ckpt]
+    route = route[-student_epochs:]
+    switch = [round(i * student_epochs / len(route)) for i in range(len(route))]
+    compact = lambda value: json.dumps(value, separators=(',', ':'))  # noqa: E731  (one shell word)
+    return ([f'+train.anchor_epochs={compact(anchors)}'],
+            [f'models.teacher_model.src_ckpt={teacher_ckpt}', f'train.rco.anchors={compact(route)}',
+             f'train.rco.switch_epochs={compact(switch)}'])
 
 
 def parse_grid(specs, methods):
@@ -249,6 +273,9 @@ def main(argv=None):
                                       {**sizes, 'num_train_samples': teacher_train_samples}, args.crd_negatives,
                                       args.teacher_milestones)
 
+    teacher_ckpt = os.path.join(out_dir, 'ckpt', 'ce', 'fashion_mnist-resnet56.pt')  # the budget teacher's dst_ckpt
+    rco_teacher, rco_student = rco_route(args.teacher_epochs, args.num_epochs, teacher_ckpt)
+
     def plan(method, point, overrides, seed):
         label = f'{method}' + (f'@{point}' if point else '')
         run_label = f'{label}_seed{seed}'.replace('=', '-').replace('@', '__')
@@ -258,17 +285,21 @@ def main(argv=None):
         if method == 'takd':  # the teacher is this seed's assistant (same grid point)
             assistant = plan('takd_assistant', point, overrides, seed)[1]
             run_overrides.append(f'models.teacher_model.src_ckpt={os.path.join(out_dir, "ckpt", assistant, "student.pt")}')
+        if method == 'rco':  # the route of this comparison's teacher, not the configs' ce_rco run
+            run_overrides.extend(rco_student)
         return label, run_label, configs[method], seed, run_overrides
 
     runs = [plan(m, point, overrides, seed) for seed in range(args.seeds) for m in args.methods
             for point, overrides in grid[m]]
-    teacher_run = ('teacher', 'teacher_ce', teacher_config, 0, [*EPOCH_METRICS_OVERRIDES, *args.overrides])
+    # the teacher always saves RCO's anchors (a few checkpoints; training is unchanged), so rco can join later
+    teacher_run = ('teacher', 'teacher_ce', teacher_config, 0,
+                   [*EPOCH_METRICS_OVERRIDES, *rco_teacher, *args.overrides])
     pending = [r for r in [teacher_run, *runs] if args.rerun or not os.path.isfile(summary_path(out_dir, r[1]))]
     if args.table_only:
         pending = []
     if args.commands_only:
         for _, run_label, config, seed, overrides in pending:
-            print(' '.join(run_command(config, out_dir, run_label, seed, overrides, 'cpu', resume=True)))
+            print(shlex.join(run_command(config, out_dir, run_label, seed, overrides, 'cpu', resume=True)))
         return None
     epochs = {r[1]: (args.teacher_epochs if r is teacher_run else args.num_epochs) for r in pending}
     progress = tqdm(total=sum(epochs.values()), unit='epoch', desc=f'compare ({len(pending)} runs)',
