@@ -34,7 +34,7 @@ def test_write_config_sets_the_budget_and_the_crd_memory(tmp_path):
 
 
 def runs_of(*results, kl=None, agreement=None):
-    record = None if kl is None else {'kl': kl, 'agreement': agreement}
+    record = None if kl is None else {'kl': kl, 'agreement': agreement, 'teacher_logit_std': 2 * kl}
     return {seed: (result, record) for seed, result in enumerate(results)}
 
 
@@ -56,10 +56,10 @@ def test_table_aggregates_seeds_pairs_differences_and_relates_cost():
                                                           fake_run(74.0, 0.3, 83.0, 0.5, 37728))),
     }
     lines = compare.table(rows, 'kd', failures={'crd': ['crd_seed1']}).splitlines()
-    assert lines[2] == '| Student (CE) | 60.00 ± n/a (n=1) | -10.00 (n=1) | - | - | - | - | 0.1000 | 0.50 | 272,474 / - |'
-    assert lines[3] == '| KD | 71.00 ± 1.41 (n=2) | - | 80.00 | 2.000 | 0.500 | 0.900 | 0.2000 | 1.00 | 272,474 / 0 |'
+    assert lines[2] == '| Student (CE) | 60.00 ± n/a (n=1) | -10.00 (n=1) | - | - | - | - | - | 0.1000 | 0.50 | 272,474 / - |'
+    assert lines[3] == '| KD | 71.00 ± 1.41 (n=2) | - | 80.00 | 1.00 | 2.000 | 0.500 | 0.900 | 0.2000 | 1.00 | 272,474 / 0 |'
     # differences 3 and 2: mean 2.5, s_d = 0.7071, t_{0.975, 1} = 12.7062 -> half-width 6.35
-    assert lines[4] == ('| PESF-KD (temperature=2) | 73.50 ± 0.71 (n=2) | +2.50 ± 6.35 (n=2) | 82.00 | 0.500 | - | - | '
+    assert lines[4] == ('| PESF-KD (temperature=2) | 73.50 ± 0.71 (n=2) | +2.50 ± 6.35 (n=2) | 82.00 | - | 0.500 | - | - | '
                         '0.3000 | 1.50 | 272,474 / 37,728 |')
     assert lines[5].startswith('| crd | failed: crd_seed1')
 

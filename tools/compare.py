@@ -141,6 +141,7 @@ def summarize(runs, metric='top1'):
         'gap': [t['sharpness_gap'] for t in test.values() if 'sharpness_gap' in t],
         'kl': [r['kl'] for r in records.values() if 'kl' in r],
         'agreement': [r['agreement'] for r in records.values() if 'agreement' in r],
+        'teacher_std': [r['teacher_logit_std'] for r in records.values() if 'teacher_logit_std' in r],
         'seconds_per_step': mean([result['seconds_per_step'] for result, _ in runs.values()]),
         'counts': first['counts'],
     }
@@ -166,8 +167,9 @@ def table(rows, reference=None, failures=None, metric='top-1', labels=None):
     labels = LABELS if labels is None else labels
     ref_name = labels.get(reference, reference)
     lines = [f'| method | student {metric} (mean ± std) | Δ {metric} vs {ref_name}, paired, 95% CI | teacher {metric} | '
-             f'sharpness gap (test) | KL (val) | agreement (val) | s/step | ratio to {ref_name} | '
-             'trainable student / teacher |', '|' + '---|' * 10]
+             'teacher logit std (val) | sharpness gap (test) | KL (val) | agreement (val) | s/step | '
+             f'ratio to {ref_name} | '
+             'trainable student / teacher |', '|' + '---|' * 11]
     for label, res in rows.items():
         students = list(res['student'].values())
         std = f'{statistics.stdev(students):.2f}' if len(students) > 1 else 'n/a'
@@ -178,6 +180,7 @@ def table(rows, reference=None, failures=None, metric='top-1', labels=None):
             delta = f'{diff:+.2f} ± {half:.2f} (n={n})' if not math.isnan(half) else f'{diff:+.2f} (n={n})'
         teacher = f'{mean(res["teacher"]):.2f}' if res['teacher'] else '-'
         gap = f'{mean(res["gap"]):.3f}' if res['gap'] else '-'
+        teacher_std = f'{mean(res["teacher_std"]):.2f}' if res.get('teacher_std') else '-'
         kl = f'{mean(res["kl"]):.3f}' if res['kl'] else '-'
         agreement = f'{mean(res["agreement"]):.3f}' if res['agreement'] else '-'
         ratio = f'{res["seconds_per_step"] / ref_speed:.2f}' if ref_speed else '-'
@@ -185,10 +188,10 @@ def table(rows, reference=None, failures=None, metric='top-1', labels=None):
             f'{res["counts"]["teacher"][0]:,}' if 'teacher' in res['counts'] else '-')
         method, _, point = label.partition('@')
         name = labels.get(method, method) + (f' ({point})' if point else '')
-        lines.append(f'| {name} | {mean(students):.2f} ± {std} (n={res["n"]}) | {delta} | {teacher} | {gap} | '
+        lines.append(f'| {name} | {mean(students):.2f} ± {std} (n={res["n"]}) | {delta} | {teacher} | {teacher_std} | {gap} | '
                      f'{kl} | {agreement} | {res["seconds_per_step"]:.4f} | {ratio} | {params} |')
     for label, run_labels in (failures or {}).items():
-        lines.append(f'| {label} | failed: {", ".join(run_labels)} (see logs/) |' + ' |' * 8)
+        lines.append(f'| {label} | failed: {", ".join(run_labels)} (see logs/) |' + ' |' * 9)
     return '\n'.join(lines)
 
 
@@ -352,7 +355,9 @@ def main(argv=None):
              f'val / {args.num_test_samples} test images, {args.num_epochs} epochs ({teacher_budget}), '
              f'seeds 0..{args.seeds - 1} paired (same student initialisation and batches per seed). Δ: mean over '
              f'seeds of (method - {LABELS.get(args.reference, args.reference)}) student top-1 with the 95% '
-             't-interval. Sharpness gap: mean over test images of logsumexp(z_t) - logsumexp(z_s); KL (at the '
+             "t-interval. Teacher logit std: per-sample std of the (adapted / fine-tuned) teacher's logits over "
+             'classes, validation set after the last epoch. Sharpness gap: mean over test images of '
+             'logsumexp(z_t) - logsumexp(z_s); KL (at the '
              "loss's temperature, without tau^2) and top-1 agreement: validation set after the last epoch. "
              + SPEED_NOTE)
     print(text)
