@@ -49,6 +49,7 @@ class Dataset:
     two_view_datasets: dict = None      # ``datasets`` with a weak/strong TwoViews train transform (MLKD)
     mlkd_max_grad_norm: float = None    # MLKD gradient clipping (not in the reference; see FASHION_MNIST)
     rco_anchor_epochs: tuple = ()       # RCO: epochs after which the teacher's route is saved (evenly spaced)
+    init_epochs: int = 30               # AB, FT, FSP: epochs of the init stage (RepDistiller --init_epochs 30)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,12 @@ class Method:
     name: str
     terms: tuple                        # functions Context -> {name: WeightedSumLoss sub-term}
     teacher_side: str = 'frozen'        # frozen | adapters (PESF-KD) | released (PESF-KD, released code) | full
-    features: str = ''                  # representation loss among the terms: '' | 'pkt' | 'rkd' | 'crd'
+    features: str = ''                  # representation loss among the terms: '' | 'pkt' | 'rkd' | 'crd' | ...
+
+    @property
+    def staged(self):
+        """AB, FT and FSP train an init stage first (RepDistiller's ``init``): ``train.stage1``, ``train.stage2``."""
+        return self.features in INIT_STAGES
     learned_temperature: bool = False   # CTKD: the student is wrapped with CurriculumTemperature
     two_views: bool = False             # MLKD: weak/strong views of each image (TwoViews, forward_two_views)
     chain: str = ''                     # TAKD: 'assistant' (teacher -> assistant) | 'student' (assistant -> student)
@@ -90,12 +96,14 @@ class Features:
     dim: int
     stages: tuple = ()                  # the stages' outputs (N, C, H, W), same spatial sizes across CIFAR ResNets: AT
     stage_channels: tuple = ()          # their channels (FitNet's regressor)
+    stage_blocks: int = 0               # residual blocks per stage (AB reads the last one's pre-activation)
+    stem: str = 'relu'                  # module whose output is the stem's feature map (FSP's first map)
 
 
 CIFAR_RESNET_FEATURES = Features('avgpool', 'fc', 64, ('layer1', 'layer2', 'layer3'), (16, 32, 64))
 FEATURES = {
-    'resnet20': CIFAR_RESNET_FEATURES, 'resnet32': CIFAR_RESNET_FEATURES, 'resnet56': CIFAR_RESNET_FEATURES,
-    'resnet110': CIFAR_RESNET_FEATURES, 'vgg8': Features('pool4', 'classifier', 512),
+    **{f'resnet{6 * n + 2}': dataclasses.replace(CIFAR_RESNET_FEATURES, stage_blocks=n) for n in (3, 5, 9, 18)},
+    'vgg8': Features('pool4', 'classifier', 512),
     'vgg13': Features('pool4', 'classifier', 512), 'resnet18': Features('avgpool', 'fc', 512),
     'resnet50': Features('avgpool', 'fc', 2048),
 }
@@ -179,7 +187,8 @@ FASHION_MNIST = Dataset(
     ckpt_root='./resource/ckpt/fashion_mnist', epoch_metrics=True, two_view_datasets=FASHION_MNIST_TWO_VIEW_DATASETS,
     # MLKD's class-level term ||P_t^T P_t - P_s^T P_s||^2 / K grows like (N / K)^2: on 10 classes it is ~100x its
     # CIFAR-100 size, and the students diverged within 4 steps at lr 0.05 (logit std 1e21) without clipping
-    mlkd_max_grad_norm=5.0, rco_anchor_epochs=(5, 10, 20))
+    mlkd_max_grad_norm=5.0, rco_anchor_epochs=(5, 10, 20),
+    init_epochs=4)                      # RepDistiller's 30 init epochs of 240, scaled to this 30-epoch schedule
 CIFAR100 = Dataset(
     name='cifar100', num_classes=100, input_shape=(1, 3, 32, 32), datasets=CIFAR100_DATASETS, batch_size=64,
     lr=0.05, weight_decay=5e-4, num_epochs=240, num_workers=8, log_freq=100,
@@ -223,11 +232,13 @@ class Context:
 
     @property
     def teacher_wrapped(self):
-        return self.method.teacher_side in ('adapters', 'released') or self.method.crd
+        return self.method.teacher_side in ('adapters', 'released') or self.method.crd or \
+            self.method.features in ('cc', 'ft')
 
     @property
     def student_wrapped(self):
-        return self.method.crd or self.method.learned_temperature or self.method.features in ('fitnet', 'vid')
+        return self.method.crd or self.method.learned_temperature or \
+            self.method.features in ('fitnet', 'vid', 'cc', 'ft')
 
     def path(self, side, module):
         """Module path as the box sees it: inside an auxiliary wrapper the network is ``model`` (``student_model`` in
@@ -235,7 +246,8 @@ class Context:
         wrapped = self.teacher_wrapped if side == 'teacher' else self.student_wrapped
         if not wrapped:
             return module
-        return f'student_model.{module}' if side == 'student' and self.method.features == 'vid' else f'model.{module}'
+        keeps_student_model = self.method.features in ('vid', 'ft')   # torchdistill's VID / FT student wrappers
+        return f'student_model.{module}' if side == 'student' and keeps_student_model else f'model.{module}'
 
     def features(self, side):
         return FEATURES[self.pair.teacher if side == 'teacher' else self.pair.student]
@@ -467,6 +479,143 @@ def sp_term(ctx):
         weight=3000.0, about=f'SP on the last stage output, weight 3000 (with CE 1), as RepDistiller ({MDISTILLER_CFG})')
 
 
+REPDISTILLER_SCRIPT = 'HobbitLong/RepDistiller scripts/run_cifar_distill.sh'   # -r 1 -a 0 -b <weight> per method
+REPDISTILLER_INIT = 'HobbitLong/RepDistiller helper/pretrain.py'          # AB, FT, FSP init stage
+CC_EMBED_DIM = 128                      # RepDistiller --feat_dim
+
+
+def cc_term(ctx):
+    return sub_term('cc', 'CorrelationCongruenceLoss', {'student_module_path': 'linear', 'teacher_module_path': 'linear'},
+                    weight=0.02, about="CC as RepDistiller computes it (its Correlation, not the paper's kernel matrices: "
+                                       'docs/baselines.md) on 128-d linear embeddings of the pooled features, weight '
+                                       f'0.02 (with CE 1, no KD: -a 0 -b 0.02 in {REPDISTILLER_SCRIPT})')
+
+
+def linear4cckd(ctx, side):
+    """torchdistill's Linear4CCKD: a linear embedding ('linear') of the pooled feature (RepDistiller's LinearEmbed)."""
+    features = ctx.features(side)
+    return {'key': 'Linear4CCKD', 'kwargs': {
+        'input_module': {'path': f'model.{features.pool}', 'io': 'output'},
+        'linear_kwargs': {'in_features': features.dim, 'out_features': CC_EMBED_DIM, 'bias': True}}}
+
+
+def ft_term(ctx):
+    return sub_term('ft', 'FactorTransferLoss', {
+        'student_module_path': 'translator', 'teacher_module_path': 'paraphraser', 'p': 2, 'q': 1},
+        weight=200.0, about="FT as RepDistiller computes it (L1 of L2-normalised channel means of the squared factors; "
+                            "torchdistill's FTLoss is the paper's form: docs/baselines.md), weight 200 (with CE 1, no "
+                            f'KD: -a 0 -b 200 in {REPDISTILLER_SCRIPT})')
+
+
+FT_RATE = 0.5                           # paraphrase rate k: factor channels = k x teacher channels (RepDistiller)
+
+
+def paraphraser_teacher(ctx, uses_decoder):
+    teacher = ctx.features('teacher')
+    kwargs = {'k': FT_RATE, 'num_input_channels': teacher.stage_channels[-1], 'kernel_size': 3, 'stride': 1,
+              'padding': 1, 'uses_bn': False}
+    return {'key': 'ParaphraserTeacher', 'kwargs': {
+        'input_module_path': f'model.{teacher.stages[-1]}',
+        'paraphraser_kwargs': anchor('paraphraser_kwargs', kwargs) if uses_decoder else alias('paraphraser_kwargs'),
+        'uses_decoder': note(uses_decoder, 'stage 1: auto-encoder trained to reconstruct the last stage' if uses_decoder
+                             else "stage 2: the encoder's factor, no grad (stage 1's paraphraser, kept in memory)")}}
+
+
+def student4ft(ctx):
+    student, teacher = ctx.features('student'), ctx.features('teacher')
+    return note({'key': 'Student4FactorTransfer', 'kwargs': {
+        'input_module_path': f'student_model.{student.stages[-1]}',
+        'translator_kwargs': {'num_input_channels': student.stage_channels[-1],
+                              'num_output_channels': int(teacher.stage_channels[-1] * FT_RATE), 'kernel_size': 3,
+                              'stride': 1, 'padding': 1, 'uses_bn': True}}},
+        "torchdistill's FT translator (3 Conv-BN-LeakyReLU, RepDistiller's Translator), trains with the student")
+
+
+def stage_side(outputs, wrapper=None, requires_grad=True, frozen_modules=()):
+    """``teacher`` / ``student`` of an init stage: forward hooks on ``outputs``."""
+    block = {'forward_proc': 'forward_batch_only', 'sequential': []}
+    if wrapper:
+        block['auxiliary_model_wrapper'] = wrapper
+    return {**block, 'forward_hook': {'input': [], 'output': list(outputs)}, 'requires_grad': requires_grad,
+            'frozen_modules': list(frozen_modules)}
+
+
+def feature_groups(ctx, prefix=''):
+    """The student's parameter groups without its classifier (RepDistiller's ``get_feat_modules``)."""
+    data, head = ctx.data, ctx.features('student').head
+    return [g for g in module_wise(ctx.pair.student, data.num_classes, data.lr, data.weight_decay, prefix=prefix)
+            if g['module'] != prefix + head]
+
+
+def init_stage(ctx, teacher, student, groups, terms, lr=None):
+    """``train.stage1``: RepDistiller's init: SGD at a constant lr on ``terms`` alone, for ``init_epochs``."""
+    data = ctx.data
+    config = optimizer(data, groups)
+    if lr is not None:
+        config['kwargs']['lr'] = lr
+    return {'num_epochs': alias('init_epochs'), 'train_data_loader': loader(data, 'train', train=True),
+            'val_data_loader': loader(data, 'val', train=False), 'teacher': teacher, 'student': student,
+            'optimizer': config, 'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': terms}}}
+
+
+AB_SCALE = 0.003                        # RepDistiller's ABLoss: / 1000 * 3
+
+
+def ab_init_stage(ctx):
+    student, teacher = ctx.features('student'), ctx.features('teacher')
+    pairs = list(enumerate(zip(student.stages, student.stage_channels, teacher.stages, teacher.stage_channels), 1))
+    connectors = {f'stage{i}': {'path': f'{s}.{student.stage_blocks - 1}', 'in_channels': s_ch, 'out_channels': t_ch}
+                  for i, (s, s_ch, t, t_ch) in pairs}
+    wrapper = note({'key': 'PreActivationConnector', 'kwargs': {'connectors': connectors}},
+                   "AB: the last block of each stage before its ReLU (RepDistiller's preact=True); identity "
+                   'connectors where the channels match, else Conv1x1-BN')
+    groups = feature_groups(ctx, 'model.')
+    if any(s_ch != t_ch for _, (_, s_ch, _, t_ch) in pairs):
+        groups.append(param_group('connectors', ctx.data.lr, ctx.data.weight_decay))
+    terms = sub_term('ab', 'AltActTransferLoss', {'feature_pairs': {
+        f'stage{i}': {'student': {'path': f'connectors.stage{i}', 'io': 'output'}, 'teacher': {'path': t, 'io': 'output'},
+                      'weight': 2.0 ** (i - len(pairs))} for i, (_, _, t, _) in pairs},
+        'margin': 1.0, 'reduction': note('mean', 'sum over elements / batch size')},
+        weight=note(AB_SCALE, "RepDistiller's ABLoss: stage weights 2^(i-3), sum / batch / 1000 * 3"),
+        about=f'AB alone, margin 1; the teacher side enters through t > 0 only, the same before or after its ReLU '
+              f'({REPDISTILLER_INIT}; the main stage is CE only, -a 0)')
+    return init_stage(ctx, stage_side(teacher.stages, requires_grad=False),
+                      stage_side([f'connectors.stage{i}' for i, _ in pairs], wrapper), groups, terms)
+
+
+FT_INIT_LR = 0.01                       # RepDistiller's init lr for FT with ResNet / WRN students (else the main lr)
+
+
+def ft_init_stage(ctx):
+    teacher = ctx.features('teacher')
+    feature = f'model.{teacher.stages[-1]}'
+    terms = {'reconstruction': {
+        'criterion': note({'key': 'MSELoss', 'kwargs': {'reduction': 'mean'}},
+                          f"FT stage 1: the paraphraser learns to reconstruct the teacher's last stage ({REPDISTILLER_INIT})",
+                          above=True),
+        'criterion_wrapper': {'key': 'SimpleLossWrapper', 'kwargs': {
+            'input': {'is_from_teacher': True, 'module_path': 'paraphraser', 'io': 'output'},
+            'target': {'is_from_teacher': True, 'module_path': feature, 'io': 'output'}}},
+        'weight': 1.0}}
+    return init_stage(ctx, stage_side([feature, 'paraphraser'], paraphraser_teacher(ctx, True), frozen_modules=['model']),
+                      stage_side([], requires_grad=note(False, 'the student waits for stage 2')),
+                      [param_group('paraphraser', FT_INIT_LR, ctx.data.weight_decay, is_teacher=True)], terms,
+                      lr=note(FT_INIT_LR, "RepDistiller's init lr for FT with ResNet students"))
+
+
+def fsp_init_stage(ctx):
+    student, teacher = ctx.features('student'), ctx.features('teacher')
+    s_maps, t_maps = [student.stem, *student.stages], [teacher.stem, *teacher.stages]
+    terms = sub_term('fsp', 'FSPMatrixLoss', {'student_paths': s_maps, 'teacher_paths': t_maps},
+                     about="FSP alone on the stem and stage outputs, RepDistiller's form (torchdistill's FSPLoss pairs "
+                           f"a block's input and output and takes unsquared norms: docs/baselines.md) ({REPDISTILLER_INIT}; "
+                           "the main stage is CE only: -b 50 is never used, its loss_kd is 0 for FSP)")
+    return init_stage(ctx, stage_side(t_maps, requires_grad=False), stage_side(s_maps), feature_groups(ctx), terms)
+
+
+INIT_STAGES = {'ab': ab_init_stage, 'ft': ft_init_stage, 'fsp': fsp_init_stage}
+
+
 def rkd_term(ctx):
     return sub_term('rkd', 'RKDLoss', {
         'student_output_path': ctx.path('student', ctx.features('student').pool),
@@ -516,6 +665,10 @@ METHODS = {m.name: m for m in (
     Method('fitnet', CE_ONLY + (fitnet_term,), features='fitnet'),
     Method('vid', CE_ONLY + (vid_term,), features='vid'),
     Method('sp', CE_ONLY + (sp_term,), features='sp'),
+    Method('cc', CE_ONLY + (cc_term,), features='cc'),
+    Method('ab', CE_ONLY, features='ab'),       # the AB loss trains in the init stage only (INIT_STAGES)
+    Method('ft', CE_ONLY + (ft_term,), features='ft'),
+    Method('fsp', CE_ONLY, features='fsp'),     # the FSP loss trains in the init stage only (INIT_STAGES)
     Method('crd', CE_ONLY + (crd_term,), features='crd'),
     Method('pesfkd_pkt', (pesfkd_term(), pkt_term), teacher_side='adapters', features='pkt'),
     Method('pesfkd_rkd', (pesfkd_term(), rkd_term), teacher_side='adapters', features='rkd'),
@@ -596,6 +749,10 @@ def hooks(ctx, side):
             if side == 'student' else outputs
     if ctx.method.features == 'rkd':
         return [], [ctx.path(side, features.pool)]
+    if ctx.method.features == 'cc':
+        return [], [ctx.path(side, features.pool), 'linear']
+    if ctx.method.features == 'ft':
+        return [], [ctx.path(side, features.stages[-1]), 'translator' if side == 'student' else 'paraphraser']
     if ctx.method.crd:
         return ['empty'] if side == 'student' else [], [ctx.path(side, features.pool), 'normalizer']
     return [], []
@@ -628,6 +785,11 @@ def student_block(ctx):
         return side_block(ctx, 'student', hint_regressor(ctx))
     if ctx.method.features == 'vid':
         return side_block(ctx, 'student', vid_distributor(ctx))
+    if ctx.method.features == 'cc':
+        return side_block(ctx, 'student', note(linear4cckd(ctx, 'student'), "CC's student embedding (RepDistiller "
+                                                                           'LinearEmbed, no normalisation)'))
+    if ctx.method.features == 'ft':
+        return side_block(ctx, 'student', student4ft(ctx))
     if ctx.method.learned_temperature:
         block = side_block(ctx, 'student', curriculum_temperature())
         block['forward_hook']['output'] = note(['temperature'], "the learned temperature, read by CTKDLoss")
@@ -666,6 +828,13 @@ def teacher_block(ctx):
     if method.crd:
         wrapper = note(linear4crd(ctx, 'teacher'), "CRD trains the teacher's embedding head ('normalizer') only")
         return side_block(ctx, 'teacher', wrapper, frozen_modules=['model'])
+    if method.features == 'cc':
+        wrapper = note(linear4cckd(ctx, 'teacher'), "CC trains the teacher's embedding ('linear') with the student "
+                                                   '(RepDistiller: embed_t in its trainable list)')
+        return side_block(ctx, 'teacher', wrapper, frozen_modules=['model'])
+    if method.features == 'ft':
+        return side_block(ctx, 'teacher', paraphraser_teacher(ctx, False), frozen_modules=['model'],
+                          requires_grad_note='the paraphraser keeps requires_grad (checkpoints), gets no gradient')
     return side_block(ctx, 'teacher', requires_grad=method.teacher_side == 'full')
 
 
@@ -680,6 +849,11 @@ def distillation_optimizer(ctx):
         groups.append(param_group('regressor', data.lr, data.weight_decay))
     if method.features == 'vid':
         groups.append(param_group('regressor_dict', data.lr, data.weight_decay))  # CTKD: in the student's SGD
+    if method.features == 'cc':
+        groups += [param_group('linear', data.lr, data.weight_decay),
+                   param_group('linear', data.lr, data.weight_decay, is_teacher=True)]
+    if method.features == 'ft':
+        groups.append(param_group('translator', data.lr, data.weight_decay))
     if method.teacher_side in ('adapters', 'released'):
         groups.append(param_group('adapters', ADAPTER_LR, data.weight_decay, is_teacher=True))
     elif method.teacher_side == 'full':
@@ -696,9 +870,12 @@ def distillation_optimizer(ctx):
     return config
 
 
-def settings(data, crd=False):
+def settings(data, crd=False, staged=False):
     block = {'ckpt_root': anchor('ckpt_root', data.ckpt_root), 'num_workers': anchor('num_workers', data.num_workers),
              'num_epochs': anchor('num_epochs', data.num_epochs)}
+    if staged:
+        block['init_epochs'] = note(anchor('init_epochs', data.init_epochs),
+                                    'train.stage1 (init); num_epochs is train.stage2 (RepDistiller: 30, then 240)')
     if crd:
         block['crd_num_samples'] = note(
             anchor('crd_num_samples', data.train_size),
@@ -714,12 +891,13 @@ def config(data, description, models, train, crd=False, datasets=None):
     """A whole config: header, dependencies, settings, datasets, ``models``, ``train`` (after its loaders), test."""
     header = [description, 'Generated by tools/make_configs.py; run with',
               '  python tools/image_classification.py --config <this file>']
-    train = {'log_freq': data.log_freq, 'num_epochs': alias('num_epochs'), **train}
+    staged = 'stage1' in train
+    train = {'log_freq': data.log_freq, **({} if staged else {'num_epochs': alias('num_epochs')}), **train}
     if data.epoch_metrics:
         train['post_epoch_process'] = note('epoch_metrics_post_epoch_process',
                                            'gap, KL, agreement, PL, CKA per epoch (docs/analysis.md)')
     return dump_config({
-        'dependencies': [{'name': 'pesf_ext'}], 'settings': settings(data, crd), 'datasets': datasets or data.datasets,
+        'dependencies': [{'name': 'pesf_ext'}], 'settings': settings(data, crd, staged), 'datasets': datasets or data.datasets,
         'models': models, 'train': train,
         'test': {'test_data_loader': loader(data, data.test_split, train=False)}}, header)
 
@@ -764,6 +942,15 @@ def distillation_config(data, pair, method):
         'scheduler': data.scheduler,
         'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {
             name: sub for term in method.terms for name, sub in term(ctx).items()}}}}
+    if method.staged:
+        main = {'num_epochs': alias('num_epochs'), **{key: train.pop(key) for key in (
+            'teacher', 'student', 'optimizer', 'scheduler', 'criterion')}}
+        del train['train_data_loader'], train['val_data_loader']
+        train['pre_epoch_process'] = note('distillation_pre_epoch_process', 'teacher eval where frozen, train where '
+                                                                            'trainable; the runner applies it to '
+                                                                            'every stage')
+        train['stage1'] = INIT_STAGES[method.features](ctx)
+        train['stage2'] = main
     if method.rco:
         train['pre_epoch_process'] = note('rco_pre_epoch_process', 'distillation_pre_epoch_process, then the anchor '
                                                                    'of the epoch into the teacher')
@@ -795,8 +982,8 @@ CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair 
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
                           'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore', 'dist', 'dist_zscore',
-                          'takd_assistant', 'takd', 'rco', 'at', 'sp', 'fitnet', 'vid'),
-    'resnet110_resnet32': ('at', 'sp', 'fitnet', 'vid'),
+                          'takd_assistant', 'takd', 'rco', 'at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp'),
+    'resnet110_resnet32': ('at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp'),
     'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore',
                    'dist', 'dist_zscore'),
 }

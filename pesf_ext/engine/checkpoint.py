@@ -139,13 +139,15 @@ def save_last(box, epoch, best_value, args, dst_ckpt, timing=None):
     }, last_path)
 
 
-def load_last(box, dst_ckpt):
+def load_last(box, dst_ckpt, before_load=None):
     """Restores :func:`save_last`'s state into ``box``; returns (next epoch, best value, timing so far or None) or
-    None if absent."""
+    None if absent. ``before_load(box, next_epoch)`` runs first (a multi-stage box moves to that epoch's stage)."""
     _, _, last_path = checkpoint_paths(dst_ckpt)
     if not os.path.isfile(last_path):
         return None
     state = torch.load(last_path, map_location='cpu', weights_only=False)
+    if before_load is not None:
+        before_load(box, state['epoch'] + 1)
     unwrap(_student(box)).load_state_dict(state['student'])
     if state['teacher'] is not None:
         load_trainable_state_dict(_teacher(box), state['teacher'])

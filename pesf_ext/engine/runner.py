@@ -36,6 +36,7 @@ from .overrides import apply_overrides
 from .loop import evaluate, inference_model, train_one_epoch
 from .rng import DataStream, isolated_stream
 from .speed import add_speed_args, apply_speed, check_speed_fits, speed_options
+from .stages import advance_to_epoch, apply_stage_defaults, is_multi_stage, merge_counts
 
 logger = logging.getLogger(__name__)
 DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS = 'distillation_pre_epoch_process'
@@ -86,6 +87,8 @@ def build_box(teacher, student, config, device, device_ids, distributed, lr_fact
         return get_training_box(student, config['datasets'], train_config, device, device_ids, distributed, lr_factor)
     if 'stage1' not in train_config:
         train_config.setdefault('pre_epoch_process', DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS)
+    else:
+        apply_stage_defaults(train_config, DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS)
     return get_distillation_box(teacher, student, config['datasets'], train_config, device, device_ids,
                                 distributed, lr_factor)
 
@@ -137,6 +140,9 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     with isolated_stream(args.seed, 'teacher_side'):  # adapters, heads, loss modules: off the student's streams
         box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
     box.data_stream = DataStream(args.seed)
+    if distributed and is_multi_stage(box):
+        raise ConfigError('train.stage1: multi-stage training is not supported with torchrun here (each stage '
+                          'builds its models anew, unwrapped); run it in one process')
     if distributed:
         wrap_box_models(box, device_ids)
     apply_speed(box, speed_options(config, args), device)
@@ -146,7 +152,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     start_epoch, best_value = args.start_epoch, 0.0
     timing = {'steps': 0, 'step_seconds': 0.0}
     if args.resume:
-        resumed = load_last(box, dst_ckpt)
+        resumed = load_last(box, dst_ckpt, before_load=advance_to_epoch)
         if resumed is None:
             logger.info('-resume: no %s yet, starting from scratch', checkpoint_paths(dst_ckpt)[2])
         else:
@@ -180,6 +186,8 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
         progress.set_postfix({f'val {evaluation.score_key}': f'{val_score:.4g}',
                               's/step': f'{stats["seconds_per_step"]:.3f}'})
         box.post_epoch_process(**epoch_kwargs, **({'epoch': epoch, 'epoch_stats': stats} if epoch_kwargs else {}))
+        if is_multi_stage(box):  # the next stage may train other parts
+            counts = merge_counts(counts, parameter_counts(box))
         save_last(box, epoch, best_value, args, dst_ckpt, timing)
         if epoch + 1 in anchors and is_main_process():
             save_anchor(student_model, dst_ckpt, epoch + 1)

@@ -1,8 +1,12 @@
-"""Logit-based distillation losses; importing this package registers them with torchdistill's mid-level registry."""
+"""Logit-based distillation losses, and the feature losses SP, CC, FT, FSP in RepDistiller's forms; importing this
+package registers them with torchdistill's mid-level registry."""
 from .base import LogitPairLoss
+from .cc import CorrelationCongruenceLoss
 from .ctkd import CTKDLoss, CurriculumTemperature
 from .dist import LogitDISTLoss
 from .dkd import DKDLoss
+from .fsp import FSPMatrixLoss
+from .ft import FactorTransferLoss
 from .ftkd import FTKDLoss
 from .functional import (
     LogitStandardization, cross_entropy, is_regression, kl_divergence, sharpness, sharpness_gap, soften, softened_kl,
@@ -20,6 +24,7 @@ from .zscore import ZScoreKDLoss
 __all__ = [
     'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss',
     'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss', 'MLKDLoss', 'forward_two_views', 'LogitDISTLoss', 'SimilarityPreservingLoss',
+    'CorrelationCongruenceLoss', 'FactorTransferLoss', 'FSPMatrixLoss',
     'CurriculumTemperature',
     'LogitStandardization', 'standardize_logits', 'soften', 'softened_kl', 'kl_divergence', 'cross_entropy',
     'sharpness', 'sharpness_gap',
