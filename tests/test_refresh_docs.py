@@ -1,0 +1,54 @@
+"""tools/refresh_docs.py: tables regenerated from the commands beside them."""
+import pytest
+
+import refresh_docs
+
+PAGE = """# Results
+
+```bash
+python -c "print('| a | 1 |')"
+```
+
+<!-- generated: tools/refresh_docs.py -->
+| a | 0 |
+<!-- end generated -->
+
+Text between.
+
+```bash
+python -c "print('| b |'); \\
+  print('| c |')"
+```
+<!-- generated: tools/refresh_docs.py -->
+| b |
+| c |
+<!-- end generated -->
+"""
+
+
+def test_refresh_runs_each_command_and_replaces_only_its_block():
+    new_text, count, changed = refresh_docs.refresh(PAGE)
+    assert count == 2
+    assert changed == ['python -c "print(\'| a | 1 |\')"']       # the second block was up to date
+    assert '| a | 1 |\n<!-- end generated -->' in new_text and '| a | 0 |' not in new_text
+    assert new_text.replace('| a | 1 |\n<!--', '| a | 0 |\n<!--') == PAGE    # nothing else moved
+    assert refresh_docs.refresh(new_text)[2] == []
+
+
+def test_check_mode_fails_on_a_stale_page_and_leaves_it(tmp_path):
+    page = tmp_path / 'page.md'
+    page.write_text(PAGE)
+    with pytest.raises(SystemExit, match='out of date'):
+        refresh_docs.main([str(page), '--check'])
+    assert page.read_text() == PAGE
+    refresh_docs.main([str(page)])
+    refresh_docs.main([str(page), '--check'])                     # now up to date: no exit
+
+
+def test_failing_command_and_page_without_blocks_exit_with_a_message(tmp_path):
+    with pytest.raises(SystemExit, match='exit 3'):
+        refresh_docs.refresh(PAGE.replace("print('| a | 1 |')", 'import sys; sys.exit(3)'))
+    page = tmp_path / 'plain.md'
+    page.write_text('# nothing generated\n')
+    with pytest.raises(SystemExit, match='no generated block'):
+        refresh_docs.main([str(page)])

@@ -1,0 +1,73 @@
+"""Regenerates the tables of a Markdown page from the commands written beside them, so no number is typed by hand.
+
+    python tools/refresh_docs.py docs/RESULTS.md            # rewrite every generated block
+    python tools/refresh_docs.py docs/RESULTS.md --check    # exit 1 if a block differs from its command's output
+
+A generated block is a fenced ``bash`` block holding one command, followed (after an optional blank line) by
+
+    <!-- generated: tools/refresh_docs.py -->
+    ...the command's standard output, verbatim...
+    <!-- end generated -->
+
+The command runs from the repository root through the shell; its stdout replaces what is between the markers. The
+commands are meant to build tables from committed records (``tools/compare.py ... -table_only``,
+``tools/analyze.py zscore_bound``), which take seconds and train nothing.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEGIN, END = '<!-- generated: tools/refresh_docs.py -->', '<!-- end generated -->'
+BLOCK = re.compile(r'```bash\n(?P<command>.*?)\n```\n\n?' + re.escape(BEGIN) + r'\n(?P<body>.*?)' + re.escape(END),
+                   re.DOTALL)
+
+
+def command_output(command):
+    """The command's stdout (the repository root as working directory); exits naming it when it fails."""
+    done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f'refresh_docs: `{command}` failed (exit {done.returncode}):\n{done.stderr.strip()[-2000:]}')
+    return done.stdout.strip() + '\n'
+
+
+def refresh(text, run=command_output):
+    """(new text, number of blocks, commands whose output differed from the page)."""
+    changed = []
+
+    def replace(match):
+        command = ' '.join(line.rstrip('\\').strip() for line in match['command'].splitlines())
+        output = run(command)
+        if output != match['body']:
+            changed.append(command)
+        return match.group(0)[:match.start('body') - match.start()] + output + END
+
+    new_text, count = BLOCK.subn(replace, text)
+    return new_text, count, changed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('pages', nargs='+')
+    parser.add_argument('--check', action='store_true', help='change nothing; exit 1 if a block is out of date')
+    args = parser.parse_args(argv)
+    stale = []
+    for page in args.pages:
+        with open(page) as f:
+            text = f.read()
+        new_text, count, changed = refresh(text)
+        if count == 0:
+            sys.exit(f'refresh_docs: {page} has no generated block ({BEGIN} after a ```bash command block)')
+        stale += [f'{page}: {command}' for command in changed]
+        if not args.check and new_text != text:
+            with open(page, 'w') as f:
+                f.write(new_text)
+        print(f'{page}: {count} blocks, {len(changed)} {"stale" if args.check else "rewritten"}')
+    if args.check and stale:
+        sys.exit('out of date:\n' + '\n'.join(stale))
+
+
+if __name__ == '__main__':
+    main()
