@@ -40,6 +40,5 @@ def advance_to_epoch(box, epoch):
 
 
 def merge_counts(counts, new_counts):
-    """Per model, the larger trainable count of the two (totals are the same networks')."""
-    return {name: (max(trainable, new_counts.get(name, (0, 0))[0]), total)
-            for name, (trainable, total) in counts.items()}
+    """Per model, the (trainable, total) of the stage that trains more (a stage's wrappers add to its total)."""
+    return {name: max(count, new_counts.get(name, count)) for name, count in counts.items()}
