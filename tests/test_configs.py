@@ -42,22 +42,21 @@ def test_committed_configs_match_generator():
 
 def shrink(config):
     train = config['train']
-    stages = [train[k] for k in train if k.startswith('stage')]  # multi-stage (AB, FT, FSP): one epoch per stage
-    for block in stages or [train]:
+    stages = [train[k] for k in train if k.startswith('stage')] or [train]  # AB, FT, FSP: one epoch per stage
+    for block in stages:
         block['num_epochs'] = 1
-    for loader in ('train_data_loader', 'val_data_loader'):
-        (stages[0] if stages else train)[loader]['kwargs'].update(batch_size=BATCH, num_workers=0, pin_memory=False)
+    for loader in ('train_data_loader', 'val_data_loader'):  # torchdistill builds the loaders in the first stage
+        stages[0][loader]['kwargs'].update(batch_size=BATCH, num_workers=0, pin_memory=False)
     config['test']['test_data_loader']['kwargs'].update(batch_size=BATCH, num_workers=0, pin_memory=False)
     # CRD: one memory row per train sample and K negatives per sample, in the dataset wrapper and in the loss alike
-    wrapper = (stages[0] if stages else train)['train_data_loader'].get('dataset_wrapper') or {}
+    wrapper = stages[0]['train_data_loader'].get('dataset_wrapper') or {}
     if wrapper.get('key') == 'CRDDatasetWrapper':
         wrapper['kwargs']['num_negative_samples'] = CRD_NEGATIVES
     if 'anchor_epochs' in train:  # RCO's route: after the one epoch
         train['anchor_epochs'] = [1]
     if 'rco' in train:  # RCO: the converged teacher only (the route needs the teacher's run: see the RCO test)
         train['rco'] = {'anchors': [config['models']['teacher_model']['src_ckpt']], 'switch_epochs': [0]}
-    terms = [t for block in stages or [train] for t in ((block['criterion'].get('kwargs') or {}).get('sub_terms')
-                                                        or {}).values()]
+    terms = [t for block in stages for t in ((block['criterion'].get('kwargs') or {}).get('sub_terms') or {}).values()]
     for term in terms:
         if term['criterion']['key'] == 'CRDLoss':
             term['criterion']['kwargs'].update(num_samples=NUM_SAMPLES, output_size=NUM_SAMPLES,

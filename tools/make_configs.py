@@ -485,10 +485,11 @@ CC_EMBED_DIM = 128                      # RepDistiller --feat_dim
 
 
 def cc_term(ctx):
-    return sub_term('cc', 'CorrelationCongruenceLoss', {'student_module_path': 'linear', 'teacher_module_path': 'linear'},
-                    weight=0.02, about="CC as RepDistiller computes it (its Correlation, not the paper's kernel matrices: "
-                                       'docs/baselines.md) on 128-d linear embeddings of the pooled features, weight '
-                                       f'0.02 (with CE 1, no KD: -a 0 -b 0.02 in {REPDISTILLER_SCRIPT})')
+    return sub_term(
+        'cc', 'CorrelationCongruenceLoss', {'student_module_path': 'linear', 'teacher_module_path': 'linear'},
+        weight=0.02, about="CC as RepDistiller computes it (its Correlation, not the paper's kernel matrices: "
+                           'docs/baselines.md) on 128-d linear embeddings of the pooled features, weight 0.02 (with '
+                           f'CE 1, no KD: -a 0 -b 0.02 in {REPDISTILLER_SCRIPT})')
 
 
 def linear4cckd(ctx, side):
@@ -573,8 +574,9 @@ def ab_init_stage(ctx):
     if any(s_ch != t_ch for _, (_, s_ch, _, t_ch) in pairs):
         groups.append(param_group('connectors', ctx.data.lr, ctx.data.weight_decay))
     terms = sub_term('ab', 'AltActTransferLoss', {'feature_pairs': {
-        f'stage{i}': {'student': {'path': f'connectors.stage{i}', 'io': 'output'}, 'teacher': {'path': t, 'io': 'output'},
-                      'weight': 2.0 ** (i - len(pairs))} for i, (_, _, t, _) in pairs},
+        f'stage{i}': {'student': {'path': f'connectors.stage{i}', 'io': 'output'},
+                      'teacher': {'path': t, 'io': 'output'}, 'weight': 2.0 ** (i - len(pairs))}
+        for i, (_, _, t, _) in pairs},
         'margin': 1.0, 'reduction': note('mean', 'sum over elements / batch size')},
         weight=note(AB_SCALE, "RepDistiller's ABLoss: stage weights 2^(i-3), sum / batch / 1000 * 3"),
         about=f'AB alone, margin 1; the teacher side enters through t > 0 only, the same before or after its ReLU '
@@ -590,15 +592,14 @@ def ft_init_stage(ctx):
     teacher = ctx.features('teacher')
     feature = f'model.{teacher.stages[-1]}'
     terms = {'reconstruction': {
-        'criterion': note({'key': 'MSELoss', 'kwargs': {'reduction': 'mean'}},
-                          f"FT stage 1: the paraphraser learns to reconstruct the teacher's last stage ({REPDISTILLER_INIT})",
-                          above=True),
+        'criterion': note({'key': 'MSELoss', 'kwargs': {'reduction': 'mean'}}, "FT stage 1: the paraphraser learns to "
+                          f"reconstruct the teacher's last stage ({REPDISTILLER_INIT})", above=True),
         'criterion_wrapper': {'key': 'SimpleLossWrapper', 'kwargs': {
             'input': {'is_from_teacher': True, 'module_path': 'paraphraser', 'io': 'output'},
             'target': {'is_from_teacher': True, 'module_path': feature, 'io': 'output'}}},
         'weight': 1.0}}
-    return init_stage(ctx, stage_side([feature, 'paraphraser'], paraphraser_teacher(ctx, True), frozen_modules=['model']),
-                      stage_side([], requires_grad=note(False, 'the student waits for stage 2')),
+    teacher_side = stage_side([feature, 'paraphraser'], paraphraser_teacher(ctx, True), frozen_modules=['model'])
+    return init_stage(ctx, teacher_side, stage_side([], requires_grad=note(False, 'the student waits for stage 2')),
                       [param_group('paraphraser', FT_INIT_LR, ctx.data.weight_decay, is_teacher=True)], terms,
                       lr=note(FT_INIT_LR, "RepDistiller's init lr for FT with ResNet students"))
 
@@ -608,8 +609,9 @@ def fsp_init_stage(ctx):
     s_maps, t_maps = [student.stem, *student.stages], [teacher.stem, *teacher.stages]
     terms = sub_term('fsp', 'FSPMatrixLoss', {'student_paths': s_maps, 'teacher_paths': t_maps},
                      about="FSP alone on the stem and stage outputs, RepDistiller's form (torchdistill's FSPLoss pairs "
-                           f"a block's input and output and takes unsquared norms: docs/baselines.md) ({REPDISTILLER_INIT}; "
-                           "the main stage is CE only: -b 50 is never used, its loss_kd is 0 for FSP)")
+                           "a block's input and output and takes unsquared norms: docs/baselines.md) "
+                           f'({REPDISTILLER_INIT}; the main stage is CE only: -b 50 is never used, its loss_kd is 0 '
+                           'for FSP)')
     return init_stage(ctx, stage_side(t_maps, requires_grad=False), stage_side(s_maps), feature_groups(ctx), terms)
 
 
@@ -897,7 +899,8 @@ def config(data, description, models, train, crd=False, datasets=None):
         train['post_epoch_process'] = note('epoch_metrics_post_epoch_process',
                                            'gap, KL, agreement, PL, CKA per epoch (docs/analysis.md)')
     return dump_config({
-        'dependencies': [{'name': 'pesf_ext'}], 'settings': settings(data, crd, staged), 'datasets': datasets or data.datasets,
+        'dependencies': [{'name': 'pesf_ext'}], 'settings': settings(data, crd, staged),
+        'datasets': datasets or data.datasets,
         'models': models, 'train': train,
         'test': {'test_data_loader': loader(data, data.test_split, train=False)}}, header)
 

@@ -40,7 +40,7 @@ class FSPMatrixLoss(nn.Module):
         for k in range(len(g_s) - 1):
             s, t = fsp_matrix(g_s[k], g_s[k + 1]), fsp_matrix(g_t[k], g_t[k + 1])
             if s.shape != t.shape:
-                raise ValueError(f'FSPMatrixLoss: FSP matrices of pair {k + 1} differ in shape, student {tuple(s.shape)} '
-                                 f'vs teacher {tuple(t.shape)}: FSP needs equal channels at every path')
+                raise ValueError(f'FSPMatrixLoss: FSP matrices of pair {k + 1} differ in shape, student '
+                                 f'{tuple(s.shape)} vs teacher {tuple(t.shape)}: FSP needs equal channels at every path')
             loss = loss + (s - t).pow(2).mean()
         return loss
