@@ -138,3 +138,10 @@ def test_rco_runs_in_compare_on_the_route_of_its_teacher(tmp_path, fashion_mnist
     loaded = [line.split('(')[-1].rstrip(')') for line in log.splitlines() if 'RCO: epoch' in line]
     assert [os.path.basename(path) for path in loaded] == ['fashion_mnist-resnet56_ep2.pt', 'fashion_mnist-resnet56.pt']
     assert '| RCO |' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('epochs,init', [(3, 1), (30, 4), (240, 30)])
+def test_init_stage_keeps_its_share_of_the_budget(tmp_path, epochs, init):
+    sizes = {'num_train_samples': 300, 'num_val_samples': 50, 'num_test_samples': 70}
+    text = open(compare.write_config('resnet56_resnet20_ab.yaml', str(tmp_path), epochs, sizes, 128)).read()
+    assert f'&init_epochs {init} ' in text and f'&num_epochs {epochs}' in text

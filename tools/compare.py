@@ -58,6 +58,7 @@ DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore'
 SPEED_NOTE = ('s/step: mean training step time of each run as it ran (with --jobs N, N runs shared the CPU), '
               'indicative only: tools/benchmark.py measures cost ratios side by side.')
 FULL_TRAIN_SIZE = 55000  # Fashion-MNIST train split
+INIT_SHARE = 30 / 240    # RepDistiller's init stage (AB, FT, FSP) against its main stage
 
 
 def config_name(method):
@@ -71,6 +72,8 @@ def write_config(name, out_dir, epochs, sizes, crd_negatives, milestones=None):
         text = f.read()
     for anchor, value in sizes.items():
         text = set_anchor(text, anchor, value)
+    if '&init_epochs ' in text:  # AB, FT, FSP: the init stage keeps its share of the main one (30 : 240)
+        text = set_anchor(text, 'init_epochs', max(1, round(epochs * INIT_SHARE)))
     if '&crd_num_samples ' in text:
         text = set_anchor(text, 'crd_num_samples', min(sizes['num_train_samples'], FULL_TRAIN_SIZE))
         text = set_anchor(text, 'crd_num_negative_samples', crd_negatives)
