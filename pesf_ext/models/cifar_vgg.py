@@ -5,6 +5,10 @@ Five blocks of conv3×3-BN-ReLU (the last ReLU of each block applied in ``forwar
 ``classifier = Linear(512, num_classes)``. Layer names (block0..block4, pool0..pool4, classifier) and state_dict
 keys match RepDistiller's ``vgg8_bn`` / ``vgg13_bn``, so its checkpoints load.
 
+The ReLU after each block is a parameter-free module ``relu0``..``relu4`` (not in place), so forward hooks can read
+RepDistiller's features: ``block<i>`` outputs its pre-activation ``f<i>_pre`` (AB) and ``relu<i>`` the activation
+``f<i>`` (AT, FitNet, VID, SP, FT, FSP); RepDistiller calls ``F.relu`` there, the same computation.
+
 Karen Simonyan, Andrew Zisserman: `"Very Deep Convolutional Networks for Large-Scale Image Recognition"
 <https://arxiv.org/abs/1409.1556>`_ @ ICLR 2015; Yonglong Tian, Dilip Krishnan, Phillip Isola: `"Contrastive
 Representation Distillation" <https://openreview.net/forum?id=SkgpBJrtvS>`_ @ ICLR 2020.
@@ -12,7 +16,6 @@ Representation Distillation" <https://openreview.net/forum?id=SkgpBJrtvS>`_ @ IC
 import math
 
 from torch import nn
-from torch.nn import functional as F
 from torchdistill.models.registry import register_model
 
 CFGS = {
@@ -39,6 +42,8 @@ class CifarVGG(nn.Module):
             setattr(self, f'block{i}', make_block(widths, channels))
         for i in range(4):
             setattr(self, f'pool{i}', nn.MaxPool2d(kernel_size=2, stride=2))
+        for i in range(5):   # hookable post-activation features f0..f4 (no parameters, state_dict unchanged)
+            setattr(self, f'relu{i}', nn.ReLU())
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(cfg[-1][-1], num_classes)
         self.reset_parameters()
@@ -57,13 +62,13 @@ class CifarVGG(nn.Module):
 
     def forward(self, x):
         height = x.shape[2]
-        x = self.pool0(F.relu(self.block0(x)))
-        x = self.pool1(F.relu(self.block1(x)))
-        x = self.pool2(F.relu(self.block2(x)))
-        x = F.relu(self.block3(x))
+        x = self.pool0(self.relu0(self.block0(x)))
+        x = self.pool1(self.relu1(self.block1(x)))
+        x = self.pool2(self.relu2(self.block2(x)))
+        x = self.relu3(self.block3(x))
         if height == 64:
             x = self.pool3(x)
-        x = self.pool4(F.relu(self.block4(x)))
+        x = self.pool4(self.relu4(self.block4(x)))
         return self.classifier(x.flatten(1))
 
 
