@@ -61,6 +61,8 @@ class Pair:
     name: str = ''
     dkd_beta: float = 8.0               # DKD's NCKD weight (mdistiller: 8 by default, tuned per CIFAR pair)
     assistant: str = ''                 # TAKD's teacher assistant, between teacher and student in size
+    fitnet_conv3x3: bool = False        # FitNet regressor Conv3x3 (the first ResNet configs) instead of RepDistiller's
+                                        # ConvReg from the map sizes (Conv1x1 for equal sizes): docs/baselines.md
 
     @property
     def tag(self):
@@ -94,17 +96,23 @@ class Features:
     pool: str                           # module whose output is the pooled feature (N, d, 1, 1): RKD, CRD flatten it
     head: str                           # the classifier, whose input is the flat feature (N, d): PKT
     dim: int
-    stages: tuple = ()                  # the stages' outputs (N, C, H, W), same spatial sizes across CIFAR ResNets: AT
+    stages: tuple = ()                  # RepDistiller's feat[1:-1]: the stages' (post-ReLU) outputs (N, C, H, W): AT
     stage_channels: tuple = ()          # their channels (FitNet's regressor)
+    stage_sizes: tuple = ()             # their heights on 32x32 inputs (FitNet's ConvReg; AT / VID pool if they differ)
     stage_blocks: int = 0               # residual blocks per stage (AB reads the last one's pre-activation)
     stem: str = 'relu'                  # module whose output is the stem's feature map (FSP's first map)
+    preacts: tuple = ()                 # AB: modules whose *output* is the stage's pre-activation (else: stage_blocks)
 
 
-CIFAR_RESNET_FEATURES = Features('avgpool', 'fc', 64, ('layer1', 'layer2', 'layer3'), (16, 32, 64))
+CIFAR_RESNET_FEATURES = Features('avgpool', 'fc', 64, ('layer1', 'layer2', 'layer3'), (16, 32, 64), (32, 16, 8))
+# RepDistiller's VGG: feat = [f0, f1, f2, f3, f4, pooled], f_i = relu(block_i) (pesf_ext.models.cifar_vgg: relu<i>),
+# f_i_pre = block_i's output (AB); four stage features where a CIFAR ResNet has three
+CIFAR_VGG_FEATURES = Features('pool4', 'classifier', 512, ('relu1', 'relu2', 'relu3', 'relu4'), (128, 256, 512, 512),
+                              (16, 8, 4, 4), stem='relu0', preacts=('block1', 'block2', 'block3', 'block4'))
 FEATURES = {
     **{f'resnet{6 * n + 2}': dataclasses.replace(CIFAR_RESNET_FEATURES, stage_blocks=n) for n in (3, 5, 9, 18)},
-    'vgg8': Features('pool4', 'classifier', 512),
-    'vgg13': Features('pool4', 'classifier', 512), 'resnet18': Features('avgpool', 'fc', 512),
+    'vgg8': CIFAR_VGG_FEATURES,
+    'vgg13': CIFAR_VGG_FEATURES, 'resnet18': Features('avgpool', 'fc', 512),
     'resnet50': Features('avgpool', 'fc', 2048),
 }
 
@@ -209,8 +217,8 @@ ADAPTER_LR = 2e-5   # PESF-KD authors' code: --adapter_lr default (1170300319/PE
 # only pooling and classifier of the teacher, so PESF-KD costs ~1.02x KD; adapters in every block of the last stage
 # (e.g. 'layer3.?' on ResNet-56, 9 adapters) cost ~1.3x KD on CPU (tools/benchmark.py, README).
 PAIRS_CIFAR = (
-    Pair('resnet56', 'resnet20', adapter_modules=('layer3.8',), dkd_beta=2.0, assistant='resnet32'),
-    Pair('resnet110', 'resnet32', adapter_modules=('layer3.17',)),
+    Pair('resnet56', 'resnet20', adapter_modules=('layer3.8',), dkd_beta=2.0, assistant='resnet32', fitnet_conv3x3=True),
+    Pair('resnet110', 'resnet32', adapter_modules=('layer3.17',), fitnet_conv3x3=True),
     Pair('vgg13', 'vgg8', adapter_modules=('block4',), dkd_beta=6.0),
     Pair('resnet56', 'vgg8', adapter_modules=('layer3.8',)),
 )
@@ -251,6 +259,15 @@ class Context:
 
     def features(self, side):
         return FEATURES[self.pair.teacher if side == 'teacher' else self.pair.student]
+
+    def stage_pairs(self):
+        """(student, teacher) stage indices as RepDistiller pairs feat_s[1:-1] with feat_t[1:-1]: ``zip``, so the
+        shorter list decides (ResNet-56 -> VGG-8: the teacher's 3 stages with the student's first 3 of 4)."""
+        return list(zip(range(len(self.features('student').stages)), range(len(self.features('teacher').stages))))
+
+    def stage_sizes_differ(self):
+        student, teacher = self.features('student'), self.features('teacher')
+        return any(student.stage_sizes[s] != teacher.stage_sizes[t] for s, t in self.stage_pairs())
 
 
 # ---- loss terms: each returns {name: one WeightedSumLoss sub-term} ----
@@ -422,14 +439,21 @@ def pkt_term(ctx):
         'eps': 1e-7}, weight=30000.0, about=f'PKT weight 30000 (alone: with CE 1), as RepDistiller ({MDISTILLER_CFG})')
 
 
+POOLED_NOTE = ('the larger map of each pair average-pooled to the smaller one first, as RepDistiller (student and '
+               'teacher maps differ in size here)')
+
+
 def at_term(ctx):
-    stages = zip(ctx.features('student').stages, ctx.features('teacher').stages)
-    return sub_term('at', 'ATLoss', {'at_pairs': {
-        f'stage{i}': {'student': {'path': ctx.path('student', s), 'io': 'output'},
-                      'teacher': {'path': ctx.path('teacher', t), 'io': 'output'}, 'weight': 1}
-        for i, (s, t) in enumerate(stages, 1)}, 'mode': note('code', "RepDistiller's implementation (mean over "
-                                                                   'channels, squared difference averaged)')},
-        weight=1000.0, about=f'AT on every stage output, weight 1000 (with CE 1), as RepDistiller ({MDISTILLER_CFG})')
+    student, teacher = ctx.features('student'), ctx.features('teacher')
+    pooled = ctx.stage_sizes_differ()
+    about = f'AT on every stage output, weight 1000 (with CE 1), as RepDistiller ({MDISTILLER_CFG})'
+    return sub_term('at', 'PooledATLoss' if pooled else 'ATLoss', {'at_pairs': {
+        f'stage{i}': {'student': {'path': ctx.path('student', student.stages[s]), 'io': 'output'},
+                      'teacher': {'path': ctx.path('teacher', teacher.stages[t]), 'io': 'output'}, 'weight': 1}
+        for i, (s, t) in enumerate(ctx.stage_pairs(), 1)}, 'mode': note('code', "RepDistiller's implementation (mean "
+                                                                              'over channels, squared difference '
+                                                                              'averaged)')},
+        weight=1000.0, about=f'{about}; {POOLED_NOTE}' if pooled else about)
 
 
 FITNET_HINT = 1   # index into Features.stages: layer2, mdistiller's FITNET.HINT_LAYER 2 (feats[2], after the stem)
@@ -447,27 +471,39 @@ def fitnet_term(ctx):
 
 def hint_regressor(ctx):
     student, teacher = ctx.features('student'), ctx.features('teacher')
-    return note({'key': 'HintRegressor', 'kwargs': {
-        'hint_module_path': student.stages[FITNET_HINT], 'in_channels': student.stage_channels[FITNET_HINT],
-        'out_channels': teacher.stage_channels[FITNET_HINT]}},
-        "FitNet: Conv3x3-BN-ReLU regressor from the student's hint layer (trains with the student)")
+    kwargs = {'hint_module_path': student.stages[FITNET_HINT], 'in_channels': student.stage_channels[FITNET_HINT],
+              'out_channels': teacher.stage_channels[FITNET_HINT]}
+    if ctx.pair.fitnet_conv3x3:
+        return note({'key': 'HintRegressor', 'kwargs': kwargs},
+                    "FitNet: Conv3x3-BN-ReLU regressor from the student's hint layer (trains with the student)")
+    s_size, t_size = student.stage_sizes[FITNET_HINT], teacher.stage_sizes[FITNET_HINT]
+    kwargs.update(in_size=s_size, out_size=t_size)
+    conv = 'ConvTranspose4x4 stride 2' if 2 * s_size == t_size else 'Conv3x3 stride 2' if s_size == 2 * t_size else \
+        f'Conv{1 + s_size - t_size}x{1 + s_size - t_size}'
+    return note({'key': 'HintRegressor', 'kwargs': kwargs},
+                f"FitNet: RepDistiller's ConvReg ({conv}-BN-ReLU, student {s_size}x{s_size} -> teacher "
+                f"{t_size}x{t_size}) from the student's hint layer (trains with the student)")
 
 
 def vid_term(ctx):
     teacher = ctx.features('teacher')
-    return sub_term('vid', 'VIDLoss', {'feature_pairs': {
+    pooled = ctx.stage_sizes_differ()
+    about = f'VID on every stage output, weight 1 (with CE 1), as RepDistiller ({MDISTILLER_CFG})'
+    return sub_term('vid', 'PooledVIDLoss' if pooled else 'VIDLoss', {'feature_pairs': {
         f'stage{i}': {'student': {'path': f'regressor_dict.stage{i}', 'io': 'output'},
-                      'teacher': {'path': ctx.path('teacher', stage), 'io': 'output'}, 'weight': 1}
-        for i, stage in enumerate(teacher.stages, 1)}},
-        weight=1.0, about=f'VID on every stage output, weight 1 (with CE 1), as RepDistiller ({MDISTILLER_CFG})')
+                      'teacher': {'path': ctx.path('teacher', teacher.stages[t]), 'io': 'output'}, 'weight': 1}
+        for i, (_, t) in enumerate(ctx.stage_pairs(), 1)}},
+        weight=1.0, about=f"{about}; the teacher's map average-pooled to the student's size, as RepDistiller" if pooled
+        else about)
 
 
 def vid_distributor(ctx):
     student, teacher = ctx.features('student'), ctx.features('teacher')
     return note({'key': 'VariationalDistributor4VID', 'kwargs': {'regressors': {
-        f'stage{i}': {'io': 'output', 'path': ctx.path('student', stage), 'kwargs': {
-            'in_channels': s_ch, 'middle_channels': t_ch, 'out_channels': t_ch, 'eps': 1.0e-5, 'init_pred_var': 5.0}}
-        for i, (stage, s_ch, t_ch) in enumerate(zip(student.stages, student.stage_channels, teacher.stage_channels), 1)
+        f'stage{i}': {'io': 'output', 'path': ctx.path('student', student.stages[s]), 'kwargs': {
+            'in_channels': student.stage_channels[s], 'middle_channels': teacher.stage_channels[t],
+            'out_channels': teacher.stage_channels[t], 'eps': 1.0e-5, 'init_pred_var': 5.0}}
+        for i, (s, t) in enumerate(ctx.stage_pairs(), 1)
     }}}, "torchdistill's VID regressors (mean and variance of the teacher's stage from the student's), RepDistiller's "
          'sizes: middle = out = teacher channels, eps 1e-5, initial variance 5')
 
@@ -564,12 +600,20 @@ AB_SCALE = 0.003                        # RepDistiller's ABLoss: / 1000 * 3
 
 def ab_init_stage(ctx):
     student, teacher = ctx.features('student'), ctx.features('teacher')
+    if len(student.stages) != len(teacher.stages) or ctx.stage_sizes_differ():
+        raise ValueError(f'AB for {ctx.pair.tag}: RepDistiller\'s Connector needs as many stage features on both sides '
+                         f'(asserts it) and builds Conv1x1 connectors for equal map sizes only')
     pairs = list(enumerate(zip(student.stages, student.stage_channels, teacher.stages, teacher.stage_channels), 1))
-    connectors = {f'stage{i}': {'path': f'{s}.{student.stage_blocks - 1}', 'in_channels': s_ch, 'out_channels': t_ch}
-                  for i, (s, s_ch, t, t_ch) in pairs}
+    if student.preacts:
+        connectors = {f'stage{i}': {'path': path, 'in_channels': s_ch, 'out_channels': t_ch, 'reads': 'output'}
+                      for path, (i, (_, s_ch, _, t_ch)) in zip(student.preacts, pairs)}
+        where = "each block's output, before the ReLU that follows it (RepDistiller's preact=True: f_i_pre)"
+    else:
+        connectors = {f'stage{i}': {'path': f'{s}.{student.stage_blocks - 1}', 'in_channels': s_ch,
+                                    'out_channels': t_ch} for i, (s, s_ch, t, t_ch) in pairs}
+        where = "the last block of each stage before its ReLU (RepDistiller's preact=True)"
     wrapper = note({'key': 'PreActivationConnector', 'kwargs': {'connectors': connectors}},
-                   "AB: the last block of each stage before its ReLU (RepDistiller's preact=True); identity "
-                   'connectors where the channels match, else Conv1x1-BN')
+                   f'AB: {where}; identity connectors where the channels match, else Conv1x1-BN')
     groups = feature_groups(ctx, 'model.')
     if any(s_ch != t_ch for _, (_, s_ch, _, t_ch) in pairs):
         groups.append(param_group('connectors', ctx.data.lr, ctx.data.weight_decay))
@@ -578,7 +622,7 @@ def ab_init_stage(ctx):
                       'teacher': {'path': t, 'io': 'output'}, 'weight': 2.0 ** (i - len(pairs))}
         for i, (_, _, t, _) in pairs},
         'margin': 1.0, 'reduction': note('mean', 'sum over elements / batch size')},
-        weight=note(AB_SCALE, "RepDistiller's ABLoss: stage weights 2^(i-3), sum / batch / 1000 * 3"),
+        weight=note(AB_SCALE, f"RepDistiller's ABLoss: stage weights 2^(i-{len(pairs)}), sum / batch / 1000 * 3"),
         about=f'AB alone, margin 1; the teacher side enters through t > 0 only, the same before or after its ReLU '
               f'({REPDISTILLER_INIT}; the main stage is CE only, -a 0)')
     return init_stage(ctx, stage_side(teacher.stages, requires_grad=False),
@@ -586,6 +630,13 @@ def ab_init_stage(ctx):
 
 
 FT_INIT_LR = 0.01                       # RepDistiller's init lr for FT with ResNet / WRN students (else the main lr)
+
+
+def ft_init_lr(ctx):
+    """RepDistiller's helper/pretrain.py: 0.01 for CIFAR ResNet / WRN students, else the main lr (VGG: 0.05)."""
+    if ctx.pair.student.startswith(('resnet', 'wrn')):
+        return FT_INIT_LR, "RepDistiller's init lr for FT with ResNet students"
+    return ctx.data.lr, "RepDistiller's init lr for FT with a non-ResNet student: the main lr"
 
 
 def ft_init_stage(ctx):
@@ -599,14 +650,18 @@ def ft_init_stage(ctx):
             'target': {'is_from_teacher': True, 'module_path': feature, 'io': 'output'}}},
         'weight': 1.0}}
     teacher_side = stage_side([feature, 'paraphraser'], paraphraser_teacher(ctx, True), frozen_modules=['model'])
+    lr, lr_note = ft_init_lr(ctx)
     return init_stage(ctx, teacher_side, stage_side([], requires_grad=note(False, 'the student waits for stage 2')),
-                      [param_group('paraphraser', FT_INIT_LR, ctx.data.weight_decay, is_teacher=True)], terms,
-                      lr=note(FT_INIT_LR, "RepDistiller's init lr for FT with ResNet students"))
+                      [param_group('paraphraser', lr, ctx.data.weight_decay, is_teacher=True)], terms,
+                      lr=note(lr, lr_note))
 
 
 def fsp_init_stage(ctx):
     student, teacher = ctx.features('student'), ctx.features('teacher')
     s_maps, t_maps = [student.stem, *student.stages], [teacher.stem, *teacher.stages]
+    if len(s_maps) != len(t_maps) or student.stage_channels != teacher.stage_channels:
+        raise ValueError(f'FSP for {ctx.pair.tag}: RepDistiller\'s FSP needs as many maps on both sides (asserts it) '
+                         'and equal channels (raises ValueError)')
     terms = sub_term('fsp', 'FSPMatrixLoss', {'student_paths': s_maps, 'teacher_paths': t_maps},
                      about="FSP alone on the stem and stage outputs, RepDistiller's form (torchdistill's FSPLoss pairs "
                            "a block's input and output and takes unsquared norms: docs/baselines.md) "
@@ -739,15 +794,17 @@ def hooks(ctx, side):
     features = ctx.features(side)
     if ctx.method.features == 'pkt':
         return [ctx.path(side, features.head)], []
+    index = 0 if side == 'student' else 1
+    paired = [features.stages[pair[index]] for pair in ctx.stage_pairs()] if features.stages else []
     if ctx.method.features == 'at':
-        return [], [ctx.path(side, stage) for stage in features.stages]
+        return [], [ctx.path(side, stage) for stage in paired]
     if ctx.method.features == 'sp':
         return [], [ctx.path(side, features.stages[-1])]
     if ctx.method.features == 'fitnet':
         return [], ['regressor'] if side == 'student' else [features.stages[FITNET_HINT]]
     if ctx.method.features == 'vid':
-        outputs = [ctx.path(side, stage) for stage in features.stages]
-        return [], outputs + [f'regressor_dict.stage{i}' for i in range(1, len(features.stages) + 1)] \
+        outputs = [ctx.path(side, stage) for stage in paired]
+        return [], outputs + [f'regressor_dict.stage{i}' for i in range(1, len(paired) + 1)] \
             if side == 'student' else outputs
     if ctx.method.features == 'rkd':
         return [], [ctx.path(side, features.pool)]
@@ -988,7 +1045,9 @@ CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (rep
                           'takd_assistant', 'takd', 'rco', 'at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp'),
     'resnet110_resnet32': ('at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp'),
     'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore',
-                   'dist', 'dist_zscore'),
+                   'dist', 'dist_zscore', 'at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp'),
+    # no AB, FSP: RepDistiller's Connector and FSP assert as many features on both sides (VGG 4 stages, ResNet 3)
+    'resnet56_vgg8': ('at', 'sp', 'fitnet', 'vid', 'cc', 'ft'),
 }
 IMAGENET_METHODS = ('kd', 'pkt', 'crd', 'rkd', 'kdcl', 'dml', 'ftkd', 'pesfkd', 'zscore', 'pesfkd_crd')  # Table II
 

@@ -1,5 +1,5 @@
-"""Logit-based distillation losses, and the feature losses SP, CC, FT, FSP in RepDistiller's forms; importing this
-package registers them with torchdistill's mid-level registry."""
+"""Logit-based distillation losses, and the feature losses SP, CC, FT, FSP (and AT, VID across map sizes) in
+RepDistiller's forms; importing this package registers them with torchdistill's mid-level registry."""
 from .base import LogitPairLoss
 from .cc import CorrelationCongruenceLoss
 from .ctkd import CTKDLoss, CurriculumTemperature
@@ -17,6 +17,7 @@ from .mlkd import MLKDLoss, forward_two_views
 from .online import DMLLoss, KDCLLoss
 from .pesf import PESFKDLoss
 from .pkd import PKDLoss
+from .pooled import PooledATLoss, PooledVIDLoss
 from .sp import SimilarityPreservingLoss
 from .task import TaskLoss
 from .zscore import ZScoreKDLoss
@@ -24,7 +25,7 @@ from .zscore import ZScoreKDLoss
 __all__ = [
     'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss',
     'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss', 'MLKDLoss', 'forward_two_views', 'LogitDISTLoss', 'SimilarityPreservingLoss',
-    'CorrelationCongruenceLoss', 'FactorTransferLoss', 'FSPMatrixLoss',
+    'CorrelationCongruenceLoss', 'FactorTransferLoss', 'FSPMatrixLoss', 'PooledATLoss', 'PooledVIDLoss',
     'CurriculumTemperature',
     'LogitStandardization', 'standardize_logits', 'soften', 'softened_kl', 'kl_divergence', 'cross_entropy',
     'sharpness', 'sharpness_gap',
