@@ -217,7 +217,8 @@ ADAPTER_LR = 2e-5   # PESF-KD authors' code: --adapter_lr default (1170300319/PE
 # only pooling and classifier of the teacher, so PESF-KD costs ~1.02x KD; adapters in every block of the last stage
 # (e.g. 'layer3.?' on ResNet-56, 9 adapters) cost ~1.3x KD on CPU (tools/benchmark.py, README).
 PAIRS_CIFAR = (
-    Pair('resnet56', 'resnet20', adapter_modules=('layer3.8',), dkd_beta=2.0, assistant='resnet32', fitnet_conv3x3=True),
+    Pair('resnet56', 'resnet20', adapter_modules=('layer3.8',), dkd_beta=2.0, assistant='resnet32',
+         fitnet_conv3x3=True),
     Pair('resnet110', 'resnet32', adapter_modules=('layer3.17',), fitnet_conv3x3=True),
     Pair('vgg13', 'vgg8', adapter_modules=('block4',), dkd_beta=6.0),
     Pair('resnet56', 'vgg8', adapter_modules=('layer3.8',)),

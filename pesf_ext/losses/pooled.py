@@ -43,8 +43,9 @@ class PooledVIDLoss(VIDLoss):
             pred_mean, pred_var = student_io_dict[pair_config['student']['path']][pair_config['student']['io']]
             target = teacher_io_dict[pair_config['teacher']['path']][pair_config['teacher']['io']]
             if pred_mean.shape[2] > target.shape[2]:
-                raise ValueError(f'PooledVIDLoss: pair {pair_name}: the student map ({pred_mean.shape[2]}) is larger '
-                                 f'than the teacher map ({target.shape[2]}); RepDistiller pools it before the regressor')
+                raise ValueError(f'PooledVIDLoss: pair {pair_name}: the student map ({pred_mean.shape[2]}) is '
+                                 f'larger than the teacher map ({target.shape[2]}); RepDistiller pools it before the '
+                                 'regressor')
             target = pool_to(target, pred_mean.shape[2])
             neg_log_prob = 0.5 * ((pred_mean - target) ** 2 / pred_var + torch.log(pred_var))
             vid_loss = vid_loss + pair_config.get('weight', 1) * neg_log_prob.mean()
