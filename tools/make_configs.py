@@ -61,8 +61,6 @@ class Pair:
     name: str = ''
     dkd_beta: float = 8.0               # DKD's NCKD weight (mdistiller: 8 by default, tuned per CIFAR pair)
     assistant: str = ''                 # TAKD's teacher assistant, between teacher and student in size
-    fitnet_conv3x3: bool = False        # FitNet regressor Conv3x3 (the first ResNet configs) instead of RepDistiller's
-                                        # ConvReg from the map sizes (Conv1x1 for equal sizes): docs/baselines.md
 
     @property
     def tag(self):
@@ -217,9 +215,8 @@ ADAPTER_LR = 2e-5   # PESF-KD authors' code: --adapter_lr default (1170300319/PE
 # only pooling and classifier of the teacher, so PESF-KD costs ~1.02x KD; adapters in every block of the last stage
 # (e.g. 'layer3.?' on ResNet-56, 9 adapters) cost ~1.3x KD on CPU (tools/benchmark.py, README).
 PAIRS_CIFAR = (
-    Pair('resnet56', 'resnet20', adapter_modules=('layer3.8',), dkd_beta=2.0, assistant='resnet32',
-         fitnet_conv3x3=True),
-    Pair('resnet110', 'resnet32', adapter_modules=('layer3.17',), fitnet_conv3x3=True),
+    Pair('resnet56', 'resnet20', adapter_modules=('layer3.8',), dkd_beta=2.0, assistant='resnet32'),
+    Pair('resnet110', 'resnet32', adapter_modules=('layer3.17',)),
     Pair('vgg13', 'vgg8', adapter_modules=('block4',), dkd_beta=6.0),
     Pair('resnet56', 'vgg8', adapter_modules=('layer3.8',)),
 )
@@ -474,9 +471,6 @@ def hint_regressor(ctx):
     student, teacher = ctx.features('student'), ctx.features('teacher')
     kwargs = {'hint_module_path': student.stages[FITNET_HINT], 'in_channels': student.stage_channels[FITNET_HINT],
               'out_channels': teacher.stage_channels[FITNET_HINT]}
-    if ctx.pair.fitnet_conv3x3:
-        return note({'key': 'HintRegressor', 'kwargs': kwargs},
-                    "FitNet: Conv3x3-BN-ReLU regressor from the student's hint layer (trains with the student)")
     s_size, t_size = student.stage_sizes[FITNET_HINT], teacher.stage_sizes[FITNET_HINT]
     kwargs.update(in_size=s_size, out_size=t_size)
     conv = 'ConvTranspose4x4 stride 2' if 2 * s_size == t_size else 'Conv3x3 stride 2' if s_size == 2 * t_size else \
