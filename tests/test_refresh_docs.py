@@ -5,6 +5,14 @@ import refresh_docs
 
 PAGE = """# Results
 
+A command that is only shown, not generated:
+
+```bash
+python tools/compare.py --this-must-not-run
+```
+
+Prose.
+
 ```bash
 python -c "print('| a | 1 |')"
 ```

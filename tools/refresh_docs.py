@@ -21,8 +21,9 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = '<!-- generated: tools/refresh_docs.py -->', '<!-- end generated -->'
-BLOCK = re.compile(r'```bash\n(?P<command>.*?)\n```\n\n?' + re.escape(BEGIN) + r'\n(?P<body>.*?)' + re.escape(END),
-                   re.DOTALL)
+# the command may not contain a fence, so a plain ```bash block earlier on the page is never taken for one
+BLOCK = re.compile(r'```bash\n(?P<command>(?:(?!```).)*?)\n```\n\n?' + re.escape(BEGIN) + r'\n(?P<body>.*?)'
+                   + re.escape(END), re.DOTALL)
 
 
 def command_output(command):
