@@ -145,3 +145,55 @@ def test_init_stage_keeps_its_share_of_the_budget(tmp_path, epochs, init):
     sizes = {'num_train_samples': 300, 'num_val_samples': 50, 'num_test_samples': 70}
     text = open(compare.write_config('resnet56_resnet20_ab.yaml', str(tmp_path), epochs, sizes, 128)).read()
     assert f'&init_epochs {init} ' in text and f'&num_epochs {epochs}' in text
+
+
+def _summary(top1, teacher=None):
+    return fake_run(top1, 0.5, teacher, 0.1 if teacher else None, 0 if teacher else None)
+
+
+def _write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(data, f)
+
+
+@pytest.fixture
+def fake_image_runs(monkeypatch):
+    calls = []
+
+    def run(config, out_dir, label, seed, overrides, progress=None, device='cpu', resume=True):
+        calls.append(label)
+        if label == 'teacher_ce':
+            _write(os.path.join(out_dir, 'ckpt', 'ce', 'fashion_mnist-resnet56.pt'), {})
+            _write(compare.summary_path(out_dir, label), _summary(run.teacher_top1))
+        else:
+            _write(compare.summary_path(out_dir, label), _summary(70.0 + seed, teacher=90.0))
+        os.makedirs(os.path.dirname(compare.records_path(out_dir, label)), exist_ok=True)
+        with open(compare.records_path(out_dir, label), 'a') as f:
+            f.write('{"epoch": 0}\n')
+    run.teacher_top1 = 90.0
+    monkeypatch.setattr(compare, 'run', run)
+    return run, calls
+
+
+def test_records_dir_keeps_runs_across_machines_and_checks_the_teacher(tmp_path, fake_image_runs):
+    run, calls = fake_image_runs
+    records = tmp_path / 'records'
+    args = ['--methods', 'kd', '--out_dir', str(tmp_path / 'machine1'), '--records_dir', str(records)]
+    compare.main(args + ['--seeds', '1'])
+    assert calls == ['teacher_ce', 'kd_seed0']
+    assert os.path.isfile(compare.summary_path(str(records), 'kd_seed0'))
+    assert not os.path.exists(compare.summary_path(str(records), 'summary'))   # the table dump is not a run
+    # a fresh machine: no checkpoints, the records only
+    args[3] = str(tmp_path / 'machine2')
+    compare.main(args + ['--seeds', '1'])
+    assert calls == ['teacher_ce', 'kd_seed0']                   # all finished: nothing runs, not even the teacher
+    compare.main(args + ['--seeds', '2'])
+    assert calls[2:] == ['teacher_ce', 'kd_seed1']               # the teacher is trained again first
+    assert (tmp_path / 'machine2' / 'logs' / 'teacher_ce_epochs.jsonl').read_text() == '{"epoch": 0}\n'
+    # a teacher that does not reproduce stops before any student learns from it
+    args[3] = str(tmp_path / 'machine3')
+    run.teacher_top1 = 89.0
+    with pytest.raises(SystemExit, match='another teacher'):
+        compare.main(args + ['--seeds', '3'])
+    assert calls[4:] == ['teacher_ce']

@@ -24,11 +24,13 @@ GPU). ``--commands_only`` prints the command of every missing run instead, one p
 """
 import argparse
 import contextlib
+import glob
 import itertools
 import json
 import math
 import os
 import queue
+import shutil
 import shlex
 import statistics
 import sys
@@ -116,6 +118,25 @@ def parse_grid(specs, methods):
             axes[method].append([(f'{key.rsplit(".", 1)[-1]}={v}', f'{key}={v}') for v in values.split(',')])
     return {method: [('_'.join(label for label, _ in point), [override for _, override in point])
                      for point in itertools.product(*axes[method])] for method in methods}
+
+
+def copy_records(source, target):
+    """Copies the summaries and per-epoch records of the runs finished in ``source`` (their summary JSON exists) to
+    ``target`` (each a run folder), where missing. An unfinished run's records stay behind: elsewhere it starts again."""
+    for summary in glob.glob(os.path.join(source, 'results', '*.json')):
+        label = os.path.basename(summary)[:-len('.json')]
+        if label == 'summary':  # the table's own dump, not a run
+            continue
+        for path in (summary, records_path(source, label)):
+            destination = os.path.join(target, os.path.relpath(path, source))
+            if os.path.isfile(path) and not os.path.isfile(destination):
+                os.makedirs(os.path.dirname(destination), exist_ok=True)
+                shutil.copy2(path, destination)
+
+
+def teacher_top1(out_dir):
+    with open(summary_path(out_dir, 'teacher_ce')) as f:
+        return json.load(f)['test']['student']['top1']
 
 
 def mean(values):
@@ -228,6 +249,11 @@ def get_args(argv=None):
     parser.add_argument('--jobs', type=int, default=1, help='runs at a time (default 1: sequential)')
     parser.add_argument('--devices', nargs='+', default=['cpu'], help='devices, one per parallel slot in turn')
     parser.add_argument('--out_dir', default=os.path.join(ROOT, 'runs', 'compare'))
+    parser.add_argument('--records_dir', default=None,
+                        help='a folder that keeps the finished runs across machines (e.g. committed, '
+                             'docs/results/converged): its summaries and per-epoch records are copied into --out_dir '
+                             'before and back after each run; the teacher is trained again when its checkpoint is '
+                             'missing, and must reproduce its recorded test top-1 (CPU runs are deterministic)')
     parser.add_argument('-rerun', action='store_true', help='redo runs whose summary JSON exists')
     parser.add_argument('-reuse', action='store_true', help='(default now; kept for old command lines)')
     parser.add_argument('--commands_only', action='store_true',
@@ -301,9 +327,17 @@ def main(argv=None):
     # the teacher always saves RCO's anchors (a few checkpoints; training is unchanged), so rco can join later
     teacher_run = ('teacher', 'teacher_ce', teacher_config, 0,
                    [*EPOCH_METRICS_OVERRIDES, *rco_teacher, *args.overrides])
+    records_dir = os.path.abspath(args.records_dir) if args.records_dir else None
+    if records_dir:
+        copy_records(records_dir, out_dir)
     pending = [r for r in [teacher_run, *runs] if args.rerun or not os.path.isfile(summary_path(out_dir, r[1]))]
     if args.table_only:
         pending = []
+    recorded_teacher = None
+    if pending and teacher_run not in pending and not os.path.isfile(teacher_ckpt):  # records, no checkpoint
+        recorded_teacher = teacher_top1(out_dir)
+        os.remove(records_path(out_dir, 'teacher_ce'))  # the run writes its per-epoch records again
+        pending.insert(0, teacher_run)
     if args.commands_only:
         for _, run_label, config, seed, overrides in pending:
             print(shlex.join(run_command(config, out_dir, run_label, seed, overrides, 'cpu', resume=True)))
@@ -319,7 +353,10 @@ def main(argv=None):
         _, run_label, config, seed, overrides = item
         device = slots.get()
         try:
-            return run(config, out_dir, run_label, seed, overrides, progress, device=device, resume=True)
+            result = run(config, out_dir, run_label, seed, overrides, progress, device=device, resume=True)
+            if records_dir:  # after every run, so an interrupted comparison keeps what finished
+                copy_records(out_dir, records_dir)
+            return result
         finally:
             slots.put(device)
 
@@ -328,6 +365,10 @@ def main(argv=None):
         if teacher_run in pending:
             with alone(user_threads):
                 execute(teacher_run)
+            if recorded_teacher is not None and teacher_top1(out_dir) != recorded_teacher:
+                sys.exit(f'the teacher trained again scores {teacher_top1(out_dir)} where the records say '
+                         f'{recorded_teacher}: the finished runs learnt from another teacher; start a new --out_dir / '
+                         '--records_dir')
         first = [item for item in pending if item[0].startswith('takd_assistant')]  # before the TAKD students
         then = [item for item in pending if item is not teacher_run and item not in first]
         for phase in (first, then):
@@ -370,6 +411,8 @@ def main(argv=None):
         f.write(text + '\n')
     with open(os.path.join(out_dir, 'results', 'summary.json'), 'w') as f:
         json.dump({'args': vars(args), 'rows': rows, 'failures': failures}, f, indent=2)
+    if records_dir:
+        copy_records(out_dir, records_dir)
     return rows
 
 

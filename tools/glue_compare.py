@@ -12,16 +12,14 @@ interrupted one continues from its last epoch; ``-table_only`` builds the table 
 runs two at a time with ``OMP_NUM_THREADS`` split between them.
 """
 import argparse
-import glob
 import json
 import os
-import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare import LABELS, SPEED_NOTE, alone, last_record, summarize, table  # noqa: E402
+from compare import LABELS, SPEED_NOTE, alone, copy_records, last_record, summarize, table  # noqa: E402
 from quickstart import EPOCH_METRICS_OVERRIDES, ROOT, RunFailed, records_path, run, summary_path  # noqa: E402
 
 METHODS = ('ce', 'kd', 'pesfkd', 'pesfkd_head', 'ftkd', 'dml', 'zscore', 'pkd', 'pkd_pesfkd')
@@ -54,18 +52,6 @@ def get_args(argv=None):
     parser.add_argument('-table_only', action='store_true')
     return parser.parse_args(argv)
 
-
-
-def copy_records(source, target):
-    """Copies the summaries and per-epoch records of the runs finished in ``source`` (their summary JSON exists) to
-    ``target`` (each a run folder), where missing. An unfinished run's records stay behind: elsewhere it starts again."""
-    for summary in glob.glob(os.path.join(source, 'results', '*.json')):
-        label = os.path.basename(summary)[:-len('.json')]
-        for path in (summary, records_path(source, label)):
-            destination = os.path.join(target, os.path.relpath(path, source))
-            if os.path.isfile(path) and not os.path.isfile(destination):
-                os.makedirs(os.path.dirname(destination), exist_ok=True)
-                shutil.copy2(path, destination)
 
 
 def teacher_metric_of(out_dir, metric):
