@@ -14,7 +14,9 @@ def write_run(run_dir, label, epochs, seed_offset):
     with open(run_dir / 'logs' / f'{label}_epochs.jsonl', 'w') as f:
         for epoch in range(epochs):
             f.write(json.dumps({'epoch': epoch, 'gap': 1.0 / (epoch + 1) + seed_offset, 'kl': 0.5, 'pl': 0.8,
-                                'student_top1': 50.0 + 10 * epoch, 'cka_logits': 0.9, 'cka_features': 0.7}) + '\n')
+                                'student_top1': 50.0 + 10 * epoch, 'cka_logits': 0.9, 'cka_features': 0.7,
+                                'teacher_top1': 90.0, 'teacher_logit_std': 4.0 - epoch / 10 - seed_offset,
+                                'teacher_sharpness': 9.0}) + '\n')
     torch.manual_seed(seed_offset)
     labels = torch.arange(60) % 10
     features = torch.nn.functional.one_hot(labels, 10).float() * 5 + torch.randn(60, 10)
@@ -32,9 +34,25 @@ def test_figures_from_records(tmp_path):
     assert epochs.tolist() == [0, 1, 2]
     assert mean.tolist() == pytest.approx([1.5, 1.0, 1 / 3 + 0.5]) and std.tolist() == pytest.approx([0.5] * 3)
     written = analyze.main(['figures', '--runs', str(tmp_path), '--out', str(tmp_path / 'figures')])
-    assert len(written) == 5
+    assert [os.path.basename(p) for p in written] == [
+        'epochs_gap_kl_accuracy.png', 'epochs_cka_pl.png', 'epochs_teacher.png', 'major_logit_distribution.png',
+        'logit_mean_std.png', 'tsne_student_features.png']
     for path in written:
         assert os.path.getsize(path) > 10_000
+
+
+def test_figures_from_records_without_samples(tmp_path, capsys):
+    # committed records (compare.py --records_dir) keep the per-epoch lines only: the curves are drawn, the
+    # per-sample figures are skipped with a message instead of failing
+    for seed in (0, 1):
+        write_run(tmp_path, f'kd_seed{seed}', 3, seed)
+        os.remove(tmp_path / 'logs' / f'kd_seed{seed}_epoch_samples.pt')
+    written = analyze.main(['figures', '--runs', str(tmp_path), '--out', str(tmp_path / 'figures')])
+    assert [os.path.basename(p) for p in written] == ['epochs_gap_kl_accuracy.png', 'epochs_cka_pl.png',
+                                                      'epochs_teacher.png']
+    err = capsys.readouterr().err
+    for name in ('major_logit_distribution.png', 'logit_mean_std.png', 'tsne_student_features.png'):
+        assert f'{name}: skipped' in err
 
 
 def test_average_cluster_distance_hand_value():

@@ -141,6 +141,13 @@ def first_samples(seeds):
     return None
 
 
+def skipped(path, why):
+    """A figure that cannot be drawn from these runs (committed records keep no per-sample tensors): says so on
+    stderr and returns None."""
+    print(f'{os.path.basename(path)}: skipped, {why}', file=sys.stderr)
+    return None
+
+
 def plot_major_logits(runs, path):
     """Density of each sample's largest logit divided by its logit vector's L2 norm (scale-free 'major logit',
     in [1/sqrt(K), 1]), teacher (as used/adapted in that run) vs student (PESF-KD Figs. 2-3 plot the major-logit
@@ -148,6 +155,8 @@ def plot_major_logits(runs, path):
     import matplotlib.pyplot as plt
     import numpy as np
     methods = [m for m in runs if first_samples(runs[m]) is not None and 'teacher_logits' in first_samples(runs[m])]
+    if not methods:
+        return skipped(path, 'no run with a teacher kept per-sample logits (<label>_epoch_samples.pt)')
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True, squeeze=False)
     for ax, method in zip(axes[0], methods):
         samples = first_samples(runs[method])
@@ -177,6 +186,8 @@ def plot_mean_std(runs, path):
         if 'teacher_logits' in samples and not any(p[0] == 'Teacher' for p in panels):
             panels.append(('Teacher', samples['teacher_logits']))
         panels.append((f'{label_of(method)} student', samples['student_logits']))
+    if not panels:
+        return skipped(path, 'no run kept per-sample logits (<label>_epoch_samples.pt)')
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.5), sharex=True, sharey=True,
                              squeeze=False)
     stats = [(z.double().mean(dim=1).numpy(), z.double().std(dim=1, correction=0).numpy()) for _, z in panels]
@@ -210,6 +221,8 @@ def plot_tsne(runs, path, max_points=1000):
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
     methods = [m for m in runs if (first_samples(runs[m]) or {}).get('student_features') is not None]
+    if not methods:
+        return skipped(path, 'no run kept per-sample features (<label>_epoch_samples.pt)')
     fig, axes = plt.subplots(1, len(methods), figsize=(3.8 * len(methods), 3.9), squeeze=False)
     for ax, method in zip(axes[0], methods):
         samples = first_samples(runs[method])
@@ -245,10 +258,14 @@ def figures_main(args):
         plot_curves(runs, [('cka_logits', 'CKA of logits'), ('cka_features', 'CKA of penultimate features'),
                            ('pl', 'probability loyalty')], out('epochs_cka_pl.png'),
                     'Teacher-student similarity, per epoch (minibatch linear CKA)'),
+        plot_curves(runs, [('teacher_top1', 'teacher top-1 (%)'), ('teacher_logit_std', 'teacher logit std'),
+                           ('teacher_sharpness', 'teacher sharpness S(z_t)')], out('epochs_teacher.png'),
+                    'The (adapted / fine-tuned) teacher on the validation set, per epoch'),
         plot_major_logits(runs, out('major_logit_distribution.png')),
         plot_mean_std(runs, out('logit_mean_std.png')),
         plot_tsne(runs, out('tsne_student_features.png')),
     ]
+    written = [path for path in written if path]
     for path in written:
         print(path)
     return written

@@ -40,6 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tqdm import tqdm  # noqa: E402
 
+from pesf_ext.engine.runner import cpu_model  # noqa: E402
+
 from quickstart import (BUDGET, EPOCH_METRICS_OVERRIDES, ROOT, TEACHER, RunFailed, budget_config, records_path,  # noqa: E402
                         run, run_command, set_anchor, summary_path)
 
@@ -132,6 +134,13 @@ def copy_records(source, target):
             if os.path.isfile(path) and not os.path.isfile(destination):
                 os.makedirs(os.path.dirname(destination), exist_ok=True)
                 shutil.copy2(path, destination)
+
+
+def recorded_machine(out_dir):
+    """The machine the teacher's summary says it ran on (older records: 'an unrecorded machine')."""
+    with open(summary_path(out_dir, 'teacher_ce')) as f:
+        machine = json.load(f).get('machine') or {}
+    return machine.get('gpu') or machine.get('cpu') or 'an unrecorded machine'
 
 
 def teacher_top1(out_dir):
@@ -253,7 +262,7 @@ def get_args(argv=None):
                         help='a folder that keeps the finished runs across machines (e.g. committed, '
                              'docs/results/converged): its summaries and per-epoch records are copied into --out_dir '
                              'before and back after each run; the teacher is trained again when its checkpoint is '
-                             'missing, and must reproduce its recorded test top-1 (CPU runs are deterministic)')
+                             'missing, and must reproduce its recorded test top-1 (runs are deterministic on one machine, not across CPUs)')
     parser.add_argument('-rerun', action='store_true', help='redo runs whose summary JSON exists')
     parser.add_argument('-reuse', action='store_true', help='(default now; kept for old command lines)')
     parser.add_argument('--commands_only', action='store_true',
@@ -333,9 +342,9 @@ def main(argv=None):
     pending = [r for r in [teacher_run, *runs] if args.rerun or not os.path.isfile(summary_path(out_dir, r[1]))]
     if args.table_only:
         pending = []
-    recorded_teacher = None
+    recorded_teacher = recorded_where = None
     if pending and teacher_run not in pending and not os.path.isfile(teacher_ckpt):  # records, no checkpoint
-        recorded_teacher = teacher_top1(out_dir)
+        recorded_teacher, recorded_where = teacher_top1(out_dir), recorded_machine(out_dir)
         os.remove(records_path(out_dir, 'teacher_ce'))  # the run writes its per-epoch records again
         pending.insert(0, teacher_run)
     if args.commands_only:
@@ -368,7 +377,8 @@ def main(argv=None):
             if recorded_teacher is not None and teacher_top1(out_dir) != recorded_teacher:
                 sys.exit(f'the teacher trained again scores {teacher_top1(out_dir)} where the records say '
                          f'{recorded_teacher}: the finished runs learnt from another teacher; start a new --out_dir / '
-                         '--records_dir')
+                         '--records_dir (same-seed runs are bit-identical on one machine only: the records were made on '
+                         f'{recorded_where}, this one is {cpu_model()})')
         first = [item for item in pending if item[0].startswith('takd_assistant')]  # before the TAKD students
         then = [item for item in pending if item is not teacher_run and item not in first]
         for phase in (first, then):

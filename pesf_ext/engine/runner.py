@@ -11,6 +11,7 @@ import datetime
 import json
 import logging
 import os
+import platform
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -99,6 +100,28 @@ def parameter_counts(box):
     if getattr(box, 'teacher_model', None) is not None:
         counts['teacher'] = count_parameters(unwrap(box.teacher_model))
     return counts
+
+
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo``; else :func:`platform.processor`)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device):
+    """Where a run ran. Same-seed runs are bit-identical on one machine, not across CPUs or GPUs (their kernels sum
+    in different orders), so a table's runs should come from one machine: the summary JSON records it."""
+    description = {'cpu': cpu_model(), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
+                   'device': str(device)}
+    if torch.cuda.is_available() and str(device).startswith('cuda'):
+        description['gpu'] = torch.cuda.get_device_name(device)
+    return description
 
 
 def epoch_metrics_kwargs(box, config, args, dst_ckpt):
@@ -272,7 +295,8 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
     validate_model_paths(config, teacher, student)
     if prepare_data is not None:
         prepare_data(config, distributed, world_size)
-    results = {'config': args.config, 'seed': args.seed, 'seconds_per_step': None, 'counts': {}}
+    results = {'config': args.config, 'seed': args.seed, 'seconds_per_step': None, 'counts': {},
+               'machine': machine_description(device)}
     trained_teacher = None
     if not args.test_only:
         train_results = train(teacher, student, config, device, device_ids, distributed, world_size, args,
