@@ -1,4 +1,4 @@
-"""Shared plumbing of the logit-pair middle-level losses (argument checks, weights, logits look-up)."""
+"""Shared plumbing of the middle-level losses (argument checks, weights, logit and feature look-up)."""
 import torch
 from torch import nn
 
@@ -33,6 +33,21 @@ def extract_logits(io_dict, module_path, module_io):
     if not isinstance(value, torch.Tensor) and hasattr(value, 'logits'):
         value = value.logits
     return value
+
+
+class FeaturePairLoss(nn.Module):
+    """Base class of the losses computed from one student and one teacher tensor that torchdistill's forward hooks
+    recorded: ``io_dict[module_path][module_io]`` on each side (``module_io``: 'input' or 'output')."""
+    def __init__(self, student_module_path, teacher_module_path, student_module_io='output',
+                 teacher_module_io='output'):
+        super().__init__()
+        self.student_module_path, self.student_module_io = student_module_path, student_module_io
+        self.teacher_module_path, self.teacher_module_io = teacher_module_path, teacher_module_io
+
+    def feature_pair(self, student_io_dict, teacher_io_dict):
+        """(student tensor, teacher tensor) of this loss's module pair."""
+        return (student_io_dict[self.student_module_path][self.student_module_io],
+                teacher_io_dict[self.teacher_module_path][self.teacher_module_io])
 
 
 class LogitPairLoss(nn.Module):

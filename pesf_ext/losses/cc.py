@@ -1,10 +1,11 @@
 """Correlation congruence (Peng et al., ICCV 2019) as RepDistiller computes it."""
-from torch import nn
 from torchdistill.losses.registry import register_mid_level_loss
+
+from .base import FeaturePairLoss
 
 
 @register_mid_level_loss
-class CorrelationCongruenceLoss(nn.Module):
+class CorrelationCongruenceLoss(FeaturePairLoss):
     """RepDistiller's ``Correlation``: with :math:`\\Delta_i = |e^s_i - e^t_i|` the absolute difference of sample
     i's student and teacher embeddings (linear maps of the pooled penultimate features, both trained),
 
@@ -17,15 +18,8 @@ class CorrelationCongruenceLoss(nn.Module):
     Baoyun Peng, Xiao Jin, Jiaheng Liu, Shunfeng Zhou, Yichao Wu, Yu Liu, Dongsheng Li, Zhaoning Zhang:
     `"Correlation Congruence for Knowledge Distillation" <https://arxiv.org/abs/1904.01802>`_ @ ICCV 2019.
     """
-    def __init__(self, student_module_path, teacher_module_path, student_module_io='output',
-                 teacher_module_io='output'):
-        super().__init__()
-        self.student_module_path, self.student_module_io = student_module_path, student_module_io
-        self.teacher_module_path, self.teacher_module_io = teacher_module_path, teacher_module_io
-
     def forward(self, student_io_dict, teacher_io_dict, *args, **kwargs):
-        e_s = student_io_dict[self.student_module_path][self.student_module_io]
-        e_t = teacher_io_dict[self.teacher_module_path][self.teacher_module_io]
+        e_s, e_t = self.feature_pair(student_io_dict, teacher_io_dict)
         if e_s.shape[0] < 2:
             raise ValueError(f'CorrelationCongruenceLoss needs at least 2 samples per batch, got {e_s.shape[0]}')
         delta = (e_s - e_t).abs().flatten(1)

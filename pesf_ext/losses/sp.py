@@ -1,7 +1,8 @@
 """Similarity-preserving KD (Tung & Mori, ICCV 2019) with the paper's L2 row normalisation."""
-from torch import nn
 from torch.nn import functional as F
 from torchdistill.losses.registry import register_mid_level_loss
+
+from .base import FeaturePairLoss
 
 
 def similarity_matrix(features):
@@ -11,7 +12,7 @@ def similarity_matrix(features):
 
 
 @register_mid_level_loss
-class SimilarityPreservingLoss(nn.Module):
+class SimilarityPreservingLoss(FeaturePairLoss):
     """:math:`L_{SP} = \\frac{1}{N^2} \\| \\tilde{G}_s - \\tilde{G}_t \\|_F^2` (Tung & Mori, eq. 3, one layer pair).
 
     torchdistill's ``SPKDLoss`` calls ``normalize(G, 1)``, whose second positional argument is the norm's order,
@@ -20,13 +21,6 @@ class SimilarityPreservingLoss(nn.Module):
     Frederick Tung, Greg Mori: `"Similarity-Preserving Knowledge Distillation"
     <https://arxiv.org/abs/1907.09682>`_ @ ICCV 2019.
     """
-    def __init__(self, student_module_path, teacher_module_path, student_module_io='output',
-                 teacher_module_io='output'):
-        super().__init__()
-        self.student_module_path, self.student_module_io = student_module_path, student_module_io
-        self.teacher_module_path, self.teacher_module_io = teacher_module_path, teacher_module_io
-
     def forward(self, student_io_dict, teacher_io_dict, *args, **kwargs):
-        f_s = student_io_dict[self.student_module_path][self.student_module_io]
-        f_t = teacher_io_dict[self.teacher_module_path][self.teacher_module_io]
+        f_s, f_t = self.feature_pair(student_io_dict, teacher_io_dict)
         return ((similarity_matrix(f_s) - similarity_matrix(f_t.detach())) ** 2).sum() / f_s.shape[0] ** 2
