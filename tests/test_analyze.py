@@ -68,3 +68,31 @@ def test_zscore_bound_table_rows(capsys):
     assert [row.split(' | ')[0] for row in rows] == ['| 10', '| 100']
     assert rows[0].split(' | ')[2] == f'{zscore_max_probability(10, 2.0):.3f} |'
     assert capsys.readouterr().out.strip() == text
+
+
+def write_top1(run_dir, label, top1):
+    os.makedirs(run_dir / 'logs', exist_ok=True)
+    with open(run_dir / 'logs' / f'{label}_epochs.jsonl', 'w') as f:
+        for epoch, value in enumerate(top1):
+            f.write(json.dumps({'epoch': epoch, 'student_top1': value}) + '\n')
+
+
+def test_convergence_table_hand_values(tmp_path):
+    # window 2 over 5 epochs: 'before' = epochs 1-2, 'last' = epochs 3-4
+    write_top1(tmp_path, 'kd_seed0', [10, 60, 70, 80, 80])   # before 65, last 80, change +15, best epoch 4 (1-based)
+    write_top1(tmp_path, 'kd_seed1', [10, 70, 70, 72, 74])   # before 70, last 73, change +3, best epoch 5
+    write_top1(tmp_path, 'kd_seed2', [10, 70, 70, 76, 70])   # before 70, last 73, change +3, best epoch 4
+    write_top1(tmp_path, 'teacher_ce', [90, 91, 92, 93, 94])  # not a student: left out
+    text = analyze.main(['convergence', '--runs', str(tmp_path), '--window', '2'])
+    rows = text.splitlines()
+    assert len(rows) == 3
+    cells = [c.strip() for c in rows[2].split('|')[1:-1]]
+    from scipy.stats import t
+    half = t.ppf(0.975, 2) * np.std([15, 3, 3], ddof=1) / np.sqrt(3)
+    assert cells == ['KD', '3', f'{(65 + 70 + 70) / 3:.2f}', f'{(80 + 73 + 73) / 3:.2f}', f'+7.00 ± {half:.2f}', '4']
+
+
+def test_convergence_rejects_a_bad_window(tmp_path):
+    write_top1(tmp_path, 'kd_seed0', [10, 20])
+    with pytest.raises(SystemExit, match='--window'):
+        analyze.main(['convergence', '--runs', str(tmp_path), '--window', '0'])

@@ -5,6 +5,8 @@
         --student_ckpt runs/compare5/ckpt/pesfkd_seed0/student.pt --set datasets...
     # every figure of docs/analysis.md from the per-epoch records of tools/compare.py or tools/quickstart.py runs
     python tools/analyze.py figures --runs runs/compare5 --out docs/figures
+    # has each method's validation accuracy plateaued? (last two windows of epochs, paired over seeds)
+    python tools/analyze.py convergence --runs docs/results/converged --window 5
     # the sharpest target Z-score KD can give, per class count and temperature (docs/RESULTS.md)
     python tools/analyze.py zscore_bound --classes 10 100 --temperatures 1 2 4
 
@@ -27,9 +29,10 @@ sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 import torch  # noqa: E402
 
-LABELS = {'teacher_ce': 'Teacher (CE)', 'student_ce': 'Student (CE)', 'kd': 'KD', 'pesfkd': 'PESF-KD',
-          'ftkd': 'FT-KD', 'zscore': 'Z-score KD', 'pesfkd_zscore': 'PESF-KD + Z-score', 'dml': 'DML', 'kdcl': 'KDCL',
-          'dkd': 'DKD', 'dkd_zscore': 'DKD + Z-score', 'crd': 'CRD', 'pkt': 'PKT', 'rkd': 'RKD'}
+from compare import LABELS as METHOD_LABELS, mean, paired_interval  # noqa: E402
+
+LABELS = {'teacher_ce': 'Teacher (CE)', **METHOD_LABELS}
+
 SEED = re.compile(r'^(?P<method>.+)_seed(?P<seed>\d+)$')
 
 
@@ -271,6 +274,47 @@ def figures_main(args):
     return written
 
 
+# ---------------------------------------------------------------------------------------------------- convergence
+def window_means(records, window):
+    """(mean student top-1 of the ``window`` epochs before the last ``window``, of the last ``window``) of one run."""
+    epochs = sorted(records)
+    if len(epochs) < 2 * window:
+        return None
+    top1 = [records[e]['student_top1'] for e in epochs]
+    return mean(top1[-2 * window:-window]), mean(top1[-window:])
+
+
+def convergence_main(args):
+    """Markdown table: per method, the validation top-1 averaged over the last two windows of epochs and the paired
+    change between them (mean over seeds, 95% t-interval): a plateau is a change near 0."""
+    if args.window < 1:
+        sys.exit(f'--window: must be >= 1, got {args.window}')
+    runs = read_runs(args.runs)
+    runs.pop('teacher_ce', None)
+    methods = [m for m in (args.methods or runs) if m in runs]
+    if not methods:
+        sys.exit(f'--runs: no <method>_seed<N>_epochs.jsonl under {", ".join(d + "/logs" for d in args.runs)}')
+    w = args.window
+    lines = [f'| method | seeds | val top-1, epochs −{2 * w}…−{w + 1} | val top-1, last {w} epochs | '
+             'change, paired 95% CI | best epoch (median over seeds) |', '|---|---|---|---|---|---|']
+    for method in methods:
+        windows = {seed: window_means(records, w) for seed, (records, _) in runs[method].items()}
+        windows = {seed: pair for seed, pair in windows.items() if pair}
+        if not windows:
+            continue
+        before = {'student': {seed: pair[0] for seed, pair in windows.items()}}
+        last = {'student': {seed: pair[1] for seed, pair in windows.items()}}
+        change, half, n = paired_interval(last, before)
+        best = sorted(max(records, key=lambda e: (records[e]['student_top1'], -e)) + 1
+                      for records, _ in runs[method].values())
+        lines.append(f'| {LABELS.get(method, method)} | {n} | {mean(list(before["student"].values())):.2f} | '
+                     f'{mean(list(last["student"].values())):.2f} | {change:+.2f} ± {half:.2f} | '
+                     f'{best[(len(best) - 1) // 2]} |')
+    text = '\n'.join(lines)
+    print(text)
+    return text
+
+
 # ---------------------------------------------------------------------------------------------------- Z-score bound
 def zscore_bound_main(args):
     """Markdown table: the largest standardized logit and the sharpest target probability Z-score KD can give."""
@@ -300,13 +344,18 @@ def main(argv=None):
     figures.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/)')
     figures.add_argument('--methods', nargs='+', help='methods to draw, in this order (default: all)')
     figures.add_argument('--out', default=os.path.join(ROOT, 'docs', 'figures'))
+    converge = sub.add_parser('convergence', help='has validation accuracy plateaued? (last two windows of epochs)')
+    converge.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/)')
+    converge.add_argument('--methods', nargs='+', help='methods, in this order (default: all)')
+    converge.add_argument('--window', type=int, default=5, help='epochs per window (default 5)')
     bound = sub.add_parser('zscore_bound', help="the sharpest softened target a Z-scored logit vector can give")
     bound.add_argument('--classes', type=int, nargs='+', default=[10, 100, 1000])
     bound.add_argument('--temperatures', type=float, nargs='+', default=[0.5, 1, 2, 3, 4])
     bound.add_argument('--std', default='unbiased', choices=('unbiased', 'population'))
     args = parser.parse_args(argv)
     import pesf_ext  # noqa: F401  (registries)
-    return {'metrics': metrics_main, 'figures': figures_main, 'zscore_bound': zscore_bound_main}[args.command](args)
+    return {'metrics': metrics_main, 'figures': figures_main, 'convergence': convergence_main,
+            'zscore_bound': zscore_bound_main}[args.command](args)
 
 
 if __name__ == '__main__':
