@@ -72,6 +72,19 @@ def test_grid_is_a_product_per_method():
     assert compare.parse_grid([], ['kd']) == {'kd': [('', [])]}
 
 
+def test_grid_value_default_is_the_plain_run(tmp_path, capsys):
+    grid = compare.parse_grid(['kd:a.lr=default,2e-4', 'kd:b.temperature=default,2'], ['kd'])
+    assert grid['kd'] == [('', []), ('temperature=2', ['b.temperature=2']), ('lr=2e-4', ['a.lr=2e-4']),
+                          ('lr=2e-4_temperature=2', ['a.lr=2e-4', 'b.temperature=2'])]
+    # the default point reuses the method's plain run: same run label, no override
+    compare.main(['--methods', 'kd', '--grid', 'kd:train.criterion.kwargs.sub_terms.kd.criterion.kwargs.alpha=default,0.5',
+                  '--seeds', '1', '--out_dir', str(tmp_path), '--commands_only'])
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'resnet56_resnet20_kd.yaml' in line]
+    assert len(lines) == 2
+    assert 'kd_seed0.json' in lines[0] and 'kwargs.alpha=' not in lines[0]
+    assert 'kd__alpha-0.5_seed0.json' in lines[1] and lines[1].endswith('kwargs.alpha=0.5')
+
+
 def test_takd_runs_its_assistant_per_seed_and_learns_from_it(tmp_path, capsys):
     compare.main(['--methods', 'kd', 'takd', '--seeds', '2', '--out_dir', str(tmp_path), '--commands_only'])
     lines = capsys.readouterr().out.splitlines()

@@ -5,6 +5,9 @@ parameters, sharpness gap, KL and top-1 agreement.
     python tools/compare.py --methods kd pesfkd ftkd zscore --seeds 5          # the docs' table (docs/analysis.md)
     python tools/compare.py --methods kd zscore --seeds 5 \\
         --grid 'zscore:train.criterion.kwargs.sub_terms.zscore.criterion.kwargs.temperature=2,3' --jobs 2
+    # a sweep that includes the config's own value: 'default' is the plain run (no override, same records)
+    python tools/compare.py --methods kd pesfkd --seeds 5 \
+        --grid 'pesfkd:train.optimizer.module_wise_configs.6.kwargs.lr=default,2e-4,2e-3'
 
 Every run is a separate process of tools/image_classification.py on a shipped config of configs/fashion_mnist/ with
 the budget of tools/quickstart.py (``budget_config``; ``--num_*`` change it), the same teacher (trained once by
@@ -107,7 +110,8 @@ def rco_route(teacher_epochs, student_epochs, teacher_ckpt):
 
 def parse_grid(specs, methods):
     """``['[method:]KEY=v1,v2', ...]`` -> {method: [(label, [overrides]), ...]}: the Cartesian product of the
-    values of every key that applies to the method (all methods without a ``method:`` prefix)."""
+    values of every key that applies to the method (all methods without a ``method:`` prefix). The value
+    ``default`` keeps the config's own value (no override): a point of defaults only is the method's plain run."""
     axes = {method: [] for method in methods}
     for spec in specs:
         scope, _, body = spec.rpartition(':') if ':' in spec.split('=', 1)[0] else ('', '', spec)
@@ -117,9 +121,12 @@ def parse_grid(specs, methods):
         for method in ([scope] if scope else methods):
             if method not in axes:
                 raise SystemExit(f'--grid {spec}: method `{method}` is not in --methods')
-            axes[method].append([(f'{key.rsplit(".", 1)[-1]}={v}', f'{key}={v}') for v in values.split(',')])
-    return {method: [('_'.join(label for label, _ in point), [override for _, override in point])
-                     for point in itertools.product(*axes[method])] for method in methods}
+            axes[method].append([(None, None) if v == 'default' else (f'{key.rsplit(".", 1)[-1]}={v}', f'{key}={v}')
+                                 for v in values.split(',')])
+
+    def point_of(values):  # ((label, override) per key) -> (point label, overrides), defaults left out
+        return '_'.join(label for label, _ in values if label), [override for _, override in values if override]
+    return {method: [point_of(values) for values in itertools.product(*axes[method])] for method in methods}
 
 
 def copy_records(source, target):
