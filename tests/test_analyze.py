@@ -86,10 +86,19 @@ def test_convergence_table_hand_values(tmp_path):
     text = analyze.main(['convergence', '--runs', str(tmp_path), '--window', '2'])
     rows = text.splitlines()
     assert len(rows) == 3
+    assert '| val top-1, epochs 2–3 | val top-1, epochs 4–5 |' in rows[0]
     cells = [c.strip() for c in rows[2].split('|')[1:-1]]
     from scipy.stats import t
     half = t.ppf(0.975, 2) * np.std([15, 3, 3], ddof=1) / np.sqrt(3)
     assert cells == ['KD', '3', f'{(65 + 70 + 70) / 3:.2f}', f'{(80 + 73 + 73) / 3:.2f}', f'+7.00 ± {half:.2f}', '4']
+
+
+def test_convergence_leaves_out_unfinished_runs(tmp_path):
+    write_top1(tmp_path, 'kd_seed0', [10, 60, 70, 80, 80])
+    write_top1(tmp_path, 'kd_seed1', [10, 70, 70, 72])       # still running: its last epochs are not epochs 4-5
+    cells = [c.strip() for c in analyze.main(['convergence', '--runs', str(tmp_path), '--window', '2'])
+             .splitlines()[2].split('|')[1:-1]]
+    assert cells == ['KD', '1', '65.00', '80.00', '+15.00 ± n/a', '4']
 
 
 def test_convergence_rejects_a_bad_window(tmp_path):

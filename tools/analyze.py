@@ -295,20 +295,23 @@ def convergence_main(args):
     if not methods:
         sys.exit(f'--runs: no <method>_seed<N>_epochs.jsonl under {", ".join(d + "/logs" for d in args.runs)}')
     w = args.window
-    lines = [f'| method | seeds | val top-1, epochs −{2 * w}…−{w + 1} | val top-1, last {w} epochs | '
-             'change, paired 95% CI | best epoch (median over seeds) |', '|---|---|---|---|---|---|']
+    last = max(len(records) for method in methods for records, _ in runs[method].values())  # epochs of a full run
+    lines = [f'| method | seeds | val top-1, epochs {last - 2 * w + 1}–{last - w} | val top-1, epochs '
+             f'{last - w + 1}–{last} | change, paired 95% CI | best epoch (median over seeds) |',
+             '|---|---|---|---|---|---|']
     for method in methods:
-        windows = {seed: window_means(records, w) for seed, (records, _) in runs[method].items()}
+        windows = {seed: window_means(records, w) for seed, (records, _) in runs[method].items()
+                   if len(records) == last}  # an unfinished run's last epochs are not the last ones
         windows = {seed: pair for seed, pair in windows.items() if pair}
         if not windows:
             continue
         before = {'student': {seed: pair[0] for seed, pair in windows.items()}}
-        last = {'student': {seed: pair[1] for seed, pair in windows.items()}}
-        change, half, n = paired_interval(last, before)
+        after = {'student': {seed: pair[1] for seed, pair in windows.items()}}
+        change, half, n = paired_interval(after, before)
         best = sorted(max(records, key=lambda e: (records[e]['student_top1'], -e)) + 1
-                      for records, _ in runs[method].values())
+                      for seed, (records, _) in runs[method].items() if seed in windows)
         lines.append(f'| {LABELS.get(method, method)} | {n} | {mean(list(before["student"].values())):.2f} | '
-                     f'{mean(list(last["student"].values())):.2f} | {change:+.2f} ± {half:.2f} | '
+                     f'{mean(list(after["student"].values())):.2f} | {change:+.2f} ± {"n/a" if n < 2 else f"{half:.2f}"} | '
                      f'{best[(len(best) - 1) // 2]} |')
     text = '\n'.join(lines)
     print(text)
