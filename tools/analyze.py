@@ -115,21 +115,29 @@ def curve(runs, key):
 
 
 def plot_curves(runs, panels, path, title):
+    """One axes per (key, y label[, symlog threshold]) panel; a line per method (mean over seeds, band ±1 std), one
+    colour per method in every panel. A threshold makes the axis symlog (linear within ±threshold), so the first
+    epochs' large values (an untrained student's gap and KL) do not flatten the rest."""
     import matplotlib.pyplot as plt
+    colors = {method: f'C{i % 10}' for i, method in enumerate(runs)}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8))
-    for ax, (key, ylabel) in zip(axes, panels):
+    legend = {}
+    for ax, (key, ylabel, *linthresh) in zip(axes, panels):
         for method, seeds in runs.items():
             if not all(key in rec for recs, _ in seeds.values() for rec in recs.values()):
                 continue
             epochs, mean, std = curve(seeds, key)
-            line, = ax.plot(epochs + 1, mean, marker='o', label=f'{label_of(method)} (n={len(seeds)})')
-            ax.fill_between(epochs + 1, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+            label = f'{label_of(method)} (n={len(seeds)})'
+            line, = ax.plot(epochs + 1, mean, marker='o', markersize=3, color=colors[method], label=label)
+            ax.fill_between(epochs + 1, mean - std, mean + std, color=colors[method], alpha=0.15)
+            legend.setdefault(label, line)
+        if linthresh:
+            ax.set_yscale('symlog', linthresh=linthresh[0])
         ax.set_xlabel('epoch')
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 5), frameon=False)
+    fig.legend(list(legend.values()), list(legend), loc='lower center', ncol=min(len(legend), 6), frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     fig.savefig(path, dpi=120)
@@ -255,7 +263,8 @@ def figures_main(args):
     os.makedirs(args.out, exist_ok=True)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
     written = [
-        plot_curves(runs, [('gap', 'sharpness gap S(z_t) - S(z_s)'), ('kl', 'KL(p_t || p_s) at the loss τ'),
+        plot_curves(runs, [('gap', 'sharpness gap S(z_t) - S(z_s) (symlog)', 1.0),
+                           ('kl', 'KL(p_t || p_s) at the loss τ (symlog)', 0.1),
                            ('student_top1', 'student top-1 (%)')], out('epochs_gap_kl_accuracy.png'),
                     'Validation set, per epoch'),
         plot_curves(runs, [('cka_logits', 'CKA of logits'), ('cka_features', 'CKA of penultimate features'),
