@@ -71,7 +71,8 @@ class Pair:
 class Method:
     name: str
     terms: tuple                        # functions Context -> {name: WeightedSumLoss sub-term}
-    teacher_side: str = 'frozen'        # frozen | adapters (PESF-KD) | released (PESF-KD, released code) | full
+    teacher_side: str = 'frozen'        # frozen | adapters (PESF-KD) | head (PESF-KD, head adapter) |
+    #                                     released (PESF-KD, released code) | full
     features: str = ''                  # representation loss among the terms: '' | 'pkt' | 'rkd' | 'crd' | ...
 
     @property
@@ -238,7 +239,7 @@ class Context:
 
     @property
     def teacher_wrapped(self):
-        return self.method.teacher_side in ('adapters', 'released') or self.method.crd or \
+        return self.method.teacher_side in ('adapters', 'head', 'released') or self.method.crd or \
             self.method.features in ('cc', 'ft')
 
     @property
@@ -691,6 +692,7 @@ CE_ONLY = (ce_term,)
 METHODS = {m.name: m for m in (
     Method('kd', (kd_term,)),
     Method('pesfkd', (pesfkd_term(),), teacher_side='adapters'),
+    Method('pesfkd_head', (pesfkd_term(),), teacher_side='head'),
     Method('pesfkd_released', (pesfkd_released_term,), teacher_side='released'),
     Method('ftkd', (ftkd_term(),), teacher_side='full'),
     Method('zscore', (zscore_term,)),
@@ -868,6 +870,16 @@ def teacher_block(ctx):
         trained = 'the adapters and the CRD head train' if method.crd else 'only the adapters train'
         return side_block(ctx, 'teacher', {'key': 'AdapterTeacher', 'kwargs': kwargs},
                           requires_grad_note=f'the teacher forward runs with grad, {trained}')
+    if method.teacher_side == 'head':
+        head = ctx.features('teacher').head
+        adapters = [{'modules': [head], 'kind': note('head', "the released code's placement: logits - A(feature), "
+                                                             'A = Linear(d, K) -> Linear(K, r) -> ReLU -> Linear(r, K), '
+                                                             'last layer zero-initialised (eq. 8 loss, unlike '
+                                                             'pesfkd_released)'),
+                     'bottleneck': 32}]
+        return side_block(ctx, 'teacher', {'key': 'AdapterTeacher', 'kwargs': {
+            'adapters': adapters, 'input_shape': list(data.input_shape)}},
+            requires_grad_note='the teacher forward runs with grad, only the head adapter trains')
     if method.teacher_side == 'released':
         head = ctx.features('teacher').head
         adapters = [{'modules': [head], 'kind': note('head', 'logits - A(feature), A = Linear(d, K) -> Linear(K, r) -> '
@@ -908,7 +920,7 @@ def distillation_optimizer(ctx):
                    param_group('linear', data.lr, data.weight_decay, is_teacher=True)]
     if method.features == 'ft':
         groups.append(param_group('translator', data.lr, data.weight_decay))
-    if method.teacher_side in ('adapters', 'released'):
+    if method.teacher_side in ('adapters', 'head', 'released'):
         groups.append(param_group('adapters', ADAPTER_LR, data.weight_decay, is_teacher=True))
     elif method.teacher_side == 'full':
         groups += module_wise(pair.teacher, data.num_classes, FTKD_TEACHER_LR, data.weight_decay, is_teacher=True,
