@@ -105,3 +105,37 @@ def test_convergence_rejects_a_bad_window(tmp_path):
     write_top1(tmp_path, 'kd_seed0', [10, 20])
     with pytest.raises(SystemExit, match='--window'):
         analyze.main(['convergence', '--runs', str(tmp_path), '--window', '0'])
+
+
+def write_finished(run_dir, label, teacher_std, gap, finished=True):
+    os.makedirs(run_dir / 'logs', exist_ok=True)
+    with open(run_dir / 'logs' / f'{label}_epochs.jsonl', 'w') as f:
+        for epoch in range(2):
+            f.write(json.dumps({'epoch': epoch, 'teacher_logit_std': teacher_std + 1 - epoch}) + '\n')
+    if finished:
+        os.makedirs(run_dir / 'results', exist_ok=True)
+        with open(run_dir / 'results' / f'{label}.json', 'w') as f:
+            json.dump({'test': {'sharpness_gap': gap, 'student': {'top1': 80.0}}}, f)
+
+
+def test_paired_table_hand_values(tmp_path):
+    for seed, (std, gap) in enumerate([(4.0, 0.5), (5.0, 0.7)]):
+        write_finished(tmp_path, f'kd_seed{seed}', std, gap)
+    for seed, (std, gap) in enumerate([(3.0, 0.2), (3.0, 0.6)]):
+        write_finished(tmp_path, f'pesfkd_seed{seed}', std, gap)
+    write_finished(tmp_path, 'pesfkd_seed2', 0.0, 9.0, finished=False)  # still running: left out
+    # the last epoch's teacher std (validation): KD 4, 5; PESF-KD 3, 3 -> differences -1, -2
+    rows = analyze.main(['paired', '--runs', str(tmp_path), '--key', 'teacher_logit_std',
+                         '--methods', 'kd', 'pesfkd']).splitlines()
+    half = 12.706204736174694 * np.std([-1, -2], ddof=1) / np.sqrt(2)
+    assert rows[2] == '| KD | 4.500 (n=2) | - |'
+    assert rows[3] == f'| PESF-KD | 3.000 (n=2) | -1.500 ± {half:.3f} (n=2) |'
+    # the test sharpness gap from the summaries: differences -0.3, -0.1
+    rows = analyze.main(['paired', '--runs', str(tmp_path), '--key', 'test_gap', '--methods', 'kd', 'pesfkd'])
+    assert rows.splitlines()[3].startswith('| PESF-KD | 0.400 (n=2) | -0.200 ± ')
+
+
+def test_paired_needs_the_reference(tmp_path):
+    write_finished(tmp_path, 'pesfkd_seed0', 3.0, 0.2)
+    with pytest.raises(SystemExit, match='--reference'):
+        analyze.main(['paired', '--runs', str(tmp_path), '--key', 'test_gap'])

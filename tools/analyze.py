@@ -7,6 +7,8 @@
     python tools/analyze.py figures --runs runs/compare5 --out docs/figures
     # has each method's validation accuracy plateaued? (last two windows of epochs, paired over seeds)
     python tools/analyze.py convergence --runs docs/results/converged --window 5
+    # one metric (test sharpness gap, the teacher's logit std, ...) per method, paired to KD with 95% CIs
+    python tools/analyze.py paired --runs docs/results/converged --key test_gap --reference kd
     # the sharpest target Z-score KD can give, per class count and temperature (docs/RESULTS.md)
     python tools/analyze.py zscore_bound --classes 10 100 --temperatures 1 2 4
 
@@ -30,6 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import torch  # noqa: E402
 
 from compare import LABELS as METHOD_LABELS, mean, paired_interval  # noqa: E402
+from quickstart import summary_path  # noqa: E402
 
 LABELS = {'teacher_ce': 'Teacher (CE)', **METHOD_LABELS}
 
@@ -327,6 +330,52 @@ def convergence_main(args):
     return text
 
 
+# ---------------------------------------------------------------------------------------------------- paired
+TEST_KEYS = {'test_gap': ('sharpness_gap',), 'test_top1': ('student', 'top1'), 'test_teacher_top1': ('teacher', 'top1')}
+
+
+def run_value(run_dir, method, seed, records, key):
+    """A finished run's value of ``key``: from its summary JSON's test results (:data:`TEST_KEYS`), else from its
+    last per-epoch record (validation set). None when the run lacks it or has not finished (no summary JSON)."""
+    try:
+        with open(summary_path(run_dir, f'{method}_seed{seed}')) as f:
+            value = json.load(f)['test']
+    except (OSError, KeyError):
+        return None  # no summary: the run has not finished
+    if key not in TEST_KEYS:
+        return records[max(records)].get(key) if records else None
+    for part in TEST_KEYS[key]:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def paired_main(args):
+    """Markdown table: per method, the mean of ``--key`` over seeds and its paired difference to ``--reference``
+    with the 95% t-interval (finished runs, seeds both have)."""
+    rows = {}
+    for run_dir in args.runs:
+        for method, seeds in read_runs([run_dir]).items():
+            if method == 'teacher_ce' or (args.methods and method not in args.methods):
+                continue
+            values = {seed: run_value(run_dir, method, seed, records, args.key) for seed, (records, _) in seeds.items()}
+            rows.setdefault(method, {}).update({s: v for s, v in values.items() if v is not None})
+    if args.reference not in rows or not rows[args.reference]:
+        sys.exit(f'--reference: no finished run of `{args.reference}` with `{args.key}` under {", ".join(args.runs)}')
+    reference = {'student': rows[args.reference]}
+    lines = [f'| method | {args.key} (mean over seeds) | Δ vs {LABELS.get(args.reference, args.reference)}, paired 95% CI |',
+             '|---|---|---|']
+    for method in [m for m in (args.methods or rows) if rows.get(m)]:
+        values = rows[method]
+        cell = '-'
+        if method != args.reference:
+            diff, half, n = paired_interval({'student': values}, reference)
+            cell = f'{diff:+.3f} ± {"n/a" if n < 2 else f"{half:.3f}"} (n={n})'
+        lines.append(f'| {LABELS.get(method, method)} | {mean(list(values.values())):.3f} (n={len(values)}) | {cell} |')
+    text = '\n'.join(lines)
+    print(text)
+    return text
+
+
 # ---------------------------------------------------------------------------------------------------- Z-score bound
 def zscore_bound_main(args):
     """Markdown table: the largest standardized logit and the sharpest target probability Z-score KD can give."""
@@ -360,13 +409,20 @@ def main(argv=None):
     converge.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/)')
     converge.add_argument('--methods', nargs='+', help='methods, in this order (default: all)')
     converge.add_argument('--window', type=int, default=5, help='epochs per window (default 5)')
+    paired = sub.add_parser('paired', help='one metric per method, paired differences to a reference with 95% CIs')
+    paired.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/ and results/)')
+    paired.add_argument('--key', required=True,
+                        help=f'{", ".join(TEST_KEYS)} (test set), or a key of the last per-epoch record '
+                             '(validation set: teacher_logit_std, kl, agreement, gap, teacher_top1, ...)')
+    paired.add_argument('--reference', default='kd')
+    paired.add_argument('--methods', nargs='+', help='methods, in this order (default: all)')
     bound = sub.add_parser('zscore_bound', help="the sharpest softened target a Z-scored logit vector can give")
     bound.add_argument('--classes', type=int, nargs='+', default=[10, 100, 1000])
     bound.add_argument('--temperatures', type=float, nargs='+', default=[0.5, 1, 2, 3, 4])
     bound.add_argument('--std', default='unbiased', choices=('unbiased', 'population'))
     args = parser.parse_args(argv)
     import pesf_ext  # noqa: F401  (registries)
-    return {'metrics': metrics_main, 'figures': figures_main, 'convergence': convergence_main,
+    return {'metrics': metrics_main, 'figures': figures_main, 'convergence': convergence_main, 'paired': paired_main,
             'zscore_bound': zscore_bound_main}[args.command](args)
 
 
