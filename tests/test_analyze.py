@@ -139,3 +139,9 @@ def test_paired_needs_the_reference(tmp_path):
     write_finished(tmp_path, 'pesfkd_seed0', 3.0, 0.2)
     with pytest.raises(SystemExit, match='--reference'):
         analyze.main(['paired', '--runs', str(tmp_path), '--key', 'test_gap'])
+
+
+def test_read_runs_leaves_out_runs_without_a_summary_where_results_exist(tmp_path):
+    write_finished(tmp_path, 'kd_seed0', 4.0, 0.5)
+    write_finished(tmp_path, 'kd_seed1', 4.0, 0.5, finished=False)  # compare.py is still running it
+    assert set(analyze.read_runs([str(tmp_path)])['kd']) == {0}

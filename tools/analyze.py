@@ -86,7 +86,8 @@ def metrics_main(args):
 
 # ---------------------------------------------------------------------------------------------------- figures
 def read_runs(run_dirs):
-    """{method: {seed: (records by epoch, samples path)}} from the runs' logs/ directories."""
+    """{method: {seed: (records by epoch, samples path)}} from the runs' logs/ directories; where a run directory
+    has results/ (tools/compare.py's), only the runs whose summary JSON is there (finished)."""
     runs = collections.defaultdict(dict)
     for run_dir in run_dirs:
         for path in sorted(glob.glob(os.path.join(run_dir, 'logs', '*_epochs.jsonl'))):
@@ -99,6 +100,9 @@ def read_runs(run_dirs):
                     if line.strip():
                         record = json.loads(line)
                         records[record['epoch']] = record  # a resumed run may repeat an epoch: the last one counts
+            if os.path.isdir(os.path.join(run_dir, 'results')) and \
+                    not os.path.isfile(summary_path(run_dir, label)):
+                continue  # still running (tools/compare.py writes the summary last): its curves stop early
             samples = path[:-len('_epochs.jsonl')] + '_epoch_samples.pt'
             runs[method][seed] = (records, samples if os.path.isfile(samples) else None)
     return runs
@@ -132,7 +136,9 @@ def plot_curves(runs, panels, path, title):
             epochs, mean, std = curve(seeds, key)
             label = f'{label_of(method)} (n={len(seeds)})'
             line, = ax.plot(epochs + 1, mean, marker='o', markersize=3, color=colors[method], label=label)
-            ax.fill_between(epochs + 1, mean - std, mean + std, color=colors[method], alpha=0.15)
+            nonnegative = all(rec[key] >= 0 for recs, _ in seeds.values() for rec in recs.values())
+            low = (mean - std).clip(min=0) if nonnegative else mean - std  # a KL's band stays >= 0
+            ax.fill_between(epochs + 1, low, mean + std, color=colors[method], alpha=0.15)
             legend.setdefault(label, line)
         if linthresh:
             ax.set_yscale('symlog', linthresh=linthresh[0])
