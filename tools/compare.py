@@ -6,7 +6,7 @@ parameters, sharpness gap, KL and top-1 agreement.
     python tools/compare.py --methods kd zscore --seeds 5 \\
         --grid 'zscore:train.criterion.kwargs.sub_terms.zscore.criterion.kwargs.temperature=2,3' --jobs 2
     # a sweep that includes the config's own value: 'default' is the plain run (no override, same records)
-    python tools/compare.py --methods kd pesfkd --seeds 5 \
+    python tools/compare.py --methods kd pesfkd --seeds 5 \\
         --grid 'pesfkd:train.optimizer.module_wise_configs.6.kwargs.lr=default,2e-4,2e-3'
 
 Every run is a separate process of tools/image_classification.py on a shipped config of configs/fashion_mnist/ with
@@ -269,7 +269,8 @@ def get_args(argv=None):
                         help='a folder that keeps the finished runs across machines (e.g. committed, '
                              'docs/results/converged): its summaries and per-epoch records are copied into --out_dir '
                              'before and back after each run; the teacher is trained again when its checkpoint is '
-                             'missing, and must reproduce its recorded test top-1 (runs are deterministic on one machine, not across CPUs)')
+                             'missing, and must reproduce its recorded test top-1 (runs are deterministic on one '
+                             'machine, not across CPUs)')
     parser.add_argument('-rerun', action='store_true', help='redo runs whose summary JSON exists')
     parser.add_argument('-reuse', action='store_true', help='(default now; kept for old command lines)')
     parser.add_argument('--commands_only', action='store_true',
