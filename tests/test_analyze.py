@@ -145,3 +145,10 @@ def test_read_runs_leaves_out_runs_without_a_summary_where_results_exist(tmp_pat
     write_finished(tmp_path, 'kd_seed0', 4.0, 0.5)
     write_finished(tmp_path, 'kd_seed1', 4.0, 0.5, finished=False)  # compare.py is still running it
     assert set(analyze.read_runs([str(tmp_path)])['kd']) == {0}
+
+
+def test_label_of_turns_grid_run_labels_back_into_readable_points():
+    assert analyze.label_of('kd') == 'KD'
+    assert analyze.label_of('pesfkd__lr-2e-4') == 'PESF-KD (lr=2e-4)'
+    assert analyze.label_of('pesfkd__lr-2e-3_teacher_warmup_epochs-5') == 'PESF-KD (lr=2e-3, teacher_warmup_epochs=5)'
+    assert analyze.label_of('zscore__temperature-0.5_beta-3') == 'Z-score KD (temperature=0.5, beta=3)'

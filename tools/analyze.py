@@ -109,8 +109,11 @@ def read_runs(run_dirs):
 
 
 def label_of(method):
+    """``pesfkd__lr-2e-3_teacher_warmup_epochs-5`` (a run label of ``tools/compare.py --grid``) ->
+    ``PESF-KD (lr=2e-3, teacher_warmup_epochs=5)``."""
     base, _, point = method.partition('__')
-    return LABELS.get(base, base) + (f' ({point})' if point else '')
+    pairs = re.findall(r'([A-Za-z][A-Za-z0-9_]*?)-([^_]*)(?:_|$)', point)
+    return LABELS.get(base, base) + (f' ({", ".join(f"{k}={v}" for k, v in pairs) or point})' if point else '')
 
 
 def curve(runs, key):
@@ -328,7 +331,7 @@ def convergence_main(args):
         change, half, n = paired_interval(after, before)
         best = sorted(max(records, key=lambda e: (records[e]['student_top1'], -e)) + 1
                       for seed, (records, _) in runs[method].items() if seed in windows)
-        lines.append(f'| {LABELS.get(method, method)} | {n} | {mean(list(before["student"].values())):.2f} | '
+        lines.append(f'| {label_of(method)} | {n} | {mean(list(before["student"].values())):.2f} | '
                      f'{mean(list(after["student"].values())):.2f} | {change:+.2f} ± {"n/a" if n < 2 else f"{half:.2f}"} | '
                      f'{best[(len(best) - 1) // 2]} |')
     text = '\n'.join(lines)
@@ -368,7 +371,7 @@ def paired_main(args):
     if args.reference not in rows or not rows[args.reference]:
         sys.exit(f'--reference: no finished run of `{args.reference}` with `{args.key}` under {", ".join(args.runs)}')
     reference = {'student': rows[args.reference]}
-    lines = [f'| method | {args.key} (mean over seeds) | Δ vs {LABELS.get(args.reference, args.reference)}, paired 95% CI |',
+    lines = [f'| method | {args.key} (mean over seeds) | Δ vs {label_of(args.reference)}, paired 95% CI |',
              '|---|---|---|']
     for method in [m for m in (args.methods or rows) if rows.get(m)]:
         values = rows[method]
@@ -376,7 +379,7 @@ def paired_main(args):
         if method != args.reference:
             diff, half, n = paired_interval({'student': values}, reference)
             cell = f'{diff:+.3f} ± {"n/a" if n < 2 else f"{half:.3f}"} (n={n})'
-        lines.append(f'| {LABELS.get(method, method)} | {mean(list(values.values())):.3f} (n={len(values)}) | {cell} |')
+        lines.append(f'| {label_of(method)} | {mean(list(values.values())):.3f} (n={len(values)}) | {cell} |')
     text = '\n'.join(lines)
     print(text)
     return text
