@@ -50,6 +50,7 @@ class Dataset:
     mlkd_max_grad_norm: float = None    # MLKD gradient clipping (not in the reference; see FASHION_MNIST)
     rco_anchor_epochs: tuple = ()       # RCO: epochs after which the teacher's route is saved (evenly spaced)
     init_epochs: int = 30               # AB, FT, FSP: epochs of the init stage (RepDistiller --init_epochs 30)
+    zscore_temperature: tuple = (2.0, "the Z-score authors' base temperature 2")  # (tau, why) of the Z-score plug-ins
 
 
 @dataclass(frozen=True)
@@ -290,10 +291,15 @@ def kd_term(ctx):
         beta=0.9, reduction='batchmean'))
 
 
+def zscore_temperature(ctx):
+    """The base temperature of every Z-score plug-in on ``ctx.data``, with the comment that says why."""
+    return note(*ctx.data.zscore_temperature)
+
+
 def pesfkd_term(temperature=4.0, beta=0.9, zscore=False):
     def term(ctx):
         return sub_term('pesfkd', 'PESFKDLoss', logits(
-            temperature=temperature, alpha=note(0.1, "CE weight; the paper's alpha (KL weight) is beta"), beta=beta,
+            temperature=zscore_temperature(ctx) if zscore else temperature, alpha=note(0.1, "CE weight; the paper's alpha (KL weight) is beta"), beta=beta,
             teacher_kl=note('reverse', "eq. 8; 'released' = the authors' released code (pesfkd_released.yaml)"),
             logit_standardization=zscore, reduction='batchmean'))
     return term
@@ -332,8 +338,7 @@ MLKD_CODE = 'sunshangquan/logit-standardization-KD mdistiller/distillers/MLKD.py
 def mlkd_term(zscore):
     def term(ctx):
         return sub_term('mlkd', 'MLKDLoss', logits(
-            temperature=note(2.0 if zscore else 4.0, "base temperature: the Z-score authors' --base-temp 2 with "
-                             'logit standardization, else mdistiller cfg KD.TEMPERATURE 4'),
+            temperature=zscore_temperature(ctx) if zscore else note(4.0, 'mdistiller cfg KD.TEMPERATURE 4'),
             extra_temperatures=[3.0, 5.0, 2.0, 6.0],
             strong_view_temperatures=note(3, "as the reference: its strong-view KD evaluates T = 2, 6 on the weak view"),
             alpha=note(1.0, 'CE weight (Z-score repository cfg KD.LOSS.CE_WEIGHT 1)'),
@@ -368,15 +373,16 @@ def curriculum_temperature():
 def ftkd_term(temperature=4.0, beta=0.9, zscore=False):
     def term(ctx):
         return sub_term('ftkd', 'FTKDLoss', logits(
-            temperature=temperature, alpha=0.1, beta=beta, teacher_ce_weight=1.0, logit_standardization=zscore,
+            temperature=zscore_temperature(ctx) if zscore else temperature, alpha=0.1, beta=beta,
+            teacher_ce_weight=1.0, logit_standardization=zscore,
             reduction='batchmean'))
     return term
 
 
 def zscore_term(ctx):
     return sub_term('zscore', 'ZScoreKDLoss', logits(
-        temperature=note(2.0, 'Z-score paper: base temperature 2, lambda_CE 0.1, lambda_KD 9'),
-        alpha=0.1, beta=9.0, std='unbiased', reduction='batchmean'))
+        temperature=zscore_temperature(ctx),
+        alpha=0.1, beta=note(9.0, 'Z-score paper: lambda_CE 0.1, lambda_KD 9'), std='unbiased', reduction='batchmean'))
 
 
 ONLINE_TEACHER_NOTE = (
@@ -408,7 +414,8 @@ def dkd_term(zscore):
             weights = {'alpha': note(9.0, f'DKD + Z-score as its authors run it ({ZSCORE_TRAIN} with --logit-stand '
                                           "--base-temp 2 --kd-weight 9): DKD's alpha and beta times 9, temperature 2",
                                      above=True),
-                       'beta': note(9 * beta, f"9 x this pair's DKD beta ({beta})"), 'temperature': 2.0}
+                       'beta': note(9 * beta, f"9 x this pair's DKD beta ({beta})"),
+                       'temperature': zscore_temperature(ctx)}
         else:
             weights = {'alpha': note(1.0, "TCKD weight (DKD's alpha, not a CE weight)"),
                        'beta': note(beta, 'NCKD weight'), 'temperature': 4.0}
@@ -697,8 +704,8 @@ METHODS = {m.name: m for m in (
     Method('pesfkd_released', (pesfkd_released_term,), teacher_side='released'),
     Method('ftkd', (ftkd_term(),), teacher_side='full'),
     Method('zscore', (zscore_term,)),
-    Method('pesfkd_zscore', (pesfkd_term(temperature=2.0, beta=9.0, zscore=True),), teacher_side='adapters'),
-    Method('ftkd_zscore', (ftkd_term(temperature=2.0, beta=9.0, zscore=True),), teacher_side='full'),
+    Method('pesfkd_zscore', (pesfkd_term(beta=9.0, zscore=True),), teacher_side='adapters'),
+    Method('ftkd_zscore', (ftkd_term(beta=9.0, zscore=True),), teacher_side='full'),
     Method('dml', (dml_term,), teacher_side='full'),
     Method('kdcl', (kdcl_term('min_logit'),), teacher_side='full'),
     Method('kdcl_naive', (kdcl_term('naive'),), teacher_side='full'),
