@@ -299,7 +299,8 @@ def zscore_temperature(ctx):
 def pesfkd_term(temperature=4.0, beta=0.9, zscore=False):
     def term(ctx):
         return sub_term('pesfkd', 'PESFKDLoss', logits(
-            temperature=zscore_temperature(ctx) if zscore else temperature, alpha=note(0.1, "CE weight; the paper's alpha (KL weight) is beta"), beta=beta,
+            temperature=zscore_temperature(ctx) if zscore else temperature,
+            alpha=note(0.1, "CE weight; the paper's alpha (KL weight) is beta"), beta=beta,
             teacher_kl=note('reverse', "eq. 8; 'released' = the authors' released code (pesfkd_released.yaml)"),
             logit_standardization=zscore, reduction='batchmean'))
     return term
@@ -929,7 +930,8 @@ def distillation_optimizer(ctx):
     if method.features == 'ft':
         groups.append(param_group('translator', data.lr, data.weight_decay))
     if method.teacher_side in ('adapters', 'head', 'released'):
-        groups.append(param_group('adapters', note(ADAPTER_LR, ADAPTER_LR_NOTE, above=True), data.weight_decay, is_teacher=True))
+        adapter_lr = note(ADAPTER_LR, ADAPTER_LR_NOTE, above=True)
+        groups.append(param_group('adapters', adapter_lr, data.weight_decay, is_teacher=True))
     elif method.teacher_side == 'full':
         groups += module_wise(pair.teacher, data.num_classes, FTKD_TEACHER_LR, data.weight_decay, is_teacher=True,
                               prefix=ctx.path('teacher', ''))
