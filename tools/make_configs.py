@@ -196,7 +196,9 @@ FASHION_MNIST = Dataset(
     # MLKD's class-level term ||P_t^T P_t - P_s^T P_s||^2 / K grows like (N / K)^2: on 10 classes it is ~100x its
     # CIFAR-100 size, and the students diverged within 4 steps at lr 0.05 (logit std 1e21) without clipping
     mlkd_max_grad_norm=5.0, rco_anchor_epochs=(5, 10, 20),
-    init_epochs=4)                      # RepDistiller's 30 init epochs of 240, scaled to this 30-epoch schedule
+    init_epochs=4,                      # RepDistiller's 30 init epochs of 240, scaled to this 30-epoch schedule
+    zscore_temperature=(2.0, "the Z-score authors' base temperature (Z-score KD here: 0.5, 1 and 3 did no better, "
+                             'docs/RESULTS.md question 3)'))
 CIFAR100 = Dataset(
     name='cifar100', num_classes=100, input_shape=(1, 3, 32, 32), datasets=CIFAR100_DATASETS, batch_size=64,
     lr=0.05, weight_decay=5e-4, num_epochs=240, num_workers=8, log_freq=100,
