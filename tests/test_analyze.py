@@ -41,6 +41,21 @@ def test_figures_from_records(tmp_path):
         assert os.path.getsize(path) > 10_000
 
 
+def test_legend_layout_fits_long_labels():
+    short = [f'm{i} (n=5)' for i in range(4)]
+    assert analyze.legend_layout(short, width_in=13.8) == (4, 1)  # short labels: one row
+    long = ['KD (n=5)', 'PESF-KD (lr=2e-3) (n=5)', 'PESF-KD (lr=2e-3, teacher_warmup_epochs=5) (n=5)',
+            'PESF-KD (lr=2e-2) (n=5)', 'PESF-KD (lr=2e-2, teacher_warmup_epochs=5) (n=5)']
+    columns, rows = analyze.legend_layout(long, width_in=13.8)
+    assert columns < len(long) and columns * rows >= len(long)
+    parts = analyze.legend_columns(long, columns)
+    assert [len(part) for part in parts] == [rows] + [len(part) for part in parts[1:]] and sum(map(len, parts)) == 5
+    assert sum(0.075 * max(map(len, part)) + 0.75 for part in parts) <= 13.8  # the chosen columns fit
+    parts = analyze.legend_columns(long, columns + 1)
+    assert sum(0.075 * max(map(len, part)) + 0.75 for part in parts) > 13.8  # and one more would not
+    assert analyze.legend_layout(['x' * 400], width_in=13.8) == (1, 1)
+
+
 def test_figures_from_records_without_samples(tmp_path, capsys):
     # committed records (compare.py --records_dir) keep the per-epoch lines only: the curves are drawn, the
     # per-sample figures are skipped with a message instead of failing

@@ -124,13 +124,33 @@ def curve(runs, key):
     return np.array(epochs), values.mean(axis=0), values.std(axis=0)
 
 
+def legend_columns(labels, columns):
+    """The labels of each column, as matplotlib lays out a legend of ``columns`` columns: column by column, the
+    entries split as evenly as possible with the longer columns first (``numpy.array_split``)."""
+    import numpy as np
+    return [list(part) for part in np.array_split(np.array(labels, dtype=object), columns)]
+
+
+def legend_layout(labels, width_in, char_in=0.075, handle_in=0.75, max_columns=6):
+    """(columns, rows) of a figure legend: the most columns (at most ``max_columns``) whose widest labels, at about
+    ``char_in`` inches a character plus ``handle_in`` for the line sample and padding, fit in ``width_in`` inches."""
+    for columns in range(min(len(labels), max_columns), 0, -1):
+        parts = legend_columns(labels, columns)
+        if columns == 1 or sum(char_in * max(map(len, part)) + handle_in for part in parts) <= width_in:
+            return columns, len(parts[0])
+    return 1, 0
+
+
 def plot_curves(runs, panels, path, title):
     """One axes per (key, y label[, symlog threshold]) panel; a line per method (mean over seeds, band ±1 std), one
     colour per method in every panel. A threshold makes the axis symlog (linear within ±threshold), so the first
     epochs' large values (an untrained student's gap and KL) do not flatten the rest."""
     import matplotlib.pyplot as plt
     colors = {method: f'C{i % 10}' for i, method in enumerate(runs)}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8))
+    width = 4.6 * len(panels)
+    columns, rows = legend_layout([f'{label_of(method)} (n={len(seeds)})' for method, seeds in runs.items()], width)
+    height = 3.4 + 0.3 * rows  # each legend row adds to the figure, not at the axes' expense
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, height))
     legend = {}
     for ax, (key, ylabel, *linthresh) in zip(axes, panels):
         for method, seeds in runs.items():
@@ -149,9 +169,9 @@ def plot_curves(runs, panels, path, title):
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.legend(list(legend.values()), list(legend), loc='lower center', ncol=min(len(legend), 6), frameon=False)
+    fig.legend(list(legend.values()), list(legend), loc='lower center', ncol=columns, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.tight_layout(rect=(0, (0.1 + 0.3 * rows) / height, 1, 0.95))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -37,10 +37,11 @@ class PESFKDLoss(LogitPairLoss):
     student learns from. Released defaults: ``alpha`` = gamma = 1, ``beta`` = its ``-a``, ``teacher_alpha`` = 1,
     ``teacher_beta`` = ``beta`` (one ``-a`` weighs both KL terms). Classification heads only.
 
-    ``teacher_warmup_epochs`` :math:`E_{warm} > 0` (not in the papers; an option to measure, default 0 = off) ramps
-    the adapters' KL term linearly, :math:`\\beta_t \\cdot \\min(e / E_{warm}, 1)`, as DKD ramps its terms: early in
-    training the student is far from the teacher, and a large adapter lr lets the reverse KL drag the teacher onto
-    it. The epoch :math:`e` (1-based) comes from :meth:`set_epoch`, which ``distillation_pre_epoch_process`` calls.
+    ``teacher_warmup_epochs`` :math:`E_{warm} > 0` (not in the papers; default 0 = off) ramps the adapters' KL
+    term linearly, :math:`\\beta_t \\cdot \\min(e / E_{warm}, 1)`, as DKD ramps its terms: early in training the
+    student is far from the teacher, and a large adapter lr lets the reverse KL drag the teacher onto it. The epoch
+    :math:`e` (1-based) comes from :meth:`set_epoch`, which ``distillation_pre_epoch_process`` calls. Measured in
+    docs/RESULTS.md (question 2): on Fashion-MNIST it does not rescue the larger adapter lrs.
 
     The sum :math:`L_s + L_{ta}` is returned: student and adapters have disjoint parameters, so one backward
     gives each its own gradient. Frozen teacher parameters get none, which keeps PESF-KD cheap.
