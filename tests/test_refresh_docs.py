@@ -60,3 +60,13 @@ def test_failing_command_and_page_without_blocks_exit_with_a_message(tmp_path):
     page.write_text('# nothing generated\n')
     with pytest.raises(SystemExit, match='no generated block'):
         refresh_docs.main([str(page)])
+
+
+def test_a_block_of_several_commands_gets_each_output_in_turn():
+    # two lines without a continuation are two commands (joined into one, the second would be arguments of the first)
+    page = PAGE.replace('''python -c "print('| a | 1 |')"''', '''python -c "print('| a | 1 |')"
+python -c "print('| a | 2 |')"''')
+    new_text, count, changed = refresh_docs.refresh(page)
+    assert count == 2 and len(changed) == 1
+    assert '| a | 1 |\n\n| a | 2 |\n<!-- end generated -->' in new_text
+    assert refresh_docs.split_commands('a \\\n  b\nc\n\n') == ['a b', 'c']

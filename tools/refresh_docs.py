@@ -3,13 +3,15 @@
     python tools/refresh_docs.py docs/RESULTS.md            # rewrite every generated block
     python tools/refresh_docs.py docs/RESULTS.md --check    # exit 1 if a block differs from its command's output
 
-A generated block is a fenced ``bash`` block holding one command, followed (after an optional blank line) by
+A generated block is a fenced ``bash`` block holding one command or several (one per line; a line ending in ``\\``
+continues on the next), followed (after an optional blank line) by
 
     <!-- generated: tools/refresh_docs.py -->
     ...the command's standard output, verbatim...
     <!-- end generated -->
 
-The command runs from the repository root through the shell; its stdout replaces what is between the markers. The
+Each command runs from the repository root through the shell; their stdouts, a blank line between two, replace what
+is between the markers. The
 commands are meant to build tables from committed records (``tools/compare.py ... -table_only``,
 ``tools/analyze.py zscore_bound``), which take seconds and train nothing.
 """
@@ -34,13 +36,27 @@ def command_output(command):
     return done.stdout.strip() + '\n'
 
 
+def split_commands(block):
+    """The commands of a block: one per line, a line ending in a backslash continuing on the next."""
+    commands, current = [], []
+    for line in block.splitlines():
+        current.append(line.strip().rstrip('\\').strip())
+        if not line.rstrip().endswith('\\'):
+            commands.append(' '.join(part for part in current if part))
+            current = []
+    if current:
+        commands.append(' '.join(part for part in current if part))
+    return [command for command in commands if command]
+
+
 def refresh(text, run=command_output):
     """(new text, number of blocks, commands whose output differed from the page)."""
     changed = []
 
     def replace(match):
-        command = ' '.join(line.rstrip('\\').strip() for line in match['command'].splitlines())
-        output = run(command)
+        commands = split_commands(match['command'])
+        command = '; '.join(commands)
+        output = '\n'.join(run(one) for one in commands)
         if output != match['body']:
             changed.append(command)
         return match.group(0)[:match.start('body') - match.start()] + output + END
