@@ -64,6 +64,13 @@ def test_table_aggregates_seeds_pairs_differences_and_relates_cost():
     assert lines[5].startswith('| crd | failed: crd_seed1')
 
 
+def test_point_text_reads_grid_points_and_run_labels_alike():
+    assert compare.point_text('temperature=2_alpha=0.5') == 'temperature=2, alpha=0.5'
+    assert compare.point_text('grad_accum_step=1_weight=1.0') == 'grad_accum_step=1, weight=1.0'
+    assert compare.point_text('lr-2e-3_teacher_warmup_epochs-5', sep='-') == 'lr=2e-3, teacher_warmup_epochs=5'
+    assert compare.point_text('lr=2e-3') == 'lr=2e-3'
+
+
 def test_grid_is_a_product_per_method():
     grid = compare.parse_grid(['a.b.temperature=2,4', 'kd:c.alpha=0.1,0.5'], ['kd', 'zscore'])
     assert [label for label, _ in grid['zscore']] == ['temperature=2', 'temperature=4']

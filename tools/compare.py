@@ -33,6 +33,7 @@ import json
 import math
 import os
 import queue
+import re
 import shutil
 import shlex
 import statistics
@@ -200,6 +201,13 @@ def paired_interval(row, reference, confidence=0.95):
     return mean(diffs), half, len(diffs)
 
 
+def point_text(point, sep='='):
+    """A grid point as a table shows it: ``lr=2e-3_teacher_warmup_epochs=5`` -> ``lr=2e-3, teacher_warmup_epochs=5``;
+    ``sep='-'`` reads a run label's form (``lr-2e-3_teacher_warmup_epochs-5``). Values may not hold ``_``."""
+    pairs = re.findall(rf'([A-Za-z][A-Za-z0-9_]*?){sep}([^_]*)(?:_|$)', point)
+    return ', '.join(f'{key}={value}' for key, value in pairs) or point
+
+
 def table(rows, reference=None, failures=None, metric='top-1', labels=None):
     """Markdown table: ``rows`` maps a row label (method or method@grid point) to :func:`summarize` output;
     ``metric`` names the compared metric in the header."""
@@ -228,7 +236,7 @@ def table(rows, reference=None, failures=None, metric='top-1', labels=None):
         params = f'{res["counts"]["student"][0]:,} / ' + (
             f'{res["counts"]["teacher"][0]:,}' if 'teacher' in res['counts'] else '-')
         method, _, point = label.partition('@')
-        name = labels.get(method, method) + (f' ({point})' if point else '')
+        name = labels.get(method, method) + (f' ({point_text(point)})' if point else '')
         lines.append(f'| {name} | {mean(students):.2f} ± {std} (n={res["n"]}) | {delta} | {teacher} | {teacher_std} | {gap} | '
                      f'{kl} | {agreement} | {res["seconds_per_step"]:.4f} | {ratio} | {params} |')
     for label, run_labels in (failures or {}).items():
