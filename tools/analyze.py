@@ -147,7 +147,8 @@ def plot_curves(runs, panels, path, title):
     import matplotlib.pyplot as plt
     colors = {method: f'C{i % 10}' for i, method in enumerate(runs)}
     width = 4.6 * len(panels)
-    columns, rows = legend_layout([f'{label_of(method)} (n={len(seeds)})' for method, seeds in runs.items()], width)
+    labels = {method: f'{label_of(method)} (n={len(seeds)})' for method, seeds in runs.items()}
+    columns, rows = legend_layout(list(labels.values()), width)
     height = 3.4 + 0.3 * rows  # each legend row adds to the figure, not at the axes' expense
     fig, axes = plt.subplots(1, len(panels), figsize=(width, height))
     legend = {}
@@ -156,7 +157,7 @@ def plot_curves(runs, panels, path, title):
             if not all(key in rec for recs, _ in seeds.values() for rec in recs.values()):
                 continue
             epochs, mean, std = curve(seeds, key)
-            label = f'{label_of(method)} (n={len(seeds)})'
+            label = labels[method]
             line, = ax.plot(epochs + 1, mean, marker='o', markersize=3, color=colors[method], label=label)
             nonnegative = all(rec[key] >= 0 for recs, _ in seeds.values() for rec in recs.values())
             low = (mean - std).clip(min=0) if nonnegative else mean - std  # a KL's band stays >= 0

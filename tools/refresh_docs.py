@@ -11,9 +11,8 @@ continues on the next), followed (after an optional blank line) by
     <!-- end generated -->
 
 Each command runs from the repository root through the shell; their stdouts, a blank line between two, replace what
-is between the markers. The
-commands are meant to build tables from committed records (``tools/compare.py ... -table_only``,
-``tools/analyze.py zscore_bound``), which take seconds and train nothing.
+is between the markers. The commands are meant to build tables from committed records (``tools/compare.py ...
+-table_only``, ``tools/analyze.py zscore_bound``), which take seconds and train nothing.
 """
 import argparse
 import os
