@@ -79,6 +79,17 @@ def test_grid_is_a_product_per_method():
     assert compare.parse_grid([], ['kd']) == {'kd': [('', [])]}
 
 
+def test_grid_labels_are_safe_file_names_and_distinct():
+    modules = 'train.teacher.auxiliary_model_wrapper.kwargs.adapters.0.modules'
+    grid = compare.parse_grid([f'pesfkd:{modules}=default,[layer3.*],[fc]'], ['pesfkd'])
+    assert grid['pesfkd'] == [('', []), ('modules=layer3.all', [f'{modules}=[layer3.*]']),
+                              ('modules=fc', [f'{modules}=[fc]'])]
+    with pytest.raises(SystemExit, match=r'make them distinct'):
+        compare.parse_grid(['a.modules=[fc],fc'], ['kd'])
+    with pytest.raises(SystemExit, match=r'make them distinct'):
+        compare.parse_grid(['a.modules=[]'], ['kd'])
+
+
 def test_grid_value_default_is_the_plain_run(tmp_path, capsys):
     grid = compare.parse_grid(['kd:a.lr=default,2e-4', 'kd:b.temperature=default,2'], ['kd'])
     assert grid['kd'] == [('', []), ('temperature=2', ['b.temperature=2']), ('lr=2e-4', ['a.lr=2e-4']),

@@ -109,6 +109,13 @@ def rco_route(teacher_epochs, student_epochs, teacher_ckpt):
              f'train.rco.switch_epochs={compact(switch)}'])
 
 
+def label_value(value):
+    """A grid value as a run label writes it, safe in a file name and in a glob pattern: brackets, quotes and spaces
+    dropped, ``*`` read as ``all`` and ``?`` as ``any`` (``[layer3.*]`` -> ``layer3.all``); ``_`` is the label's
+    separator and goes too."""
+    return re.sub(r'[^A-Za-z0-9.+-]', '', value.replace('*', 'all').replace('?', 'any'))
+
+
 def parse_grid(specs, methods):
     """``['[method:]KEY=v1,v2', ...]`` -> {method: [(label, [overrides]), ...]}: the Cartesian product of the
     values of every key that applies to the method (all methods without a ``method:`` prefix). The value
@@ -119,11 +126,15 @@ def parse_grid(specs, methods):
         if '=' not in body:
             raise SystemExit(f'--grid {spec}: expected [method:]KEY=v1,v2,...')
         key, values = body.split('=', 1)
+        values = values.split(',')
+        labels = [label_value(v) for v in values]
+        if len(set(labels)) < len(labels) or '' in labels:
+            raise SystemExit(f'--grid {spec}: values {values} give the run labels {labels}; make them distinct')
         for method in ([scope] if scope else methods):
             if method not in axes:
                 raise SystemExit(f'--grid {spec}: method `{method}` is not in --methods')
-            axes[method].append([(None, None) if v == 'default' else (f'{key.rsplit(".", 1)[-1]}={v}', f'{key}={v}')
-                                 for v in values.split(',')])
+            axes[method].append([(None, None) if v == 'default' else (f'{key.rsplit(".", 1)[-1]}={label}', f'{key}={v}')
+                                 for v, label in zip(values, labels)])
 
     def point_of(values):  # ((label, override) per key) -> (point label, overrides), defaults left out
         return '_'.join(label for label, _ in values if label), [override for _, override in values if override]
