@@ -438,7 +438,7 @@ def main(argv=None):
     converge.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/)')
     converge.add_argument('--methods', nargs='+', help='methods, in this order (default: all)')
     converge.add_argument('--window', type=int, default=5, help='epochs per window (default 5)')
-    paired = sub.add_parser('paired', help='one metric per method, paired differences to a reference with 95% CIs')
+    paired = sub.add_parser('paired', help='one metric per method, paired differences to a reference with 95%% CIs')
     paired.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/ and results/)')
     paired.add_argument('--key', required=True,
                         help=f'{", ".join(TEST_KEYS)} (test set), or a key of the last per-epoch record '
