@@ -228,3 +228,23 @@ def test_records_dir_keeps_runs_across_machines_and_checks_the_teacher(tmp_path,
     with pytest.raises(SystemExit, match='another teacher'):
         compare.main(args + ['--seeds', '3'])
     assert calls[4:] == ['teacher_ce']
+
+
+def test_table_names_its_machine_and_table_only_writes_nothing(tmp_path, fake_image_runs, capsys):
+    run, calls = fake_image_runs
+    out = tmp_path / 'runs'
+    args = ['--methods', 'kd', '--seeds', '2', '--out_dir', str(out)]
+    compare.main(args)
+    for seed, cpu in ((0, 'CPU A'), (1, 'CPU B')):
+        path = compare.summary_path(str(out), f'kd_seed{seed}')
+        summary = json.load(open(path))
+        _write(path, dict(summary, machine={'cpu': cpu, 'threads': 1}))
+    os.remove(out / 'results' / 'table.md')
+    capsys.readouterr()
+    compare.main(args + ['-table_only'])
+    footnote = capsys.readouterr().out.strip().splitlines()[-1]
+    assert 'Run on several machines (CPU A; CPU B)' in footnote
+    assert not (out / 'results' / 'table.md').exists()              # -table_only reads records, writes nothing
+    assert compare.machines_note({'kd': {'machines': ['CPU A']}}) == 'Run on: CPU A.'
+    assert compare.machine_name({}) == 'an unrecorded machine'
+    assert compare.machine_name({'machine': {'cpu': 'CPU A', 'gpu': 'GPU B'}}) == 'GPU B'

@@ -155,11 +155,27 @@ def copy_records(source, target):
                 shutil.copy2(path, destination)
 
 
-def recorded_machine(out_dir):
-    """The machine the teacher's summary says it ran on (older records: 'an unrecorded machine')."""
-    with open(summary_path(out_dir, 'teacher_ce')) as f:
-        machine = json.load(f).get('machine') or {}
+def machine_name(summary):
+    """The machine a run's summary JSON says it ran on: its GPU, else its CPU (older records: 'an unrecorded
+    machine')."""
+    machine = summary.get('machine') or {}
     return machine.get('gpu') or machine.get('cpu') or 'an unrecorded machine'
+
+
+def recorded_machine(out_dir):
+    """The machine the teacher's summary says it ran on."""
+    with open(summary_path(out_dir, 'teacher_ce')) as f:
+        return machine_name(json.load(f))
+
+
+def machines_note(rows):
+    """The footnote sentence naming the machine(s) the rows' runs ran on; several get a warning, since same-seed
+    runs are bit-identical on one machine only."""
+    machines = sorted({name for row in rows.values() for name in row.get('machines', [])})
+    if len(machines) == 1:
+        return f'Run on: {machines[0]}.'
+    return (f'Run on several machines ({"; ".join(machines)}): same-seed runs are bit-identical on one machine only, '
+            'so pairs across machines share the initialisation and batches but not the arithmetic.')
 
 
 def teacher_top1(out_dir):
@@ -197,6 +213,7 @@ def summarize(runs, metric='top1'):
         'teacher_std': [r['teacher_logit_std'] for r in records.values() if 'teacher_logit_std' in r],
         'seconds_per_step': mean([result['seconds_per_step'] for result, _ in runs.values()]),
         'counts': first['counts'],
+        'machines': sorted({machine_name(result) for result, _ in runs.values()}),
     }
 
 
@@ -441,13 +458,14 @@ def main(argv=None):
              'classes, validation set after the last epoch. Sharpness gap: mean over test images of '
              'logsumexp(z_t) - logsumexp(z_s); KL (at the '
              "loss's temperature, without tau^2) and top-1 agreement: validation set after the last epoch. "
-             + SPEED_NOTE)
+             + SPEED_NOTE + (' ' + machines_note(rows) if rows else ''))
     print(text)
-    os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
-    with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
-        f.write(text + '\n')
-    with open(os.path.join(out_dir, 'results', 'summary.json'), 'w') as f:
-        json.dump({'args': vars(args), 'rows': rows, 'failures': failures}, f, indent=2)
+    if not args.table_only:  # a table-only call writes nothing: it reads committed records (docs/results/...)
+        os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
+        with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
+            f.write(text + '\n')
+        with open(os.path.join(out_dir, 'results', 'summary.json'), 'w') as f:
+            json.dump({'args': vars(args), 'rows': rows, 'failures': failures}, f, indent=2)
     if records_dir:
         copy_records(out_dir, records_dir)
     return rows
