@@ -46,6 +46,8 @@ def test_values_applied_with_types():
     ('datasets.train=x', 'built while the YAML is read'),
     ('train.num_epochs', 'expected KEY=VALUE'),
     ('+train.optimizer.module_wise_configs.1=3', 'a new key can only be added under a mapping'),
+    ('train.name=[layer3.?]', "train.name: value `[layer3.?]` is not valid YAML"),
+    ('train.name=[layer3.?]', "quote a string that holds one of YAML's special characters"),
 ])
 def test_bad_overrides_name_the_key_and_change_nothing(override, message):
     config = make_config()

@@ -30,7 +30,8 @@ def parse_override(text):
     try:
         value = yaml.safe_load(raw) if raw.strip() else ''
     except yaml.YAMLError as error:
-        raise ConfigError(f'--set {key}: value `{raw}` is not valid YAML ({error})') from error
+        raise ConfigError(f'--set {key}: value `{raw}` is not valid YAML ({error}); quote a string that holds one of '
+                          f"YAML's special characters (? : # [ ] {{ }} , & * !), e.g. ['layer3.?']") from error
     return parts, value, adds
 
 
