@@ -150,6 +150,19 @@ def test_paired_table_hand_values(tmp_path):
     assert rows.splitlines()[3].startswith('| PESF-KD | 0.400 (n=2) | -0.200 ± ')
 
 
+def test_paired_seeds_keeps_the_first_seeds_only(tmp_path):
+    for seed, std in enumerate([4.0, 5.0, 9.0]):                     # KD has a third seed the other lacks
+        write_finished(tmp_path, f'kd_seed{seed}', std, 0.5)
+    for seed, std in enumerate([3.0, 3.0]):
+        write_finished(tmp_path, f'pesfkd_seed{seed}', std, 0.5)
+    args = ['paired', '--runs', str(tmp_path), '--key', 'teacher_logit_std', '--methods', 'kd', 'pesfkd']
+    assert analyze.main(args).splitlines()[2] == '| KD | 6.000 (n=3) | - |'
+    rows = analyze.main(args + ['--seeds', '2']).splitlines()
+    assert rows[2] == '| KD | 4.500 (n=2) | - |'                    # the mean over the seeds the table pairs
+    assert rows[3].startswith('| PESF-KD | 3.000 (n=2) | -1.500 ± ')
+    assert set(analyze.read_runs([str(tmp_path)], seeds=1)['kd']) == {0}
+
+
 def test_paired_needs_the_reference(tmp_path):
     write_finished(tmp_path, 'pesfkd_seed0', 3.0, 0.2)
     with pytest.raises(SystemExit, match='--reference'):

@@ -85,15 +85,18 @@ def metrics_main(args):
 
 
 # ---------------------------------------------------------------------------------------------------- figures
-def read_runs(run_dirs):
+def read_runs(run_dirs, seeds=None):
     """{method: {seed: (records by epoch, samples path)}} from the runs' logs/ directories; where a run directory
-    has results/ (tools/compare.py's), only the runs whose summary JSON is there (finished)."""
+    has results/ (tools/compare.py's), only the runs whose summary JSON is there (finished); with ``seeds``, only
+    seeds 0 .. seeds - 1 (as ``tools/compare.py --seeds``)."""
     runs = collections.defaultdict(dict)
     for run_dir in run_dirs:
         for path in sorted(glob.glob(os.path.join(run_dir, 'logs', '*_epochs.jsonl'))):
             label = os.path.basename(path)[:-len('_epochs.jsonl')]
             match = SEED.match(label)
             method, seed = (match['method'], int(match['seed'])) if match else (label, 0)
+            if seeds is not None and seed >= seeds:
+                continue
             records = {}
             with open(path) as f:
                 for line in f:
@@ -286,7 +289,7 @@ def plot_tsne(runs, path, max_points=1000):
 def figures_main(args):
     import matplotlib
     matplotlib.use('Agg')
-    runs = read_runs(args.runs)
+    runs = read_runs(args.runs, args.seeds)
     runs.pop('teacher_ce', None)
     if args.methods:
         runs = {m: runs[m] for m in args.methods if m in runs}
@@ -330,7 +333,7 @@ def convergence_main(args):
     change between them (mean over seeds, 95% t-interval): a plateau is a change near 0."""
     if args.window < 1:
         sys.exit(f'--window: must be >= 1, got {args.window}')
-    runs = read_runs(args.runs)
+    runs = read_runs(args.runs, args.seeds)
     runs.pop('teacher_ce', None)
     methods = [m for m in (args.methods or runs) if m in runs]
     if not methods:
@@ -383,7 +386,7 @@ def paired_main(args):
     with the 95% t-interval (finished runs, seeds both have)."""
     rows = {}
     for run_dir in args.runs:
-        for method, seeds in read_runs([run_dir]).items():
+        for method, seeds in read_runs([run_dir], args.seeds).items():
             if method == 'teacher_ce' or (args.methods and method not in args.methods):
                 continue
             values = {seed: run_value(run_dir, method, seed, records, args.key) for seed, (records, _) in seeds.items()}
@@ -445,6 +448,9 @@ def main(argv=None):
                              '(validation set: teacher_logit_std, kl, agreement, gap, teacher_top1, ...)')
     paired.add_argument('--reference', default='kd')
     paired.add_argument('--methods', nargs='+', help='methods, in this order (default: all)')
+    for command in (figures, converge, paired):
+        command.add_argument('--seeds', type=int, default=None,
+                             help='only seeds 0 .. SEEDS-1, as tools/compare.py --seeds (default: every seed recorded)')
     bound = sub.add_parser('zscore_bound', help="the sharpest softened target a Z-scored logit vector can give")
     bound.add_argument('--classes', type=int, nargs='+', default=[10, 100, 1000])
     bound.add_argument('--temperatures', type=float, nargs='+', default=[0.5, 1, 2, 3, 4])
