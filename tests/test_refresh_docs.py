@@ -70,3 +70,15 @@ python -c "print('| a | 2 |')"''')
     assert count == 2 and len(changed) == 1
     assert '| a | 1 |\n\n| a | 2 |\n<!-- end generated -->' in new_text
     assert refresh_docs.split_commands('a \\\n  b\nc\n\n') == ['a b', 'c']
+
+
+def test_only_runs_the_matching_blocks_and_leaves_the_rest():
+    ran = []
+
+    def run(command):
+        ran.append(command)
+        return '| new |\n'
+    new_text, count, changed = refresh_docs.refresh(PAGE, run=run, only="'| b |'")
+    assert count == 2 and len(ran) == 1 and "'| b |'" in ran[0]   # the second block's command, not the first's
+    assert '| a | 0 |' in new_text                                   # the first block kept its old table
+    assert new_text.count('| new |') == 1 and changed == ran

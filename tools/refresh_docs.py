@@ -48,13 +48,16 @@ def split_commands(block):
     return [command for command in commands if command]
 
 
-def refresh(text, run=command_output):
-    """(new text, number of blocks, commands whose output differed from the page)."""
+def refresh(text, run=command_output, only=None):
+    """(new text, number of blocks, commands whose output differed from the page); with ``only``, just the blocks
+    whose commands contain that text run, and the others stay as they are."""
     changed = []
 
     def replace(match):
         commands = split_commands(match['command'])
         command = '; '.join(commands)
+        if only is not None and only not in command:
+            return match.group(0)
         output = '\n'.join(run(one) for one in commands)
         if output != match['body']:
             changed.append(command)
@@ -68,12 +71,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('pages', nargs='+')
     parser.add_argument('--check', action='store_true', help='change nothing; exit 1 if a block is out of date')
+    parser.add_argument('--only', metavar='TEXT',
+                        help='refresh only the blocks whose commands contain TEXT (e.g. a run label or a records dir)')
     args = parser.parse_args(argv)
     stale = []
     for page in args.pages:
         with open(page) as f:
             text = f.read()
-        new_text, count, changed = refresh(text)
+        new_text, count, changed = refresh(text, only=args.only)
         if count == 0:
             sys.exit(f'refresh_docs: {page} has no generated block ({BEGIN} after a ```bash command block)')
         stale += [f'{page}: {command}' for command in changed]
