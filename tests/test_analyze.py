@@ -169,6 +169,29 @@ def test_paired_needs_the_reference(tmp_path):
         analyze.main(['paired', '--runs', str(tmp_path), '--key', 'test_gap'])
 
 
+def test_pairs_table_each_row_against_its_own_reference(tmp_path):
+    # KD and PESF-KD at two temperatures; each PESF-KD row is paired with the KD of its temperature
+    for label, (std, gap) in {'kd__temperature-1': (4.0, 1.0), 'pesfkd__temperature-1': (3.0, 0.5),
+                              'kd__temperature-8': (5.0, 0.3), 'pesfkd__temperature-8': (5.0, 0.4)}.items():
+        for seed in (0, 1):
+            write_finished(tmp_path, f'{label}_seed{seed}', std + seed, gap + seed / 10)
+    rows = analyze.main(['pairs', '--runs', str(tmp_path), '--keys', 'test_gap', 'teacher_logit_std', '--pairs',
+                         'kd__temperature-1:pesfkd__temperature-1', 'kd__temperature-8:pesfkd__temperature-8'])
+    rows = rows.splitlines()
+    assert rows[0] == '| method | vs | Δ test_gap, paired 95% CI | Δ teacher_logit_std, paired 95% CI |'
+    # per-seed differences are equal across seeds here, so each interval has half-width 0
+    assert rows[2] == '| PESF-KD (temperature=1) | KD (temperature=1) | -0.500 ± 0.000 (n=2) | -1.000 ± 0.000 (n=2) |'
+    assert rows[3] == '| PESF-KD (temperature=8) | KD (temperature=8) | +0.100 ± 0.000 (n=2) | +0.000 ± 0.000 (n=2) |'
+
+
+def test_pairs_rejects_a_malformed_pair_and_a_missing_method(tmp_path):
+    write_finished(tmp_path, 'kd_seed0', 4.0, 0.5)
+    with pytest.raises(SystemExit, match='REFERENCE:METHOD'):
+        analyze.main(['pairs', '--runs', str(tmp_path), '--pairs', 'kd'])
+    with pytest.raises(SystemExit, match='`pesfkd`'):
+        analyze.main(['pairs', '--runs', str(tmp_path), '--pairs', 'kd:pesfkd'])
+
+
 def test_read_runs_leaves_out_runs_without_a_summary_where_results_exist(tmp_path):
     write_finished(tmp_path, 'kd_seed0', 4.0, 0.5)
     write_finished(tmp_path, 'kd_seed1', 4.0, 0.5, finished=False)  # compare.py is still running it

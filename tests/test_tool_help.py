@@ -6,7 +6,7 @@ import pytest
 
 TOOLS = ['analyze', 'bad_input_table', 'benchmark', 'compare', 'glue_compare', 'image_classification',
          'quickstart', 'refresh_docs', 'text_classification', 'text_quickstart']
-ANALYZE_COMMANDS = ['metrics', 'figures', 'convergence', 'paired', 'zscore_bound']
+ANALYZE_COMMANDS = ['metrics', 'figures', 'convergence', 'paired', 'pairs', 'zscore_bound']
 
 
 def help_text(tool, argv, capsys):

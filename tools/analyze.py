@@ -381,28 +381,61 @@ def run_value(run_dir, method, seed, records, key):
     return value
 
 
+def seed_values(run_dirs, key, seeds=None, methods=None):
+    """``{method: {seed: value of key}}`` over the finished runs of ``run_dirs`` (the teacher's run left out)."""
+    rows = {}
+    for run_dir in run_dirs:
+        for method, runs in read_runs([run_dir], seeds).items():
+            if method == 'teacher_ce' or (methods and method not in methods):
+                continue
+            values = {seed: run_value(run_dir, method, seed, records, key) for seed, (records, _) in runs.items()}
+            rows.setdefault(method, {}).update({s: v for s, v in values.items() if v is not None})
+    return rows
+
+
+def interval_text(values, reference):
+    """``+d ± h (n=N)``: the mean per-seed difference ``values - reference`` with its 95% t-interval."""
+    diff, half, n = paired_interval({'student': values}, {'student': reference})
+    if n == 0:
+        return 'no paired seed'
+    return f'{diff:+.3f} ± {"n/a" if n < 2 else f"{half:.3f}"} (n={n})'
+
+
 def paired_main(args):
     """Markdown table: per method, the mean of ``--key`` over seeds and its paired difference to ``--reference``
     with the 95% t-interval (finished runs, seeds both have)."""
-    rows = {}
-    for run_dir in args.runs:
-        for method, seeds in read_runs([run_dir], args.seeds).items():
-            if method == 'teacher_ce' or (args.methods and method not in args.methods):
-                continue
-            values = {seed: run_value(run_dir, method, seed, records, args.key) for seed, (records, _) in seeds.items()}
-            rows.setdefault(method, {}).update({s: v for s, v in values.items() if v is not None})
+    rows = seed_values(args.runs, args.key, args.seeds, args.methods)
     if args.reference not in rows or not rows[args.reference]:
         sys.exit(f'--reference: no finished run of `{args.reference}` with `{args.key}` under {", ".join(args.runs)}')
-    reference = {'student': rows[args.reference]}
     lines = [f'| method | {args.key} (mean over seeds) | Δ vs {label_of(args.reference)}, paired 95% CI |',
              '|---|---|---|']
     for method in [m for m in (args.methods or rows) if rows.get(m)]:
         values = rows[method]
-        cell = '-'
-        if method != args.reference:
-            diff, half, n = paired_interval({'student': values}, reference)
-            cell = f'{diff:+.3f} ± {"n/a" if n < 2 else f"{half:.3f}"} (n={n})'
+        cell = '-' if method == args.reference else interval_text(values, rows[args.reference])
         lines.append(f'| {label_of(method)} | {mean(list(values.values())):.3f} (n={len(values)}) | {cell} |')
+    text = '\n'.join(lines)
+    print(text)
+    return text
+
+
+def pairs_main(args):
+    """Markdown table: one row per ``REFERENCE:METHOD`` pair, and per ``--keys`` key the paired difference
+    METHOD - REFERENCE over the seeds both have, with its 95% t-interval (e.g. PESF-KD against KD at each
+    temperature, where one reference for all rows would not do)."""
+    pairs = [pair.split(':') for pair in args.pairs]
+    for text, pair in zip(args.pairs, pairs):
+        if len(pair) != 2 or not all(pair):
+            sys.exit(f'--pairs: `{text}` is not REFERENCE:METHOD (e.g. kd__temperature-8:pesfkd__temperature-8)')
+    methods = {name for pair in pairs for name in pair}
+    values = {key: seed_values(args.runs, key, args.seeds, methods) for key in args.keys}
+    for name in sorted(methods):
+        if not values[args.keys[0]].get(name):
+            sys.exit(f'--pairs: no finished run of `{name}` with `{args.keys[0]}` under {", ".join(args.runs)}')
+    lines = ['| method | vs | ' + ' | '.join(f'Δ {key}, paired 95% CI' for key in args.keys) + ' |',
+             '|' + '---|' * (2 + len(args.keys))]
+    for reference, method in pairs:
+        cells = [interval_text(values[key].get(method, {}), values[key].get(reference, {})) for key in args.keys]
+        lines.append(f'| {label_of(method)} | {label_of(reference)} | ' + ' | '.join(cells) + ' |')
     text = '\n'.join(lines)
     print(text)
     return text
@@ -448,7 +481,11 @@ def main(argv=None):
                              '(validation set: teacher_logit_std, kl, agreement, gap, teacher_top1, ...)')
     paired.add_argument('--reference', default='kd')
     paired.add_argument('--methods', nargs='+', help='methods, in this order (default: all)')
-    for command in (figures, converge, paired):
+    pairs = sub.add_parser('pairs', help='paired differences METHOD - REFERENCE of several keys, one row per pair')
+    pairs.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/ and results/)')
+    pairs.add_argument('--pairs', nargs='+', required=True, metavar='REFERENCE:METHOD')
+    pairs.add_argument('--keys', nargs='+', default=['test_top1', 'test_gap'], help='as paired --key (default: %(default)s)')
+    for command in (figures, converge, paired, pairs):
         command.add_argument('--seeds', type=int, default=None,
                              help='only seeds 0 .. SEEDS-1, as tools/compare.py --seeds (default: every seed recorded)')
     bound = sub.add_parser('zscore_bound', help="the sharpest softened target a Z-scored logit vector can give")
@@ -458,7 +495,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import pesf_ext  # noqa: F401  (registries)
     return {'metrics': metrics_main, 'figures': figures_main, 'convergence': convergence_main, 'paired': paired_main,
-            'zscore_bound': zscore_bound_main}[args.command](args)
+            'pairs': pairs_main, 'zscore_bound': zscore_bound_main}[args.command](args)
 
 
 if __name__ == '__main__':
