@@ -64,6 +64,14 @@ def test_table_aggregates_seeds_pairs_differences_and_relates_cost():
     assert lines[5].startswith('| crd | failed: crd_seed1')
 
 
+def test_with_point_puts_the_grid_point_inside_a_name_that_has_brackets():
+    assert compare.with_point('PESF-KD', 'lr=2e-3') == 'PESF-KD (lr=2e-3)'
+    assert compare.with_point('PESF-KD (head adapter)', 'lr=2e-3') == 'PESF-KD (head adapter, lr=2e-3)'
+    assert compare.with_point('KD', '') == 'KD'
+    import analyze
+    assert analyze.label_of('pesfkd_head__lr-2e-3') == 'PESF-KD (head adapter, lr=2e-3)'
+
+
 def test_point_text_reads_grid_points_and_run_labels_alike():
     assert compare.point_text('temperature=2_alpha=0.5') == 'temperature=2, alpha=0.5'
     assert compare.point_text('grad_accum_step=1_weight=1.0') == 'grad_accum_step=1, weight=1.0'

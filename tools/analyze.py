@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 import torch  # noqa: E402
 
-from compare import LABELS as METHOD_LABELS, mean, paired_interval, point_text  # noqa: E402
+from compare import LABELS as METHOD_LABELS, mean, paired_interval, point_text, with_point  # noqa: E402
 from quickstart import summary_path  # noqa: E402
 
 LABELS = {'teacher_ce': 'Teacher (CE)', **METHOD_LABELS}
@@ -115,7 +115,7 @@ def label_of(method):
     """``pesfkd__lr-2e-3_teacher_warmup_epochs-5`` (a run label of ``tools/compare.py --grid``) ->
     ``PESF-KD (lr=2e-3, teacher_warmup_epochs=5)``."""
     base, _, point = method.partition('__')
-    return LABELS.get(base, base) + (f' ({point_text(point, sep="-")})' if point else '')
+    return with_point(LABELS.get(base, base), point_text(point, sep='-') if point else '')
 
 
 def curve(runs, key):

@@ -236,6 +236,14 @@ def point_text(point, sep='='):
     return ', '.join(f'{key}={value}' for key, value in pairs) or point
 
 
+def with_point(name, point):
+    """A method's table name with its grid point: ``PESF-KD`` + ``lr=2e-3`` -> ``PESF-KD (lr=2e-3)``; a name that
+    already ends in brackets takes the point inside them: ``PESF-KD (head adapter, lr=2e-3)``."""
+    if not point:
+        return name
+    return f'{name[:-1]}, {point})' if name.endswith(')') else f'{name} ({point})'
+
+
 def table(rows, reference=None, failures=None, metric='top-1', labels=None):
     """Markdown table: ``rows`` maps a row label (method or method@grid point) to :func:`summarize` output;
     ``metric`` names the compared metric in the header."""
@@ -264,7 +272,7 @@ def table(rows, reference=None, failures=None, metric='top-1', labels=None):
         params = f'{res["counts"]["student"][0]:,} / ' + (
             f'{res["counts"]["teacher"][0]:,}' if 'teacher' in res['counts'] else '-')
         method, _, point = label.partition('@')
-        name = labels.get(method, method) + (f' ({point_text(point)})' if point else '')
+        name = with_point(labels.get(method, method), point_text(point) if point else '')
         lines.append(f'| {name} | {mean(students):.2f} ± {std} (n={res["n"]}) | {delta} | {teacher} | {teacher_std} | {gap} | '
                      f'{kl} | {agreement} | {res["seconds_per_step"]:.4f} | {ratio} | {params} |')
     for label, run_labels in (failures or {}).items():
