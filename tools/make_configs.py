@@ -198,8 +198,8 @@ FASHION_MNIST = Dataset(
     # CIFAR-100 size, and the students diverged within 4 steps at lr 0.05 (logit std 1e21) without clipping
     mlkd_max_grad_norm=5.0, rco_anchor_epochs=(5, 10, 20),
     init_epochs=4,                      # RepDistiller's 30 init epochs of 240, scaled to this 30-epoch schedule
-    zscore_temperature=(2.0, "the Z-score authors' base temperature (Z-score KD here: 0.5, 1 and 3 did no better, "
-                             'docs/RESULTS.md question 3)'),
+    zscore_temperature=(2.0, "the Z-score authors' base temperature (Z-score KD here: 0.5, 1 and 3 did no better "
+                             'at CE weight 0.1 or 1, docs/RESULTS.md question 3)'),
     zscore_ce_weight=(0.1, 'Z-score paper: lambda_CE 0.1; kept, though CE weight 1 did better here on one machine '
                            '(docs/RESULTS.md question 3, second machine)'))
 CIFAR100 = Dataset(
