@@ -203,3 +203,49 @@ def test_label_of_turns_grid_run_labels_back_into_readable_points():
     assert analyze.label_of('pesfkd__lr-2e-4') == 'PESF-KD (lr=2e-4)'
     assert analyze.label_of('pesfkd__lr-2e-3_teacher_warmup_epochs-5') == 'PESF-KD (lr=2e-3, teacher_warmup_epochs=5)'
     assert analyze.label_of('zscore__temperature-0.5_beta-3') == 'Z-score KD (temperature=0.5, beta=3)'
+
+
+def write_student_top1(run_dir, label, top1):
+    """A finished compare.py run whose test-set student top-1 is ``top1``."""
+    os.makedirs(run_dir / 'logs', exist_ok=True)
+    os.makedirs(run_dir / 'results', exist_ok=True)
+    with open(run_dir / 'logs' / f'{label}_epochs.jsonl', 'w') as f:
+        f.write(json.dumps({'epoch': 0, 'student_top1': top1}) + '\n')
+    with open(run_dir / 'results' / f'{label}.json', 'w') as f:
+        json.dump({'test': {'student': {'top1': top1}}}, f)
+
+
+def test_grid_matrix_finds_cells_by_grid_point_whatever_the_knob_order(tmp_path):
+    top1 = {'kd': (80.0, 82.0),                                       # the reference
+            'zscore__alpha-1.0': (79.0, 80.0),                        # both knobs at the config's default
+            'zscore__alpha-1.0_beta-3': (81.0, 82.0),                 # default temperature
+            'zscore__alpha-1.0_temperature-3': (78.0, 80.0),          # default beta
+            'zscore__beta-3.0_alpha-1.0_temperature-3': (83.0, 84.0),  # swept in another order, 3.0 for 3
+            'zscore__temperature-3_beta-3': (10.0, 10.0)}             # alpha at its default: another grid
+    for label, values in top1.items():
+        for seed, value in enumerate(values):
+            write_student_top1(tmp_path, f'{label}_seed{seed}', value)
+    out = tmp_path / 'figures' / 'grid.png'
+    rows = analyze.main(['grid', '--runs', str(tmp_path), '--method', 'zscore__alpha-1.0', '--rows',
+                         'temperature=default:2,3', '--columns', 'beta=1,3,default:9', '--out', str(out)])
+    half = 12.706204736174694 * np.std([-1, -2], ddof=1) / np.sqrt(2)  # seed differences -1 and -2
+    assert rows.splitlines() == [
+        '| temperature \\ beta | 1 | 3 | 9 (default) |', '|---|---|---|---|',
+        f'| 2 (default) | not run | +0.500 ± {half:.3f} (n=2) | -1.500 ± {half:.3f} (n=2) |',
+        f'| 3 | not run | +2.500 ± {half:.3f} (n=2) | -2.000 ± 0.000 (n=2) |']
+    assert out.stat().st_size > 0
+
+
+def test_grid_rejects_bad_axes_and_a_grid_with_no_run(tmp_path):
+    write_student_top1(tmp_path, 'kd_seed0', 80.0)
+    write_student_top1(tmp_path, 'zscore_seed0', 79.0)
+    args = ['grid', '--runs', str(tmp_path), '--method', 'zscore']
+    with pytest.raises(SystemExit, match='--rows: `temperature` is not KEY=V1,V2'):
+        analyze.main(args + ['--rows', 'temperature', '--columns', 'beta=1'])
+    with pytest.raises(SystemExit, match='--method/--rows/--columns: no finished run of `zscore`'):
+        analyze.main(args + ['--rows', 'temperature=1', '--columns', 'beta=1'])
+    with pytest.raises(SystemExit, match='--reference: no finished run of `dkd`'):
+        analyze.main(args + ['--rows', 'temperature=default', '--columns', 'beta=default', '--reference', 'dkd'])
+    # one seed each: the difference without an interval
+    assert analyze.main(args + ['--rows', 'temperature=default', '--columns', 'beta=default']).splitlines()[2] \
+        == '| default | -1.000 ± n/a (n=1) |'

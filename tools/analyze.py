@@ -9,6 +9,9 @@
     python tools/analyze.py convergence --runs docs/results/converged --window 5
     # one metric (test sharpness gap, the teacher's logit std, ...) per method, paired to KD with 95% CIs
     python tools/analyze.py paired --runs docs/results/converged --key test_gap --reference kd
+    # a two-knob grid (tools/compare.py --grid) against KD: a matrix of paired differences, and a heatmap
+    python tools/analyze.py grid --runs docs/results/converged_epyc --method zscore__alpha-1.0 \\
+        --rows temperature=0.5,1,default,3 --columns beta=1,3,default --out docs/figures/grid.png
     # the sharpest target Z-score KD can give, per class count and temperature (docs/RESULTS.md)
     python tools/analyze.py zscore_bound --classes 10 100 --temperatures 1 2 4
 
@@ -441,6 +444,113 @@ def pairs_main(args):
     return text
 
 
+# ---------------------------------------------------------------------------------------------------- grid
+def grid_point(method):
+    """``zscore__alpha-1.0_beta-3`` -> ``('zscore', {'alpha': '1.0', 'beta': '3'})`` (a tools/compare.py run label)."""
+    base, _, point = method.partition('__')
+    return base, dict(re.findall(r'([A-Za-z][A-Za-z0-9_]*?)-([^_]*)(?:_|$)', point))
+
+
+def same_value(a, b):
+    """Grid values as typed: ``1`` and ``1.0`` are the same point."""
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
+
+
+def axis_values(text, flag):
+    """``temperature=0.5,1,default`` -> ``('temperature', ['0.5', '1', 'default'])``."""
+    key, sep, values = text.partition('=')
+    if not sep or not key or not values:
+        sys.exit(f'{flag}: `{text}` is not KEY=V1,V2,... (e.g. temperature=0.5,1,default:2,3)')
+    return key.rsplit('.', 1)[-1], values.split(',')
+
+
+def is_default(value):
+    """``default`` or ``default:2`` (the config's own value, shown as ``2 (default)``)."""
+    return value == 'default' or value.startswith('default:')
+
+
+def shown(value):
+    return f'{value.partition(":")[2]} (default)' if value.startswith('default:') else value
+
+
+def find_cell(methods, base, point):
+    """The recorded method whose grid point is exactly ``point`` (``default`` values left out), else None."""
+    point = {k: v for k, v in point.items() if not is_default(v)}
+    for method in methods:
+        name, recorded = grid_point(method)
+        if name == base and recorded.keys() == point.keys() and all(same_value(recorded[k], point[k]) for k in point):
+            return method
+    return None
+
+
+def plot_grid(cells, rows, columns, path, title):
+    """Heatmap of the paired mean differences (diverging, centred on 0), each cell annotated with ``d ± h``; bold
+    where the 95% interval excludes 0."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    (row_key, row_values), (col_key, col_values) = rows, columns
+    means = np.array([[cells[r, c][0] if (r, c) in cells else np.nan for c in col_values] for r in row_values])
+    span = np.nanmax(np.abs(means)) if np.isfinite(means).any() else 1.0
+    fig, ax = plt.subplots(figsize=(1.3 * len(col_values) + 2.6, 0.75 * len(row_values) + 1.5))
+    image = ax.imshow(means, cmap='RdBu', vmin=-span, vmax=span, aspect='auto')
+    for (i, r), (j, c) in ((a, b) for a in enumerate(row_values) for b in enumerate(col_values)):
+        diff, half, n = cells.get((r, c), (np.nan, np.nan, 0))
+        text = 'not run' if n == 0 else f'{diff:+.2f}\n± {half:.2f} (n={n})'
+        ax.text(j, i, text, ha='center', va='center', fontsize=8,
+                color='white' if n and abs(diff) > 0.6 * span else 'black',
+                fontweight='bold' if n > 1 and abs(diff) > half else 'normal')
+    ax.set_xticks(range(len(col_values)), [shown(v) for v in col_values])
+    ax.set_yticks(range(len(row_values)), [shown(v) for v in row_values])
+    ax.set_xlabel(col_key)
+    ax.set_ylabel(row_key)
+    fig.colorbar(image, ax=ax, label='paired mean difference')
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def grid_main(args):
+    """Markdown matrix (and with ``--out`` a heatmap) of a two-knob grid of ``tools/compare.py --grid`` runs: per
+    cell (``--rows`` value, ``--columns`` value) of ``--method``'s grid, the paired difference of ``--key`` to
+    ``--reference`` with its 95% t-interval. Cells are found by grid point, whatever order the knobs were swept in;
+    ``default`` is the config's own value (the knob absent from the label)."""
+    rows, columns = axis_values(args.rows, '--rows'), axis_values(args.columns, '--columns')
+    values = seed_values(args.runs, args.key, args.seeds)
+    if not values.get(args.reference):
+        sys.exit(f'--reference: no finished run of `{args.reference}` with `{args.key}` under {", ".join(args.runs)}')
+    base, fixed = grid_point(args.method)
+    cells, names = {}, {}
+    for r in rows[1]:
+        for c in columns[1]:
+            method = find_cell(values, base, {**fixed, rows[0]: r, columns[0]: c})
+            if method:
+                names[r, c] = method
+                cells[r, c] = paired_interval({'student': values[method]}, {'student': values[args.reference]})
+    if not cells:
+        sys.exit(f'--method/--rows/--columns: no finished run of `{args.method}` at any of these grid points '
+                 f'under {", ".join(args.runs)}')
+    lines = [f'| {rows[0]} \\ {columns[0]} | ' + ' | '.join(map(shown, columns[1])) + ' |', '|' + '---|' * (1 + len(columns[1]))]
+    for r in rows[1]:
+        lines.append(f'| {shown(r)} | ' + ' | '.join(
+            interval_text(values[names[r, c]], values[args.reference]) if (r, c) in names else 'not run'
+            for c in columns[1]) + ' |')
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        title = (f'{label_of(args.method)} - {label_of(args.reference)}: Δ {args.key}\n'
+                 'paired mean ± 95% CI over seeds; bold: the interval excludes 0')
+        print(plot_grid(cells, rows, columns, args.out, title))
+    return text
+
+
 # ---------------------------------------------------------------------------------------------------- Z-score bound
 def zscore_bound_main(args):
     """Markdown table: the largest standardized logit and the sharpest target probability Z-score KD can give."""
@@ -485,7 +595,16 @@ def main(argv=None):
     pairs.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/ and results/)')
     pairs.add_argument('--pairs', nargs='+', required=True, metavar='REFERENCE:METHOD')
     pairs.add_argument('--keys', nargs='+', default=['test_top1', 'test_gap'], help='as paired --key (default: %(default)s)')
-    for command in (figures, converge, paired, pairs):
+    grid = sub.add_parser('grid', help="a two-knob grid's paired differences to a reference, as a matrix and heatmap")
+    grid.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/ and results/)')
+    grid.add_argument('--method', required=True, help='the swept method with its fixed knobs, e.g. zscore__alpha-1.0')
+    grid.add_argument('--rows', required=True, metavar='KEY=V1,V2,...', help='e.g. temperature=0.5,1,default:2,3 (default[:V]: the config\'s value V, the knob absent from '
+                           'the run label)')
+    grid.add_argument('--columns', required=True, metavar='KEY=V1,V2,...', help='e.g. beta=1,3,default:9')
+    grid.add_argument('--key', default='test_top1', help='as paired --key (default: %(default)s)')
+    grid.add_argument('--reference', default='kd')
+    grid.add_argument('--out', help='also write the heatmap to this PNG')
+    for command in (figures, converge, paired, pairs, grid):
         command.add_argument('--seeds', type=int, default=None,
                              help='only seeds 0 .. SEEDS-1, as tools/compare.py --seeds (default: every seed recorded)')
     bound = sub.add_parser('zscore_bound', help="the sharpest softened target a Z-scored logit vector can give")
@@ -495,7 +614,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import pesf_ext  # noqa: F401  (registries)
     return {'metrics': metrics_main, 'figures': figures_main, 'convergence': convergence_main, 'paired': paired_main,
-            'pairs': pairs_main, 'zscore_bound': zscore_bound_main}[args.command](args)
+            'pairs': pairs_main, 'grid': grid_main, 'zscore_bound': zscore_bound_main}[args.command](args)
 
 
 if __name__ == '__main__':
