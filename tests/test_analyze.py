@@ -234,6 +234,11 @@ def test_grid_matrix_finds_cells_by_grid_point_whatever_the_knob_order(tmp_path)
         f'| 2 (default) | not run | +0.500 ± {half:.3f} (n=2) | -1.500 ± {half:.3f} (n=2) |',
         f'| 3 | not run | +2.500 ± {half:.3f} (n=2) | -2.000 ± 0.000 (n=2) |']
     assert out.stat().st_size > 0
+    # against one of its own cells: that cell is the reference, the others are paired with it
+    rows = analyze.main(['grid', '--runs', str(tmp_path), '--method', 'zscore__alpha-1.0', '--reference',
+                         'zscore__alpha-1.0', '--rows', 'temperature=default', '--columns', 'beta=3,default',
+                         '--out', str(out)]).splitlines()
+    assert rows[2] == '| default | +2.000 ± 0.000 (n=2) | - (reference) |'
 
 
 def test_grid_rejects_bad_axes_and_a_grid_with_no_run(tmp_path):

@@ -500,7 +500,7 @@ def plot_grid(cells, rows, columns, path, title):
     image = ax.imshow(means, cmap='RdBu', vmin=-span, vmax=span, aspect='auto')
     for (i, r), (j, c) in ((a, b) for a in enumerate(row_values) for b in enumerate(col_values)):
         diff, half, n = cells.get((r, c), (np.nan, np.nan, 0))
-        text = 'not run' if n == 0 else f'{diff:+.2f}\n± {half:.2f} (n={n})'
+        text = {0: 'not run', -1: 'reference'}.get(n, f'{diff:+.2f}\n± {half:.2f} (n={n})')
         ax.text(j, i, text, ha='center', va='center', fontsize=8,
                 color='white' if n and abs(diff) > 0.6 * span else 'black',
                 fontweight='bold' if n > 1 and abs(diff) > half else 'normal')
@@ -515,6 +515,12 @@ def plot_grid(cells, rows, columns, path, title):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def cell_text(method, values, reference):
+    if method is None:
+        return 'not run'
+    return '- (reference)' if method == reference else interval_text(values[method], values[reference])
 
 
 def grid_main(args):
@@ -533,15 +539,14 @@ def grid_main(args):
             method = find_cell(values, base, {**fixed, rows[0]: r, columns[0]: c})
             if method:
                 names[r, c] = method
-                cells[r, c] = paired_interval({'student': values[method]}, {'student': values[args.reference]})
+                cells[r, c] = (0.0, 0.0, -1) if method == args.reference else paired_interval({'student': values[method]}, {'student': values[args.reference]})
     if not cells:
         sys.exit(f'--method/--rows/--columns: no finished run of `{args.method}` at any of these grid points '
                  f'under {", ".join(args.runs)}')
     lines = [f'| {rows[0]} \\ {columns[0]} | ' + ' | '.join(map(shown, columns[1])) + ' |', '|' + '---|' * (1 + len(columns[1]))]
     for r in rows[1]:
         lines.append(f'| {shown(r)} | ' + ' | '.join(
-            interval_text(values[names[r, c]], values[args.reference]) if (r, c) in names else 'not run'
-            for c in columns[1]) + ' |')
+            cell_text(names.get((r, c)), values, args.reference) for c in columns[1]) + ' |')
     text = '\n'.join(lines)
     print(text)
     if args.out:
