@@ -487,28 +487,33 @@ def find_cell(methods, base, point):
 
 
 def plot_grid(cells, rows, columns, path, title):
-    """Heatmap of the paired mean differences (diverging, centred on 0), each cell annotated with ``d ± h``; bold
-    where the 95% interval excludes 0."""
+    """Heatmap of the paired mean differences (diverging, centred on 0), each cell annotated with ``d ± h``: full
+    colour and bold where the 95% interval excludes 0, faded where it does not."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
     (row_key, row_values), (col_key, col_values) = rows, columns
-    means = np.array([[cells[r, c][0] if (r, c) in cells else np.nan for c in col_values] for r in row_values])
+    grid = [[cells.get((r, c), (np.nan, np.nan, 0)) for c in col_values] for r in row_values]
+    means = np.array([[diff for diff, _, _ in row] for row in grid])
     span = np.nanmax(np.abs(means)) if np.isfinite(means).any() else 1.0
+    colors = plt.get_cmap('RdBu')(matplotlib.colors.Normalize(-span, span)(np.nan_to_num(means)))
+    clear = np.array([[n > 1 and abs(diff) > half for diff, half, n in row] for row in grid])
+    colors[..., 3] = np.where(np.isnan(means), 0.0, np.where(clear, 1.0, 0.35))
     fig, ax = plt.subplots(figsize=(1.3 * len(col_values) + 2.6, 0.75 * len(row_values) + 1.5))
-    image = ax.imshow(means, cmap='RdBu', vmin=-span, vmax=span, aspect='auto')
-    for (i, r), (j, c) in ((a, b) for a in enumerate(row_values) for b in enumerate(col_values)):
-        diff, half, n = cells.get((r, c), (np.nan, np.nan, 0))
-        text = {0: 'not run', -1: 'reference'}.get(n, f'{diff:+.2f}\n± {half:.2f} (n={n})')
-        ax.text(j, i, text, ha='center', va='center', fontsize=8,
-                color='white' if n and abs(diff) > 0.6 * span else 'black',
-                fontweight='bold' if n > 1 and abs(diff) > half else 'normal')
+    ax.imshow(colors, aspect='auto')
+    for i, row in enumerate(grid):
+        for j, (diff, half, n) in enumerate(row):
+            text = {0: 'not run', -1: 'reference'}.get(n, f'{diff:+.2f}\n± {half:.2f} (n={n})')
+            ax.text(j, i, text, ha='center', va='center', fontsize=8,
+                    color='white' if clear[i, j] and abs(diff) > 0.6 * span else 'black',
+                    fontweight='bold' if clear[i, j] else 'normal')
     ax.set_xticks(range(len(col_values)), [shown(v) for v in col_values])
     ax.set_yticks(range(len(row_values)), [shown(v) for v in row_values])
     ax.set_xlabel(col_key)
     ax.set_ylabel(row_key)
-    fig.colorbar(image, ax=ax, label='paired mean difference')
+    mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(-span, span), 'RdBu')
+    fig.colorbar(mappable, ax=ax, label='paired mean difference')
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -551,7 +556,7 @@ def grid_main(args):
     print(text)
     if args.out:
         title = (f'{label_of(args.method)} - {label_of(args.reference)}: Δ {args.key}\n'
-                 'paired mean ± 95% CI over seeds; bold: the interval excludes 0')
+                 'paired mean ± 95% CI over seeds; bold: the interval excludes 0, faded: it does not')
         print(plot_grid(cells, rows, columns, args.out, title))
     return text
 
