@@ -11,7 +11,7 @@
     python tools/analyze.py paired --runs docs/results/converged --key test_gap --reference kd
     # a two-knob grid (tools/compare.py --grid) against KD: a matrix of paired differences, and a heatmap
     python tools/analyze.py grid --runs docs/results/converged_epyc --method zscore__alpha-1.0 \\
-        --rows temperature=0.5,1,default,3 --columns beta=1,3,default --out docs/figures/grid.png
+        --rows temperature=0.5,1,default:2,3 --columns beta=1,3,default:9 --out docs/figures/grid.png
     # the sharpest target Z-score KD can give, per class count and temperature (docs/RESULTS.md)
     python tools/analyze.py zscore_bound --classes 10 100 --temperatures 1 2 4
 
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 import torch  # noqa: E402
 
-from compare import LABELS as METHOD_LABELS, mean, paired_interval, point_text, with_point  # noqa: E402
+from compare import LABELS as METHOD_LABELS, mean, paired_interval, point_pairs, point_text, with_point  # noqa: E402
 from quickstart import summary_path  # noqa: E402
 
 LABELS = {'teacher_ce': 'Teacher (CE)', **METHOD_LABELS}
@@ -448,7 +448,7 @@ def pairs_main(args):
 def grid_point(method):
     """``zscore__alpha-1.0_beta-3`` -> ``('zscore', {'alpha': '1.0', 'beta': '3'})`` (a tools/compare.py run label)."""
     base, _, point = method.partition('__')
-    return base, dict(re.findall(r'([A-Za-z][A-Za-z0-9_]*?)-([^_]*)(?:_|$)', point))
+    return base, dict(point_pairs(point, sep='-'))
 
 
 def same_value(a, b):
@@ -544,11 +544,13 @@ def grid_main(args):
             method = find_cell(values, base, {**fixed, rows[0]: r, columns[0]: c})
             if method:
                 names[r, c] = method
-                cells[r, c] = (0.0, 0.0, -1) if method == args.reference else paired_interval({'student': values[method]}, {'student': values[args.reference]})
+                cells[r, c] = (0.0, 0.0, -1) if method == args.reference else \
+                    paired_interval({'student': values[method]}, {'student': values[args.reference]})
     if not cells:
         sys.exit(f'--method/--rows/--columns: no finished run of `{args.method}` at any of these grid points '
                  f'under {", ".join(args.runs)}')
-    lines = [f'| {rows[0]} \\ {columns[0]} | ' + ' | '.join(map(shown, columns[1])) + ' |', '|' + '---|' * (1 + len(columns[1]))]
+    lines = [f'| {rows[0]} \\ {columns[0]} | ' + ' | '.join(map(shown, columns[1])) + ' |',
+             '|' + '---|' * (1 + len(columns[1]))]
     for r in rows[1]:
         lines.append(f'| {shown(r)} | ' + ' | '.join(
             cell_text(names.get((r, c)), values, args.reference) for c in columns[1]) + ' |')
@@ -608,8 +610,9 @@ def main(argv=None):
     grid = sub.add_parser('grid', help="a two-knob grid's paired differences to a reference, as a matrix and heatmap")
     grid.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/ and results/)')
     grid.add_argument('--method', required=True, help='the swept method with its fixed knobs, e.g. zscore__alpha-1.0')
-    grid.add_argument('--rows', required=True, metavar='KEY=V1,V2,...', help='e.g. temperature=0.5,1,default:2,3 (default[:V]: the config\'s value V, the knob absent from '
-                           'the run label)')
+    grid.add_argument('--rows', required=True, metavar='KEY=V1,V2,...',
+                      help="e.g. temperature=0.5,1,default:2,3 (default[:V]: the config's value V, the knob absent "
+                           'from the run label)')
     grid.add_argument('--columns', required=True, metavar='KEY=V1,V2,...', help='e.g. beta=1,3,default:9')
     grid.add_argument('--key', default='test_top1', help='as paired --key (default: %(default)s)')
     grid.add_argument('--reference', default='kd')

@@ -229,10 +229,16 @@ def paired_interval(row, reference, confidence=0.95):
     return mean(diffs), half, len(diffs)
 
 
+def point_pairs(point, sep='='):
+    """``lr=2e-3_teacher_warmup_epochs=5`` -> ``[('lr', '2e-3'), ('teacher_warmup_epochs', '5')]``; ``sep='-'``
+    reads a run label's form. Values may not hold ``_``."""
+    return re.findall(rf'([A-Za-z][A-Za-z0-9_]*?){sep}([^_]*)(?:_|$)', point)
+
+
 def point_text(point, sep='='):
     """A grid point as a table shows it: ``lr=2e-3_teacher_warmup_epochs=5`` -> ``lr=2e-3, teacher_warmup_epochs=5``;
     ``sep='-'`` reads a run label's form (``lr-2e-3_teacher_warmup_epochs-5``). Values may not hold ``_``."""
-    pairs = re.findall(rf'([A-Za-z][A-Za-z0-9_]*?){sep}([^_]*)(?:_|$)', point)
+    pairs = point_pairs(point, sep)
     return ', '.join(f'{key}={value}' for key, value in pairs) or point
 
 
