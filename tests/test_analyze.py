@@ -241,6 +241,14 @@ def test_grid_matrix_finds_cells_by_grid_point_whatever_the_knob_order(tmp_path)
     assert rows[2] == '| default | +2.000 ± 0.000 (n=2) | - (reference) |'
 
 
+def test_a_grid_cell_short_of_seeds_claims_nothing():
+    assert analyze.is_clear(-4.9, 3.2, 2)                   # no --seeds: the interval decides
+    assert not analyze.is_clear(-4.9, 3.2, 2, full_n=5)     # 2 of 5 seeds: faded, whatever the interval
+    assert analyze.is_clear(-4.9, 3.2, 5, full_n=5)
+    assert not analyze.is_clear(-2.2, 2.5, 5, full_n=5)     # the interval includes 0
+    assert not analyze.is_clear(-1.0, 0.0, 1)               # one seed has no interval
+
+
 def test_grid_rejects_bad_axes_and_a_grid_with_no_run(tmp_path):
     write_student_top1(tmp_path, 'kd_seed0', 80.0)
     write_student_top1(tmp_path, 'zscore_seed0', 79.0)

@@ -486,9 +486,15 @@ def find_cell(methods, base, point):
     return None
 
 
-def plot_grid(cells, rows, columns, path, title):
+def is_clear(diff, half, n, full_n=None):
+    """A grid cell claims a difference when its 95% interval excludes 0 and it has every seed asked for (``full_n``,
+    i.e. ``--seeds``): a cell still short of seeds claims nothing, whatever its interval."""
+    return n > 1 and (full_n is None or n >= full_n) and abs(diff) > half
+
+
+def plot_grid(cells, rows, columns, path, title, full_n=None):
     """Heatmap of the paired mean differences (diverging, centred on 0), each cell annotated with ``d ± h``: full
-    colour and bold where the 95% interval excludes 0, faded where it does not."""
+    colour and bold where the cell is clear (``is_clear``), faded where it is not."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -498,7 +504,7 @@ def plot_grid(cells, rows, columns, path, title):
     means = np.array([[diff for diff, _, _ in row] for row in grid])
     span = np.nanmax(np.abs(means)) if np.isfinite(means).any() else 1.0
     colors = plt.get_cmap('RdBu')(matplotlib.colors.Normalize(-span, span)(np.nan_to_num(means)))
-    clear = np.array([[n > 1 and abs(diff) > half for diff, half, n in row] for row in grid])
+    clear = np.array([[is_clear(diff, half, n, full_n) for diff, half, n in row] for row in grid])
     colors[..., 3] = np.where(np.isnan(means), 0.0, np.where(clear, 1.0, 0.35))
     fig, ax = plt.subplots(figsize=(1.3 * len(col_values) + 2.6, 0.75 * len(row_values) + 1.5))
     ax.imshow(colors, aspect='auto')
@@ -558,8 +564,9 @@ def grid_main(args):
     print(text)
     if args.out:
         title = (f'{label_of(args.method)} - {label_of(args.reference)}: Δ {args.key}\n'
-                 'paired mean ± 95% CI over seeds; bold: the interval excludes 0, faded: it does not')
-        print(plot_grid(cells, rows, columns, args.out, title))
+                 'paired mean ± 95% CI over seeds; bold: the interval excludes 0'
+                 + (f' with all {args.seeds} seeds' if args.seeds else '') + ', faded: it does not')
+        print(plot_grid(cells, rows, columns, args.out, title, args.seeds))
     return text
 
 
