@@ -564,8 +564,8 @@ def grid_main(args):
     print(text)
     if args.out:
         title = (f'{label_of(args.method)} - {label_of(args.reference)}: Δ {args.key}\n'
-                 'paired mean ± 95% CI over seeds; bold: the interval excludes 0'
-                 + (f' with all {args.seeds} seeds' if args.seeds else '') + ', faded: it does not')
+                 'paired mean ± 95% CI; bold: CI excludes 0' + (f' (all {args.seeds} seeds)' if args.seeds else '')
+                 + ', faded: it does not')
         print(plot_grid(cells, rows, columns, args.out, title, args.seeds))
     return text
 
