@@ -145,8 +145,8 @@ BUDGET_NOTE = ('A smoke test, not a ranking: at this budget the student trained 
                'docs/analysis.md), so the rows differ by how fast each loss trains in 3 epochs, not by what it '
                "distils. Z-score KD trails here and on the converged regime too, at every base temperature from 0.5 "
                "to 3: not a bug, but mostly its CE weight (the paper's 0.1), with which the student learns slowly in "
-               "its first epochs; CE weight 1 roughly halves its gap to KD there (docs/RESULTS.md, question 3). Converged "
-               "comparisons with paired seeds: docs/RESULTS.md.")
+               "its first epochs; CE weight 1 roughly halves its gap to KD there (docs/RESULTS.md, question 3). "
+               "Converged comparisons with paired seeds: docs/RESULTS.md.")
 
 
 def main(argv=None):
