@@ -322,7 +322,9 @@ RELEASED_ACCUMULATION = 4   # released CV code: optimizer.step() every 4 batches
 def pesfkd_released_term(ctx):
     head = ctx.features('teacher').head
     return sub_term('pesfkd', 'PESFKDLoss', logits(
-        temperature=4.0, alpha=note(1.0, "released code: gamma (CE weight) 1"), beta=note(0.9, "released code: -a"),
+        temperature=note(4.0, "the paper's tau (this project's choice); the released --kd_T defaults to 6"),
+        alpha=note(1.0, "released code: gamma (-r, CE weight) defaults to 1"),
+        beta=note(0.9, "the paper's alpha (this project's choice); released -a has no default, its README uses -a 1"),
         teacher_alpha=note(1.0, 'released code: CE(y, z_ta) added with weight 1'), teacher_beta=0.9,
         teacher_kl=note('released', 'student learns from the pre-adapter teacher; DistillKL(z_s_cor, z_ta) for the '
                                     'adapter (1170300319/PESF-KD cv/helper/loops.py train_distill)'),
@@ -438,6 +440,53 @@ def dkd_term(zscore):
             ce_weight=1.0, **weights, warmup_epochs=warmup, logit_standardization=zscore,
             std=note('unbiased', "as the Z-score authors' mdistiller/distillers/DKD.py normalize()")), about=sources)
     return term
+
+
+TTM_README = 'zkxufo/TTM README.md'
+TTM_WEIGHTS = {   # (gamma, CE weight, TTM weight, source) per teacher -> student tag; CIFAR-100 unless noted
+    'vgg13_vgg8': (0.1, 1.0, 45.0, f'{TTM_README}: --ttm_l 0.1 -r 1 -b 45 for VGG13 -> VGG8'),
+}
+TTM_DEFAULT = (0.1, 1.0, 45.0, f'{TTM_README} VGG13 -> VGG8 example (--ttm_l 0.1 -r 1 -b 45); the per-pair values '
+                               'of the paper (its appendix A.4) were not found, so every other pair uses these')
+
+
+def ttm_term(weighted, zscore):
+    def term(ctx):
+        gamma, ce_weight, weight, source = TTM_WEIGHTS.get(ctx.pair.tag, TTM_DEFAULT)
+        if ctx.data.name != 'cifar100':
+            source += f'; CIFAR-100 values, not tuned for {ctx.data.name}'
+        kwargs = logits(
+            gamma=note(gamma, f"power of the teacher transform (paper's gamma, authors' --ttm_l): T = {1 / gamma:g}"),
+            alpha=note(ce_weight, "CE weight (the authors' -r / --gamma)"),
+            beta=note(weight, "TTM weight (the authors' -b)"), reduction='batchmean')
+        if zscore:
+            kwargs['logit_standardization'] = note(True, "Z-score of the teacher's logits before the power transform")
+        name = 'wttm' if weighted else 'ttm'
+        return sub_term(name, 'WTTMLoss' if weighted else 'TTMLoss', kwargs, about=source)
+    return term
+
+
+LUMINET_CFG = 'ismail31416/LumiNet'
+LUMINET_WEIGHTS = {   # (CE weight, the authors' ALPHA, T, source) per teacher -> student tag
+    'vgg13_vgg8': (1.3, 11.0, 2.0, f'{LUMINET_CFG} configs/cifar100/luminet/vgg13_vgg8.yaml'),
+}
+LUMINET_DEFAULT = (2.0, 31.0, 4.0, f'{LUMINET_CFG} mdistiller/engine/cfg.py defaults (the repository has no config '
+                                   'for this pair)')
+
+
+def luminet_term(ctx):
+    ce_weight, alpha, temperature, source = LUMINET_WEIGHTS.get(ctx.pair.tag, LUMINET_DEFAULT)
+    if ctx.data.name != 'cifar100':
+        source += f'; CIFAR-100 values, not tuned for {ctx.data.name}'
+    return sub_term('luminet', 'LumiNetLoss', logits(
+        temperature=temperature, alpha=note(ce_weight, "CE weight (the authors' SOLVER.CE_WEIGHT)"),
+        beta=note(alpha ** 2, f"the authors' SOLVER.ALPHA {alpha:g}, squared: their KL has no T^2 but ALPHA^2"),
+        warmup_epochs=note(ctx.data.dkd_warmup_epochs, "the authors' LUMINET.WARMUP 20 of 240 epochs, scaled to "
+                                                       'this schedule' if ctx.data.dkd_warmup_epochs != 20 else
+                                                       "the authors' LUMINET.WARMUP"),
+        batch_statistics=note('local', "per-process batch statistics, as the authors' single-GPU / DataParallel "
+                                       'runs'),
+        reduction='batchmean'), about=source)
 
 
 def ce_term(ctx):
@@ -732,6 +781,11 @@ METHODS = {m.name: m for m in (
     Method('mlkd_zscore', (mlkd_term(zscore=True),), two_views=True),
     Method('ctkd', (ctkd_term(zscore=False),), learned_temperature=True),
     Method('ctkd_zscore', (ctkd_term(zscore=True),), learned_temperature=True),
+    Method('ttm', (ttm_term(weighted=False, zscore=False),)),
+    Method('wttm', (ttm_term(weighted=True, zscore=False),)),
+    Method('ttm_zscore', (ttm_term(weighted=False, zscore=True),)),
+    Method('wttm_zscore', (ttm_term(weighted=True, zscore=True),)),
+    Method('luminet', (luminet_term,)),
     # representation methods as in CRD / RepDistiller: CE + weight * loss; with PESF-KD: the PESF-KD loss + the same
     Method('pkt', CE_ONLY + (pkt_term,), features='pkt'),
     Method('rkd', CE_ONLY + (rkd_term,), features='rkd'),
@@ -1070,10 +1124,11 @@ CIFAR_METHODS = ('kd', 'pesfkd', 'ftkd', 'zscore', 'dml', 'kdcl')  # every pair 
 CIFAR_EXTRA_METHODS = {                                  # PESF-KD Table IV (representation KD +- PESF-KD); DKD
     'resnet56_resnet20': ('pkt', 'crd', 'rkd', 'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore',
                           'pesfkd_released', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore', 'dist', 'dist_zscore',
-                          'takd_assistant', 'takd', 'rco', 'at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp'),
+                          'takd_assistant', 'takd', 'rco', 'at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp',
+                          'ttm', 'wttm', 'luminet'),
     'resnet110_resnet32': ('at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp'),
     'vgg13_vgg8': ('dkd', 'dkd_zscore', 'ctkd', 'ctkd_zscore', 'mlkd', 'mlkd_zscore',
-                   'dist', 'dist_zscore', 'at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp'),
+                   'dist', 'dist_zscore', 'at', 'sp', 'fitnet', 'vid', 'cc', 'ab', 'ft', 'fsp', 'ttm', 'wttm', 'luminet'),
     # no AB, FSP: RepDistiller's Connector and FSP assert as many features on both sides (VGG 4 stages, ResNet 3)
     'resnet56_vgg8': ('at', 'sp', 'fitnet', 'vid', 'cc', 'ft'),
 }
