@@ -6,17 +6,25 @@ from .base import LogitPairLoss, check_weight, linear_warmup
 from .functional import kl_divergence, soften
 
 
-def binary_log_probs(log_probs, target_mask):
-    """Log of (p_gt, 1 - p_gt) per sample, shape (N, 2); 1 - p_gt as a log-sum-exp of the non-target classes."""
-    target_log_prob = log_probs.masked_select(target_mask).view(-1, 1)
-    non_target_log_prob = log_probs.masked_fill(target_mask, float('-inf')).logsumexp(dim=1, keepdim=True)
+def binary_log_probs(log_probs, target_index):
+    """Log of (p_gt, 1 - p_gt) per sample, shape (N, 2); 1 - p_gt as a log-sum-exp of the non-target classes.
+    ``target_index``: the ground-truth class of each sample, shape (N, 1). Gather/scatter keep every shape fixed
+    (no data-dependent ``masked_select``, which makes a GPU wait for the host)."""
+    target_log_prob = log_probs.gather(1, target_index)
+    non_target_log_prob = log_probs.scatter(1, target_index, float('-inf')).logsumexp(dim=1, keepdim=True)
     return torch.cat([target_log_prob, non_target_log_prob], dim=1)
 
 
-def non_target_log_probs(softened_logits, target_mask):
+def non_target_columns(target_index, num_classes):
+    """Indices of the K - 1 non-target classes of each sample in increasing order, shape (N, K - 1)."""
+    columns = torch.arange(num_classes - 1, device=target_index.device).expand(target_index.shape[0], -1)
+    return columns + (columns >= target_index).long()
+
+
+def non_target_log_probs(softened_logits, target_index):
     """Log-softmax over the K - 1 non-target classes (the ground-truth column removed), shape (N, K - 1)."""
-    num_samples, num_classes = softened_logits.shape
-    return softened_logits.masked_select(~target_mask).view(num_samples, num_classes - 1).log_softmax(dim=1)
+    columns = non_target_columns(target_index, softened_logits.shape[1])
+    return softened_logits.gather(1, columns).log_softmax(dim=1)
 
 
 @register_mid_level_loss
@@ -79,17 +87,17 @@ class DKDLoss(LogitPairLoss):
         if targets is None:
             raise ValueError('DKDLoss needs targets')
         kd_factor = self.warmup_factor()
-        target_mask = torch.zeros_like(z_s, dtype=torch.bool).scatter_(1, targets.view(-1, 1), True)
+        target_index = targets.view(-1, 1)
         soft_s = soften(z_s, self.temperature, self.standardization)
         soft_t = soften(self.corrected(z_t.detach(), targets), self.temperature, self.standardization)
         tau2 = self.temperature ** 2
         return self.weighted_sum([
             ('student_ce', self.ce_weight, lambda: self.cross_entropy(z_s, targets)),
             ('tckd', kd_factor * self.alpha, lambda: tau2 * kl_divergence(
-                binary_log_probs(soft_t.log_softmax(dim=1), target_mask),
-                binary_log_probs(soft_s.log_softmax(dim=1), target_mask))),
+                binary_log_probs(soft_t.log_softmax(dim=1), target_index),
+                binary_log_probs(soft_s.log_softmax(dim=1), target_index))),
             ('nckd', kd_factor * self.beta, lambda: tau2 * kl_divergence(
-                non_target_log_probs(soft_t, target_mask), non_target_log_probs(soft_s, target_mask))),
+                non_target_log_probs(soft_t, target_index), non_target_log_probs(soft_s, target_index))),
         ], reference=z_s)
 
     def extra_repr(self):
