@@ -4,6 +4,7 @@ from .base import LogitPairLoss
 from .cc import CorrelationCongruenceLoss
 from .ctkd import CTKDLoss, CurriculumTemperature
 from .dist import LogitDISTLoss
+from .divergences import TAIDSchedule, TokenKDLoss
 from .dkd import DKDLoss
 from .fsp import FSPMatrixLoss
 from .ft import FactorTransferLoss
@@ -23,7 +24,7 @@ from .task import TaskLoss
 from .zscore import ZScoreKDLoss
 
 __all__ = [
-    'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss',
+    'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss', 'TokenKDLoss', 'TAIDSchedule',
     'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss', 'MLKDLoss', 'forward_two_views', 'LogitDISTLoss', 'SimilarityPreservingLoss',
     'CorrelationCongruenceLoss', 'FactorTransferLoss', 'FSPMatrixLoss', 'PooledATLoss', 'PooledVIDLoss',
     'CurriculumTemperature',
