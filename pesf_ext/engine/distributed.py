@@ -11,9 +11,12 @@ import os
 import torch
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchdistill.common.main_util import setup_for_distributed
 from torchdistill.common.module_util import check_if_wrapped
 from torchdistill.models.wrapper import AuxiliaryModelWrapper
+
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,84 @@ def all_gather_cpu(tensors):
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, tensors)
     return [tensor for rank_tensors in gathered for tensor in rank_tensors]
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    """This process's rank (0 in a single process)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def gather_to_main(obj):
+    """The list of every rank's ``obj``, indexed by rank, on rank 0 (``[obj]`` in a single process; None on the
+    other ranks). Every rank must call it."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+class ShardSampler(Sampler):
+    """Evaluation shard of one rank: dataset indices ``rank, rank + world, rank + 2 world, ...`` in order.
+
+    torchdistill builds every loader of a distributed run with ``DistributedSampler``, which shuffles by default
+    and pads the last shard with repeated examples so that all ranks have the same length: summed over ranks, a
+    few examples would be scored twice. These shards do not pad (ranks may differ by one example), so every
+    example is scored exactly once, and :func:`gather_in_order` puts per-example results back in dataset order."""
+
+    def __init__(self, num_samples, rank, world_size):
+        self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.num_samples, self.world_size))
+
+    def __len__(self):
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+
+def shard_eval_loader(loader):
+    """(loader, sharded): in a distributed run, ``loader`` rebuilt with :class:`ShardSampler` instead of its
+    ``DistributedSampler`` (same dataset, batch size, collate function, workers) and True; a loader that already
+    shards, or any loader in a single process, is returned as is (sharded: whether its data is split over ranks)."""
+    if not is_distributed():
+        return loader, False
+    sampler = getattr(loader, 'sampler', None)
+    if isinstance(sampler, ShardSampler):
+        return loader, True
+    if not isinstance(sampler, DistributedSampler):
+        return loader, False  # every rank sees the whole set: nothing to combine
+    if loader.batch_size is None:
+        raise ConfigError('test.test_data_loader / train.val_data_loader: a batch_sampler cannot be used for '
+                          'evaluation with torchrun (give kwargs.batch_size instead)')
+    workers = loader.num_workers
+    shards = ShardSampler(len(loader.dataset), dist.get_rank(), dist.get_world_size())
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=shards, num_workers=workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=False,
+                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+                      multiprocessing_context=loader.multiprocessing_context if workers else None,
+                      generator=loader.generator, prefetch_factor=loader.prefetch_factor if workers else None,
+                      persistent_workers=loader.persistent_workers if workers else False), True
+
+
+def gather_in_order(tensor):
+    """Concatenates the per-example rows of every rank's :class:`ShardSampler` shard back into dataset order
+    (row i of rank r is example ``r + i * world``); the tensor itself in a single process."""
+    if not is_distributed():
+        return tensor
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, tensor)
+    out = torch.empty((sum(len(p) for p in parts),) + tuple(parts[0].shape[1:]), dtype=parts[0].dtype)
+    for rank, part in enumerate(parts):
+        out[rank::len(parts)] = part
+    return out
 
 
 def is_main_process():
