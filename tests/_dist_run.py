@@ -27,3 +27,24 @@ def rank_results(out_dir, tag, nproc, ext='json'):
     if ext == 'json':
         return [json.load(open(path)) for path in paths]
     return [torch.load(path, weights_only=False) for path in paths]
+
+
+def write_random_teacher(config_path):
+    """Saves a randomly initialised teacher where ``config_path``'s teacher checkpoint is expected (these tests
+    check bookkeeping across processes, not accuracy, so the teacher needs no training)."""
+    from pesf_ext.engine.config import load_config
+    from pesf_ext.engine.models import build_model
+    teacher_config = load_config(config_path)['models']['teacher_model']
+    torch.manual_seed(0)
+    model = build_model({'key': teacher_config['key'], 'kwargs': teacher_config['kwargs']}, torch.device('cpu'),
+                        False, 'models.teacher_model')
+    os.makedirs(os.path.dirname(teacher_config['src_ckpt']), exist_ok=True)
+    torch.save({'model': model.state_dict()}, teacher_config['src_ckpt'])
+    return config_path
+
+
+def tiny_run_args(config_path, *extra, batch_size=16, steps=1):
+    """Runner arguments for a seconds-long run: ``steps`` training steps of ``batch_size`` per epoch."""
+    return ['--config', config_path, '--device', 'cpu', '--seed', '0', '--max_steps_per_epoch', str(steps),
+            '--set', f'train.train_data_loader.kwargs.batch_size={batch_size}',
+            'train.val_data_loader.kwargs.batch_size=8', 'test.test_data_loader.kwargs.batch_size=8', *extra]
