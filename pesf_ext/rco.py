@@ -20,6 +20,7 @@ from torchdistill.core.interfaces.registry import register_pre_epoch_proc_func
 
 from .engine.checkpoint import atomic_save
 from .engine.errors import ConfigError
+from .engine.files import reading
 from .engine.loop import inference_model
 from .procs import distillation_pre_epoch_process
 
@@ -74,8 +75,9 @@ class RCOSchedule:
         """Loads the anchor of ``epoch`` into ``teacher`` unless it is loaded already; returns its index."""
         index = self.index(epoch)
         if index != self.current:
-            state = torch.load(self.anchors[index], map_location='cpu', weights_only=False)
-            inference_model(teacher).load_state_dict(state.get('model', state))
+            with reading(self.anchors[index], f'train.rco.anchors[{index}]'):  # truncated/mismatched: one line
+                state = torch.load(self.anchors[index], map_location='cpu', weights_only=False)
+                inference_model(teacher).load_state_dict(state.get('model', state))
             self.current = index
             logger.info('RCO: epoch %d learns from anchor %d/%d (%s)', epoch, index + 1, len(self.anchors),
                         self.anchors[index])

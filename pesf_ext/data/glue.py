@@ -122,13 +122,20 @@ def load_raw_splits(spec, cache_dir=None):
     loaded = {}
     for split, path in files.items():
         ext = os.path.splitext(path)[1]
-        if ext in ('.tsv', '.csv'):
-            kwargs = {'delimiter': '\t' if ext == '.tsv' else ',', 'quoting': csv.QUOTE_NONE if ext == '.tsv' else
-                      csv.QUOTE_MINIMAL}
-            loaded[split] = datasets.load_dataset('csv', data_files=path, split='train', cache_dir=cache_dir,
-                                                  keep_default_na=False, **kwargs)
-        else:
-            loaded[split] = datasets.load_dataset('json', data_files=path, split='train', cache_dir=cache_dir)
+        try:
+            if ext in ('.tsv', '.csv'):
+                kwargs = {'delimiter': '\t' if ext == '.tsv' else ',',
+                          'quoting': csv.QUOTE_NONE if ext == '.tsv' else csv.QUOTE_MINIMAL}
+                loaded[split] = datasets.load_dataset('csv', data_files=path, split='train', cache_dir=cache_dir,
+                                                      keep_default_na=False, **kwargs)
+            else:
+                loaded[split] = datasets.load_dataset('json', data_files=path, split='train', cache_dir=cache_dir)
+        except Exception as error:  # noqa: BLE001 (empty, truncated or malformed files: the datasets library's types)
+            cause = error.__cause__ or error
+            raise DatasetNotFoundError(f'datasets.glue.raw_data_kwargs: {path}: could not be '
+                                       f'read as {ext.lstrip(".").upper() or "JSON"} ({type(cause).__name__}: '
+                                       f'{str(cause).splitlines()[0] if str(cause) else "empty or malformed"})'
+                                       ) from error
     return datasets.DatasetDict(loaded)
 
 
@@ -160,7 +167,10 @@ def tokenize_split(dataset, task, tokenizer, max_length, source):
     def encode(batch):
         texts = (batch[first],) if second is None else (batch[first], batch[second])
         encoded = tokenizer(*[[str(t) for t in column] for column in texts], truncation=True, max_length=max_length)
-        encoded['labels'] = [label_id(v, task) for v in batch['label']]
+        try:
+            encoded['labels'] = [label_id(v, task) for v in batch['label']]
+        except ValueError as error:  # a label the task does not have: one line naming the file
+            raise DatasetNotFoundError(f'{source}: {error}') from error
         return encoded
 
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names,
@@ -184,11 +194,15 @@ def build_glue_datasets(spec, tokenizer, split_seed=0, cache_dir=None):
         train = train.shuffle(seed=split_seed).select(range(num_train))
     splits = {'train': train, 'validation': val, 'test': raw['dev']}
     name = spec['name']
+    files = resolve_files(spec) or {}
+    origin = {'train': files.get('train'), 'validation': files.get('dev' if not num_val else 'train'),
+              'test': files.get('dev')}
     out = {}
     for split, dataset_id in spec['dataset_id_map'].items():
         if split not in splits:
                     raise ConfigError(f'datasets.glue.dataset_id_map.{split}: unknown split; use train, validation, test')
-        out[dataset_id] = tokenize_split(splits[split], task, tokenizer, max_length, f'{name}/{split}')
+        source = f'{name}/{split}' + (f' ({origin[split]})' if origin.get(split) else '')
+        out[dataset_id] = tokenize_split(splits[split], task, tokenizer, max_length, source)
     return out
 
 

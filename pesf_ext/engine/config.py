@@ -194,6 +194,7 @@ def validate_model_paths(config, teacher, student):
     train = config.get('train') or {}
     stages = [(f'train.{k}', v) for k, v in train.items() if k.startswith('stage')] or [('train', train)]
     for prefix, stage in stages:
+        _check_optimizer_paths(stage, prefix, teacher, student)
         for side, model in (('teacher', teacher), ('student', student)):
             side_config = stage.get(side) or {}
             if model is None or not side_config:
@@ -207,6 +208,32 @@ def validate_model_paths(config, teacher, student):
             if wrapper.get('key') == 'AdapterTeacher':
                 _check_adapters(f'{prefix}.{side}.auxiliary_model_wrapper.kwargs.adapters', model,
                                 wrapper.get('kwargs') or {})
+
+
+def _check_optimizer_paths(stage, prefix, teacher, student):
+    """``optimizer.module_wise_configs[i].module`` must name a module of its side (``'*'``: every module not listed,
+    see :mod:`pesf_ext.engine.optimizer_groups`); torchdistill would fail with ``'NoneType' ... 'parameters'``."""
+    optimizer = stage.get('optimizer') or {}
+    list_key = 'module_wise_configs' if 'module_wise_configs' in optimizer else 'module_wise_kwargs'
+    entries = optimizer.get(list_key) or []
+    if not isinstance(entries, list):
+        raise ConfigError(f'{prefix}.optimizer.{list_key}: must be a list of {{module, is_teacher, kwargs}} entries')
+    for i, entry in enumerate(entries):
+        key = f'{prefix}.optimizer.{list_key}[{i}]'
+        if not isinstance(entry, dict) or not isinstance(entry.get('module'), str):
+            raise ConfigError(f'{key}.module: missing (a module path such as layer1, or \'*\' for every module '
+                              'not listed)')
+        unknown = set(entry) - {'module', 'is_teacher', 'kwargs'}
+        if unknown:
+            raise ConfigError(f'{key}: unknown key(s) {sorted(unknown)}; an entry has module, is_teacher, kwargs')
+        if entry['module'] == '*':
+            continue
+        side = 'teacher' if entry.get('is_teacher', False) else 'student'
+        model = teacher if side == 'teacher' else student
+        if model is None:
+            raise ConfigError(f'{key}.is_teacher: there is no teacher model in this config')
+        wrapped = ((stage.get(side) or {}).get('auxiliary_model_wrapper') or {}).get('key') is not None
+        _check_path(f'{key}.module', entry['module'], model, wrapped)
 
 
 def _check_adapters(yaml_key, teacher, kwargs):

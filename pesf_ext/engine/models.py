@@ -5,11 +5,11 @@ ImageNet models of the same name, so the CIFAR VGGs of the CRD/PESF-KD papers ar
 """
 import logging
 
-from torchdistill.common.main_util import load_ckpt
 from torchdistill.models.official import get_image_classification_model
 from torchdistill.models.registry import MODEL_DICT, get_model
 
 from .errors import ConfigError
+from .files import load_model_checkpoint
 
 logger = logging.getLogger(__name__)
 PESF_MODEL_KEYS = {'vgg8', 'vgg13'}
@@ -31,7 +31,7 @@ def build_model(model_config, device, distributed, yaml_key):
         raise
     src_ckpt = model_config.get('src_ckpt')
     if src_ckpt:
-        load_ckpt(src_ckpt, model=model, strict=True)
+        load_model_checkpoint(src_ckpt, model, f'{yaml_key}.src_ckpt')
     return model.to(device)
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch.backends import cudnn
 from tqdm import tqdm
-from torchdistill.common.main_util import load_ckpt, set_seed
+from torchdistill.common.main_util import set_seed
 from torchdistill.core.distillation import get_distillation_box
 from torchdistill.core.training import get_training_box
 from torchdistill.datasets.util import build_data_loader
@@ -33,6 +33,8 @@ from .cli import validate_args
 from .config import load_config, validate_config, validate_model_paths
 from .distributed import barrier, init_distributed, is_main_process, resolve_device, wrap_box_models
 from .errors import ConfigError
+from .files import load_model_checkpoint, reading
+from .optimizer_groups import prepare_box, take_rest_entries
 from .overrides import apply_overrides
 from .loop import evaluate, inference_model, train_one_epoch
 from .rng import DataStream, isolated_stream
@@ -84,14 +86,17 @@ def student_config_of(models_config):
 
 def build_box(teacher, student, config, device, device_ids, distributed, lr_factor):
     train_config = config['train']
+    rest_entries = take_rest_entries(train_config)  # module: '*' (pesf_ext's); torchdistill would look '*' up
     if teacher is None:
-        return get_training_box(student, config['datasets'], train_config, device, device_ids, distributed, lr_factor)
+        box = get_training_box(student, config['datasets'], train_config, device, device_ids, distributed, lr_factor)
+        return prepare_box(box, train_config, rest_entries)
     if 'stage1' not in train_config:
         train_config.setdefault('pre_epoch_process', DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS)
     else:
         apply_stage_defaults(train_config, DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS)
-    return get_distillation_box(teacher, student, config['datasets'], train_config, device, device_ids,
-                                distributed, lr_factor)
+    box = get_distillation_box(teacher, student, config['datasets'], train_config, device, device_ids,
+                               distributed, lr_factor)
+    return prepare_box(box, train_config, rest_entries)  # every trainable parameter in an optimizer group
 
 
 def parameter_counts(box):
@@ -175,7 +180,8 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     start_epoch, best_value = args.start_epoch, 0.0
     timing = {'steps': 0, 'step_seconds': 0.0}
     if args.resume:
-        resumed = load_last(box, dst_ckpt, before_load=advance_to_epoch)
+        with reading(checkpoint_paths(dst_ckpt)[2], '-resume'):  # a truncated/mismatched file: one line
+            resumed = load_last(box, dst_ckpt, before_load=advance_to_epoch)
         if resumed is None:
             logger.info('-resume: no %s yet, starting from scratch', checkpoint_paths(dst_ckpt)[2])
         else:
@@ -228,14 +234,16 @@ def teacher_for_test(teacher, config, device, dst_ckpt, trained_teacher):
     """The teacher to report: the adapted/fine-tuned one saved with the best student when its teacher side was
     trained (in this run, or in an earlier one for ``-test_only``), else the teacher as given."""
     if trained_teacher is not None:
-        load_teacher_side(trained_teacher, dst_ckpt)
+        with reading(checkpoint_paths(dst_ckpt)[1], 'models.student_model.dst_ckpt'):
+            load_teacher_side(trained_teacher, dst_ckpt)
         return trained_teacher
     candidate = teacher
     teacher_train_config = (config.get('train') or {}).get('teacher') or {}
     if teacher_train_config.get('auxiliary_model_wrapper'):
         candidate = build_auxiliary_model_wrapper(teacher_train_config, teacher_model=teacher, device=device,
                                                   device_ids=None, distributed=False) or teacher
-    return candidate if load_teacher_side(candidate, dst_ckpt) else teacher
+    with reading(checkpoint_paths(dst_ckpt)[1], 'models.student_model.dst_ckpt'):
+        return candidate if load_teacher_side(candidate, dst_ckpt) else teacher
 
 
 def format_summary(results):
@@ -305,7 +313,7 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
         results.update(train_results)
     dst_ckpt = student_config.get('dst_ckpt')
     if dst_ckpt and os.path.isfile(dst_ckpt):
-        load_ckpt(dst_ckpt, model=unwrap(student), strict=True)
+        load_model_checkpoint(dst_ckpt, unwrap(student), f'{student_key}.dst_ckpt')
     test_config = config['test']['test_data_loader']
     test_loader = build_data_loader(config['datasets'][test_config['dataset_id']], test_config, distributed)
     cudnn.benchmark, cudnn.deterministic = False, True

@@ -24,10 +24,10 @@ import logging
 import os
 
 from torch import nn
-from torchdistill.common.main_util import load_ckpt
 from torchdistill.models.registry import MODEL_DICT, get_model, register_model
 
 from ..engine.errors import ConfigError
+from ..engine.files import load_model_checkpoint
 
 logger = logging.getLogger(__name__)
 LAYER_STRATEGIES = ('first', 'every_other', 'last')
@@ -50,6 +50,8 @@ def is_text_model_config(model_config):
 
 
 def pretrained_error(yaml_key, name, error):
+    if isinstance(name, str) and name.startswith(('/', '.', '~')) and not os.path.isdir(os.path.expanduser(name)):
+        return ConfigError(f'{yaml_key}.model_kwargs.pretrained_model_name_or_path: directory not found: {name}')
     return ConfigError(
         f'{yaml_key}.model_kwargs.pretrained_model_name_or_path: could not load `{name}` ({type(error).__name__}: '
         f'{str(error).splitlines()[0]}). Without internet, give a local model directory (a Hugging Face '
@@ -109,7 +111,7 @@ def layer_subset_student(model, layers='every_other', num_layers=None, teacher_c
     if teacher_ckpt:
         if not os.path.isfile(os.path.expanduser(teacher_ckpt)):
             raise ValueError(f'teacher_ckpt: checkpoint file not found: {teacher_ckpt}')
-        load_ckpt(os.path.expanduser(teacher_ckpt), model=model, strict=True)
+        load_model_checkpoint(os.path.expanduser(teacher_ckpt), model, 'teacher_ckpt')
     path, module_list = encoder_layers(model)
     indices = resolve_layer_indices(layers, num_layers, len(module_list))
     kept = nn.ModuleList([module_list[i] for i in indices])
@@ -137,7 +139,7 @@ def build_text_model(model_config, device, distributed, yaml_key):
     try:
         config = AutoConfig.from_pretrained(**config_kwargs)
         model = AutoModelForSequenceClassification.from_pretrained(config=config, **model_kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a directory without a usable config.json
         raise pretrained_error(yaml_key, name, error) from error
     builder = model_config.get('builder') or {}
     if builder:
@@ -149,7 +151,7 @@ def build_text_model(model_config, device, distributed, yaml_key):
             raise ConfigError(f'{yaml_key}.builder.kwargs.{error}') from error
     src_ckpt = model_config.get('src_ckpt')
     if src_ckpt:
-        load_ckpt(os.path.expanduser(src_ckpt), model=model, strict=True)
+        load_model_checkpoint(os.path.expanduser(src_ckpt), model, f'{yaml_key}.src_ckpt')
     return model.to(device)
 
 
