@@ -2,6 +2,7 @@
 from torchdistill.losses.registry import register_mid_level_loss
 
 from .base import FeaturePairLoss
+from .functional import at_least_float32
 
 
 @register_mid_level_loss
@@ -22,5 +23,5 @@ class CorrelationCongruenceLoss(FeaturePairLoss):
         e_s, e_t = self.feature_pair(student_io_dict, teacher_io_dict)
         if e_s.shape[0] < 2:
             raise ValueError(f'CorrelationCongruenceLoss needs at least 2 samples per batch, got {e_s.shape[0]}')
-        delta = (e_s - e_t).abs().flatten(1)
+        delta = at_least_float32((e_s - e_t).abs().flatten(1))   # float32: fp16 sums of products overflow
         return (delta[:-1] * delta[1:]).sum(1).mean()

@@ -3,13 +3,16 @@ from torch import nn
 from torch.nn import functional as F
 from torchdistill.losses.registry import register_mid_level_loss
 
+from .functional import float32_matmul
+
 
 def fsp_matrix(bottom, top):
     """:math:`G_{ij} = \\frac{1}{HW} \\sum_{hw} top_{i,hw} \\, bottom_{j,hw}` per sample, (N, C_top, C_bottom); the
-    larger map is average-pooled to the smaller one's size first (RepDistiller)."""
+    larger map is average-pooled to the smaller one's size first (RepDistiller). The product is computed in float32:
+    under fp16 autocast its sums over H·W overflow 65,504."""
     size = min(bottom.shape[2], top.shape[2])
     bottom, top = (f if f.shape[2] == size else F.adaptive_avg_pool2d(f, (size, size)) for f in (bottom, top))
-    return top.flatten(2) @ bottom.flatten(2).transpose(1, 2) / bottom.shape[2] / bottom.shape[3]
+    return float32_matmul(top.flatten(2), bottom.flatten(2).transpose(1, 2)) / bottom.shape[2] / bottom.shape[3]
 
 
 @register_mid_level_loss

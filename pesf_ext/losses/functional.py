@@ -37,17 +37,34 @@ class LogitStandardization:
             raise ValueError(f'eps must be >= 0, got {self.eps}')
 
 
+def at_least_float32(tensor):
+    """``tensor`` upcast to float32 when it is float16 / bfloat16 (what autocast hands a loss); other dtypes as is."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+def float32_matmul(a, b):
+    """``a @ b`` with autocast off and half-precision inputs upcast to float32; the gradient flows back in the
+    inputs' dtype. Gram and FSP products of feature maps need it under AMP: a ResNet layer3 map (64 x 8 x 8, elements
+    ~5-20) has a squared norm ~1e5, beyond float16's largest value 65,504, and bfloat16's 8-bit mantissa loses the
+    small differences between a student's and a teacher's Gram matrix."""
+    with torch.autocast(a.device.type, enabled=False):
+        return at_least_float32(a) @ at_least_float32(b)
+
+
 def standardize_logits(logits, std='unbiased', eps=1e-7):
     """Z-score per sample over the last (class) dimension (Sun et al., CVPR 2024, Alg. 1).
 
     .. math:: Z(z) = (z - \\bar{z}) / (\\sigma(z) + \\epsilon)
 
-    ``std='unbiased'`` divides the variance by K - 1, ``'population'`` by K.
+    ``std='unbiased'`` divides the variance by K - 1, ``'population'`` by K. Mean and std are computed in float32
+    (autocast off) for float16 / bfloat16 logits, and the result is float32.
     """
     check_choice('std', std, STD_CHOICES)
-    mean = logits.mean(dim=-1, keepdim=True)
-    sigma = logits.std(dim=-1, keepdim=True, correction=1 if std == 'unbiased' else 0)
-    return (logits - mean) / (sigma + eps)
+    with torch.autocast(logits.device.type, enabled=False):
+        logits = at_least_float32(logits)
+        mean = logits.mean(dim=-1, keepdim=True)
+        sigma = logits.std(dim=-1, keepdim=True, correction=1 if std == 'unbiased' else 0)
+        return (logits - mean) / (sigma + eps)
 
 
 def soften(logits, temperature, standardization=None):

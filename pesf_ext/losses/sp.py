@@ -3,12 +3,14 @@ from torch.nn import functional as F
 from torchdistill.losses.registry import register_mid_level_loss
 
 from .base import FeaturePairLoss
+from .functional import float32_matmul
 
 
 def similarity_matrix(features):
-    """:math:`\\tilde{G} = \\mathrm{rownorm}_2(Q Q^\\top)`, Q the (N, ·) flattened features (SP eq. 1–2)."""
+    """:math:`\\tilde{G} = \\mathrm{rownorm}_2(Q Q^\\top)`, Q the (N, ·) flattened features (SP eq. 1–2); the
+    product in float32 (under fp16 autocast a layer3 Gram entry overflows)."""
     flat = features.flatten(1)
-    return F.normalize(flat @ flat.t(), p=2, dim=1)
+    return F.normalize(float32_matmul(flat, flat.t()), p=2, dim=1)
 
 
 @register_mid_level_loss
