@@ -5,7 +5,7 @@ with open('README.md', encoding='utf-8') as f:
 
 setup(
     name='pesf_ext',
-    version='0.1.0',
+    version='0.2.0',
     description='Parameter-efficient, student-friendly knowledge distillation (PESF-KD, FT-KD, Z-score) for torchdistill',
     long_description=long_description,
     long_description_content_type='text/markdown',

@@ -7,4 +7,4 @@ from . import adapters, data, losses, models, nlp, procs  # noqa: F401  (registr
 from . import epoch_metrics  # noqa: F401,E402  (registers epoch_metrics_post_epoch_process)
 from . import rco  # noqa: F401,E402  (registers rco_pre_epoch_process)
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
