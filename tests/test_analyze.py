@@ -262,3 +262,31 @@ def test_grid_rejects_bad_axes_and_a_grid_with_no_run(tmp_path):
     # one seed each: the difference without an interval
     assert analyze.main(args + ['--rows', 'temperature=default', '--columns', 'beta=default']).splitlines()[2] \
         == '| default | -1.000 ± n/a (n=1) |'
+
+
+def test_forest_hand_values_and_plot(tmp_path):
+    # KD 80, 82, 81; PESF-KD 81, 82, 83 -> differences 1, 0, 2: mean 1, sd 1, half t(0.975, 2) / sqrt(3) = 2.4841;
+    # student (CE) 78, 80, 79 -> differences -2, -2, -2: mean -2, sd 0, half 0 (clear of 0)
+    for seed, (kd, pesf, ce) in enumerate([(80, 81, 78), (82, 82, 80), (81, 83, 79)]):
+        write_student_top1(tmp_path, f'kd_seed{seed}', kd)
+        write_student_top1(tmp_path, f'pesfkd_seed{seed}', pesf)
+        write_student_top1(tmp_path, f'student_ce_seed{seed}', ce)
+    write_student_top1(tmp_path, 'pesfkd_seed3', 99)          # no KD seed 3 to pair with: left out
+    out = tmp_path / 'forest.png'
+    points = analyze.main(['forest', '--runs', str(tmp_path), '--methods', 'pesfkd', 'student_ce', '--out', str(out)])
+    (m1, d1, h1, n1), (m2, d2, h2, n2) = points
+    assert (m1, n1, m2, n2) == ('pesfkd', 3, 'student_ce', 3)
+    assert d1 == pytest.approx(1.0) and h1 == pytest.approx(4.302652729911275 / np.sqrt(3))
+    assert d2 == pytest.approx(-2.0) and h2 == pytest.approx(0.0)
+    assert out.stat().st_size > 0
+
+
+def test_forest_table_rows_and_missing_reference(tmp_path, capsys):
+    for seed, (kd, pesf) in enumerate([(80, 81), (82, 82), (81, 83)]):
+        write_student_top1(tmp_path, f'kd_seed{seed}', kd)
+        write_student_top1(tmp_path, f'pesfkd_seed{seed}', pesf)
+    analyze.main(['forest', '--runs', str(tmp_path)])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2] == '| PESF-KD | +1.00 | [-1.48, +3.48] | 3 |'
+    with pytest.raises(SystemExit, match='--reference: no finished run of `dml`'):
+        analyze.main(['forest', '--runs', str(tmp_path), '--reference', 'dml'])

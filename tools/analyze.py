@@ -12,6 +12,9 @@
     # a two-knob grid (tools/compare.py --grid) against KD: a matrix of paired differences, and a heatmap
     python tools/analyze.py grid --runs docs/results/converged_epyc --method zscore__alpha-1.0 \\
         --rows temperature=0.5,1,default:2,3 --columns beta=1,3,default:9 --out docs/figures/grid.png
+    # every method's paired difference to KD, as a table and a forest plot (docs/RESULTS.md's summary)
+    python tools/analyze.py forest --runs docs/results/converged --methods student_ce pesfkd ftkd zscore \\
+        --out docs/figures/forest.png
     # the sharpest target Z-score KD can give, per class count and temperature (docs/RESULTS.md)
     python tools/analyze.py zscore_bound --classes 10 100 --temperatures 1 2 4
 
@@ -570,6 +573,55 @@ def grid_main(args):
     return text
 
 
+# ---------------------------------------------------------------------------------------------------- forest
+def forest_main(args):
+    """Markdown table and forest plot: per method, the paired difference of ``--key`` to ``--reference`` (the mean
+    per-seed difference over the seeds both have) with its 95% t-interval. In the plot each method is one row, a dot
+    and its interval, with a line at 0; an interval clear of 0 is drawn in colour, one that contains 0 in grey.
+    Returns ``[(method, mean difference, half-width, n)]``."""
+    methods = list(dict.fromkeys([args.reference, *args.methods])) if args.methods else None
+    rows = seed_values(args.runs, args.key, args.seeds, methods)
+    if not rows.get(args.reference):
+        sys.exit(f'--reference: no finished run of `{args.reference}` with `{args.key}` under {", ".join(args.runs)}')
+    order = [m for m in (args.methods or sorted(rows)) if m != args.reference and rows.get(m)]
+    if not order:
+        sys.exit(f'--methods: no finished run to compare with `{args.reference}` under {", ".join(args.runs)}')
+    points = [(m, *paired_interval({'student': rows[m]}, {'student': rows[args.reference]})) for m in order]
+    reference = label_of(args.reference)
+    lines = [f'| method | Δ {args.key} vs {reference} (paired mean) | 95% CI | seeds |', '|---|---|---|---|']
+    for method, diff, half, n in points:
+        ci = 'n/a' if n < 2 else f'[{diff - half:+.2f}, {diff + half:+.2f}]'
+        lines.append(f'| {label_of(method)} | {diff:+.2f} | {ci} | {n} |')
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        plot_forest(points, args.out, f'Δ {args.key} vs {reference}, paired over seeds (95% t-interval)')
+        print(f'\n![forest plot]({os.path.relpath(os.path.abspath(args.out), os.path.join(ROOT, "docs"))})')
+    return points
+
+
+def plot_forest(points, path, xlabel):
+    """One row per ``(method, diff, half, n)``, top to bottom, with a vertical line at 0."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(points) + 1.3))
+    for row, (method, diff, half, n) in enumerate(points):
+        clear = n > 1 and abs(diff) > half
+        color = ('tab:blue' if diff > 0 else 'tab:red') if clear else 'tab:gray'
+        ax.errorbar(diff, row, xerr=half if n > 1 else None, fmt='o', color=color, capsize=3)
+    ax.axvline(0.0, color='black', linewidth=0.8, linestyle='--')
+    ax.set_yticks(range(len(points)), [f'{label_of(m)} (n={n})' for m, _, _, n in points])
+    ax.set_ylim(len(points) - 0.5, -0.5)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis='x', alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------- Z-score bound
 def zscore_bound_main(args):
     """Markdown table: the largest standardized logit and the sharpest target probability Z-score KD can give."""
@@ -631,7 +683,16 @@ def main(argv=None):
     bound.add_argument('--classes', type=int, nargs='+', default=[10, 100, 1000])
     bound.add_argument('--temperatures', type=float, nargs='+', default=[0.5, 1, 2, 3, 4])
     bound.add_argument('--std', default='unbiased', choices=('unbiased', 'population'))
+    forest = sub.add_parser('forest', help="every method's paired difference to a reference: table and forest plot")
+    forest.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/ and results/)')
+    forest.add_argument('--key', default='test_top1', help='as paired --key (default: %(default)s)')
+    forest.add_argument('--reference', default='kd')
+    forest.add_argument('--methods', nargs='+', help='methods, top to bottom (default: all, sorted)')
+    forest.add_argument('--seeds', type=int, default=None, help='only seeds 0 .. SEEDS-1 (default: every seed recorded)')
+    forest.add_argument('--out', help='also write the forest plot to this PNG')
     args = parser.parse_args(argv)
+    if args.command == 'forest':
+        return forest_main(args)
     import pesf_ext  # noqa: F401  (registries)
     return {'metrics': metrics_main, 'figures': figures_main, 'convergence': convergence_main, 'paired': paired_main,
             'pairs': pairs_main, 'grid': grid_main, 'zscore_bound': zscore_bound_main}[args.command](args)
