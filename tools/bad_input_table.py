@@ -65,6 +65,43 @@ def alpha_alone(config):
     del pesf_kwargs(config)['beta']
 
 
+def teacher_path(config):
+    return config['models']['teacher_model']['src_ckpt']
+
+
+def truncated_teacher(config):
+    """The teacher checkpoint cut in half, as an interrupted copy leaves it."""
+    path = os.path.join(os.path.dirname(teacher_path(config)), 'truncated.pt')
+    with open(teacher_path(config), 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 2])
+    config['models']['teacher_model']['src_ckpt'] = path
+
+
+def other_model_teacher(config):
+    """A ResNet-20's checkpoint where the ResNet-56 teacher's belongs."""
+    path = os.path.join(os.path.dirname(teacher_path(config)), 'resnet20.pt')
+    torch.save({'model': build_model(config['models']['student_model'], torch.device('cpu'), False,
+                                     'models.student_model').state_dict()}, path)
+    config['models']['teacher_model']['src_ckpt'] = path
+
+
+def truncated_last(config):
+    """A ``<dst_ckpt stem>_last.pt`` cut short (the disk filled up while another tool copied it)."""
+    stem = os.path.splitext(config['models']['student_model']['dst_ckpt'])[0]
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    with open(teacher_path(config), 'rb') as f:
+        data = f.read()
+    with open(f'{stem}_last.pt', 'wb') as f:
+        f.write(data[:4096])
+
+
+def adapters_only(config):
+    optimizer = config['train']['optimizer']
+    optimizer['module_wise_configs'] = [e for e in optimizer['module_wise_configs'] if e.get('is_teacher')]
+
+
 @dataclass
 class Case:
     what: str                    # what the user wrote
@@ -99,6 +136,10 @@ CASES = [
     Case('`--config` file that does not exist', missing_config=True),
     Case('YAML syntax error (a tab indents a line)', text=lambda text: 'train:\n\tnum_epochs: 1\n' + text),
     Case('teacher checkpoint missing', setter('models', 'teacher_model', 'src_ckpt', value='/missing/teacher.pt')),
+    Case('teacher checkpoint truncated (half the file)', truncated_teacher),
+    Case("teacher checkpoint of another model (a ResNet-20's)", other_model_teacher),
+    Case('`-resume` with a truncated `<dst_ckpt stem>_last.pt`', truncated_last, argv=['-resume']),
+    Case('`optimizer.module_wise_configs` lists only the adapters (the student would never train)', adapters_only),
     Case("student's `lr: 1.0e+30` (in range, but the run diverges: the NaN stop)", student_lr_1e30),
 ]
 

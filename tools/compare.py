@@ -69,6 +69,24 @@ FULL_TRAIN_SIZE = 55000  # Fashion-MNIST train split
 INIT_SHARE = 30 / 240    # RepDistiller's init stage (AB, FT, FSP) against its main stage
 
 
+def method_names(methods):
+    """``--methods`` as method names: a Fashion-MNIST config path is read as its method; another family's config (or
+    a name that says it) stops with one line, since this driver builds its budget from configs/fashion_mnist/."""
+    names = []
+    for method in methods:
+        stem = os.path.splitext(os.path.basename(method))[0]
+        family = next((f for f in ('cifar100', 'imagenet', 'glue') if f in method.lower()), None)
+        if family is not None:
+            other = 'tools/glue_compare.py' if family == 'glue' else \
+                f'tools/image_classification.py --config configs/{family}/<config>.yaml --seed <seed>'
+            sys.exit(f'--methods {method}: tools/compare.py runs the Fashion-MNIST configs only '
+                     f'(configs/fashion_mnist/resnet56_resnet20_<method>.yaml); for {family} use {other}')
+        if method.endswith('.yaml'):
+            stem = 'student_ce' if stem == 'resnet20_student_ce' else stem.replace('resnet56_resnet20_', '', 1)
+        names.append(stem if method.endswith('.yaml') else method)
+    return names
+
+
 def config_name(method):
     return 'resnet20_student_ce.yaml' if method == STUDENT_CE else f'resnet56_resnet20_{method}.yaml'
 
@@ -347,6 +365,7 @@ def alone(user_threads=None):
 
 def main(argv=None):
     args = get_args(argv)
+    args.methods = method_names(args.methods)
     # parallel CPU runs split the cores instead of each starting one thread per core
     user_threads = os.environ.get('OMP_NUM_THREADS')
     os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // max(args.jobs, 1))))

@@ -114,7 +114,7 @@ def read_checkpoint(path, yaml_key, what='checkpoint'):
     except Exception as error:  # noqa: BLE001
         if isinstance(error, MemoryError):
             raise
-        raise ConfigError(f'{yaml_key}: {path}: ({os.path.getsize(path):,} bytes) not a readable PyTorch {what}: '
+        raise ConfigError(f'{yaml_key}: {path}: not a readable PyTorch {what} ({os.path.getsize(path):,} bytes): '
                           f'truncated or corrupt? ({type(error).__name__}: {first_sentence(error)})') from error
 
 

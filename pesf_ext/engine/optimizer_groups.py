@@ -106,13 +106,13 @@ def add_rest_groups(box, entries, stage_config, prefix):
 def _module_paths(model, missing):
     """The shortest module paths whose trainable parameters are all in ``missing`` (parameter names)."""
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    paths = []
+    missing_set, paths = set(missing), []
     for name in missing:
         parts = name.split('.')
         path = '.'.join(parts[:-1]) or name  # the parameter's own module (or a parameter of the model itself)
         for depth in range(1, len(parts)):
             candidate = '.'.join(parts[:depth])
-            if all(n in missing for n in trainable if n.startswith(candidate + '.')):
+            if all(n in missing_set for n in trainable if n.startswith(candidate + '.')):
                 path = candidate
                 break
         if path not in paths:
@@ -145,10 +145,10 @@ def check_coverage(box, prefix='train', sides=('student', 'teacher')):
         if model is None or side not in sides:
             continue
         model = unwrap(model)
-        missing = {name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered}
+        missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
         if not missing:
             continue
-        paths = _module_paths(model, sorted(missing))
+        paths = _module_paths(model, missing)
         named = ', '.join(f"'{p}'" for p in paths[:6]) + (f' and {len(paths) - 6} more' if len(paths) > 6 else '')
         modules = 'module' if len(paths) == 1 else 'modules'
         freeze = (f'{prefix}.teacher.requires_grad: False' if side == 'teacher' else
