@@ -14,6 +14,7 @@ from .functional import (
     squared_error, standardize_logits
 )
 from .kd import LogitKDLoss
+from .luminet import LumiNetLoss
 from .mlkd import MLKDLoss, forward_two_views
 from .online import DMLLoss, KDCLLoss
 from .pesf import PESFKDLoss
@@ -21,13 +22,14 @@ from .pkd import PKDLoss
 from .pooled import PooledATLoss, PooledVIDLoss
 from .sp import SimilarityPreservingLoss
 from .task import TaskLoss
+from .ttm import TTMLoss, WTTMLoss
 from .zscore import ZScoreKDLoss
 
 __all__ = [
     'LogitPairLoss', 'LogitKDLoss', 'PKDLoss', 'TaskLoss', 'TokenKDLoss', 'TAIDSchedule',
     'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss', 'DMLLoss', 'KDCLLoss', 'DKDLoss', 'CTKDLoss', 'MLKDLoss', 'forward_two_views', 'LogitDISTLoss', 'SimilarityPreservingLoss',
     'CorrelationCongruenceLoss', 'FactorTransferLoss', 'FSPMatrixLoss', 'PooledATLoss', 'PooledVIDLoss',
-    'CurriculumTemperature',
+    'CurriculumTemperature', 'TTMLoss', 'WTTMLoss', 'LumiNetLoss',
     'LogitStandardization', 'standardize_logits', 'soften', 'softened_kl', 'kl_divergence', 'cross_entropy',
     'sharpness', 'sharpness_gap',
 ]

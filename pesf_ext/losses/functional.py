@@ -315,3 +315,71 @@ def taid_next_t(t, momentum, previous_loss, loss, progress, t_start=0.4, t_end=1
     linear = t_start + (t_end - t_start) * progress
     adaptive = t + step_size * (1.0 / (1.0 + math.exp(-momentum))) * (1 - t)
     return min(t_end, max(linear, adaptive)), momentum
+
+
+# ---- transformed teacher matching (TTM, WTTM) and batch-standardized KD (LumiNet) ----
+
+def power_transform_log_probs(logits, gamma):
+    """Power transform of a softmax (TTM, Zheng & Yang, ICLR 2024, eq. 6): :math:`\\tilde{p}_k = p_k^\\gamma /
+    \\sum_j p_j^\\gamma`, which equals :math:`\\mathrm{softmax}(\\gamma z)`, i.e. temperature :math:`1/\\gamma`.
+
+    Returns ``(log p~, log sum_j p_j^gamma)``, both from log-probabilities (no underflow of :math:`p^\\gamma`); the
+    second is WTTM's per-sample weight :math:`\\sum_j p_j^\\gamma` in log space, shape (N,).
+    """
+    scaled = gamma * torch.log_softmax(logits, dim=-1)
+    log_norm = torch.logsumexp(scaled, dim=-1)
+    return scaled - log_norm.unsqueeze(-1), log_norm
+
+
+def transformed_teacher_kl(teacher_logits, student_logits, gamma, reduction='batchmean', weighted=False,
+                           standardization=None):
+    """TTM / WTTM divergence (Zheng & Yang, "Knowledge Distillation Based on Transformed Teacher Matching",
+    ICLR 2024): the power-transformed teacher against the student's plain softmax (no student temperature, no
+    :math:`\\tau^2`).
+
+    .. math:: TTM_i = KL(\\tilde{p}_{t,i} \\| p_{s,i}), \\qquad
+              WTTM_i = \\Big(\\sum_k p_{t,i,k}^\\gamma\\Big) \\cdot KL(\\tilde{p}_{t,i} \\| p_{s,i})
+
+    WTTM's weight is the raw normaliser :math:`\\sum_k p_{t,k}^\\gamma \\in [1, K^{1-\\gamma}]` for
+    :math:`\\gamma \\le 1`, not divided by its batch mean (the authors' ``distiller_zoo/wttm.py``:
+    ``mean(norm * KL)``). With a :class:`LogitStandardization` the *teacher's* logits are Z-scored before the
+    softmax, so :math:`\\tilde{p}_t = \\mathrm{softmax}(\\gamma Z(z_t))` has logit std :math:`\\gamma` whatever the
+    teacher's scale; the student keeps its plain softmax. 'batchmean' is the authors' reduction.
+    """
+    if standardization is not None:
+        teacher_logits = standardize_logits(teacher_logits, standardization.std, standardization.eps)
+    target_log_probs, log_norm = power_transform_log_probs(teacher_logits, gamma)
+    values = F.kl_div(torch.log_softmax(student_logits, dim=-1), target_log_probs, reduction='none',
+                      log_target=True)
+    if weighted:
+        values = values * log_norm.exp().unsqueeze(-1)
+    return reduce_per_sample(values, reduction)
+
+
+def batch_standardize_logits(logits, eps=1e-5, statistics_from=None):
+    """LumiNet's 'perception' (Hossain et al., 2023): each class's logit standardized over the batch,
+
+    .. math:: \\hat{z}_{i,k} = (z_{i,k} - \\mu_k) / \\sqrt{\\sigma_k^2 + \\epsilon}
+
+    with :math:`\\mu_k`, :math:`\\sigma_k^2` the mean and population (biased) variance of column k, as the
+    authors' ``perception()``. ``statistics_from`` (an (M, K) tensor, e.g. the rows of every process) gives the
+    statistics instead of ``logits`` itself. A batch of one sample standardizes to zeros.
+    """
+    source = logits if statistics_from is None else statistics_from
+    mean = source.mean(dim=0, keepdim=True)
+    var = source.var(dim=0, keepdim=True, correction=0)
+    return (logits - mean) / torch.sqrt(var + eps)
+
+
+def batch_standardized_kl(target_logits, input_logits, temperature, reduction='batchmean', eps=1e-5,
+                          target_statistics=None, input_statistics=None):
+    """LumiNet's divergence (Hossain et al., 2023, ``luminet_loss``): KL of the batch-standardized logits, softened
+    by :math:`\\tau`, **without** the :math:`\\tau^2` factor (the authors scale it by their ALPHA squared instead):
+
+    .. math:: KL(\\mathrm{softmax}(\\hat{z}_t / \\tau) \\| \\mathrm{softmax}(\\hat{z}_s / \\tau))
+
+    ``*_statistics``: see :func:`batch_standardize_logits` (``statistics_from``).
+    """
+    target = batch_standardize_logits(target_logits, eps, target_statistics) / temperature
+    source = batch_standardize_logits(input_logits, eps, input_statistics) / temperature
+    return kl_divergence(torch.log_softmax(target, dim=-1), torch.log_softmax(source, dim=-1), reduction)
