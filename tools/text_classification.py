@@ -3,10 +3,11 @@
 Same engine, command line and end-of-run report as ``tools/image_classification.py``; YAML schema of torchdistill's
 ``examples/hf_transformers/text_classification.py``::
 
-    python tools/text_classification.py --config configs/glue/rte/bert_base_uncased_6l_pesfkd.yaml
-    python tools/text_classification.py --config configs/glue_offline/rte/minilm_l3_pesfkd.yaml \\
-        --data_dir ../shared/data/glue --seed 0
-    torchrun --nproc_per_node=4 tools/text_classification.py --config configs/glue/sst2/bert_base_uncased_6l_kd.yaml
+    python tools/text_classification.py --config configs/glue/rte/bert_base_uncased_bert_6l_pesfkd.yaml
+    python tools/text_classification.py --config configs/glue_offline/rte/minilm_l6_minilm_l3_pesfkd.yaml \\
+        --data_dir glue_data --seed 0     # glue_data/RTE/{train,dev}.tsv: GLUE TSV files in a folder you pass
+    torchrun --nproc_per_node=4 tools/text_classification.py \\
+        --config configs/glue/sst2/bert_base_uncased_bert_6l_kd.yaml
 
 ``--data_dir``, ``--teacher_model`` and ``--student_model`` replace the YAML's data folder and model paths.
 """

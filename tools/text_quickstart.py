@@ -6,9 +6,9 @@ FT-KD and DML, and print a table shaped like the PESF-KD paper's Table III.
     python tools/text_quickstart.py --task rte      # RTE instead (longer: 2,240 training pairs)
 
 Each run is a separate process of ``tools/text_classification.py`` with the shipped config, as a user would start
-it (``tools/quickstart.run``); finished runs (their summary JSON exists) are skipped and an interrupted one continues
-from its last epoch, so an interrupted quickstart resumes where it stopped. Needs ``../shared/data/glue`` (or
-``--data_dir`` with the GLUE task folders).
+it (``run`` of ``tools/quickstart.py``); finished runs (their summary JSON exists) are skipped and an interrupted one continues
+from its last epoch, so an interrupted quickstart resumes where it stopped. Needs the GLUE TSV files: pass
+``--data_dir DIR`` with the GLUE task folders (``DIR/SST-2/train.tsv``, ...).
 """
 import argparse
 import json
@@ -59,7 +59,7 @@ def get_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--task', default='sst2', choices=('sst2', 'rte'))
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--data_dir', help="folder with the GLUE task folders (default: the configs' ../shared/data/glue)")
+    parser.add_argument('--data_dir', help="folder with the GLUE task folders (default: the configs' data_dir)")
     parser.add_argument('--out_dir', default=os.path.join(ROOT, 'runs', 'text_quickstart'))
     parser.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE',
                         help='YAML overrides passed on to every run (see tools/text_classification.py --help)')

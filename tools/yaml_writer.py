@@ -9,7 +9,7 @@ reads with, takes ``2e-05`` for a string), booleans (``True``/``False``) and ``N
   that tools and tests rewrite with the regex ``(&name )(\\S+)`` (e.g. ``&num_epochs 30``, ``&root_dir '...'``,
   ``&num_train_samples null``). An anchor may also be a dict key (``&train fashion_mnist/train: ...``).
 - ``alias(name)``: ``*name``, the value anchored earlier in the same document under ``name``.
-- ``tagged(tag, value)``: ``!tag value``, e.g. ``tagged('!join', [alias('ckpt_root'), '/ce/x.pt'])``. The helpers
+- ``tagged(tag, value)``: ``!tag value``, e.g. ``tagged('!join', [alias('ckpt_root'), '/ce/x.pt'])``. The functions
   ``import_call(key, kwargs)``, ``import_get(key)`` and ``join(*parts)`` build torchdistill's ``!import_call``,
   ``!import_get`` and ``!join`` nodes.
 - ``note(value, text)``: ``key: value  # text`` (for a dict value; after ``key:`` when the value is a block; not on

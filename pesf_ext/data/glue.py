@@ -8,7 +8,7 @@ The YAML section mirrors torchdistill's GLUE example (``datasets.glue.name``, ``
       glue:
         name: 'rte'
         raw_data_kwargs:
-          data_dir: '../shared/data/glue'   # holds RTE/train.tsv and RTE/dev.tsv; null: the hub's 'glue' (online)
+          data_dir: 'glue_data'             # holds RTE/train.tsv and RTE/dev.tsv; null: the hub's 'glue' (online)
           train_file_path:                  # explicit files override data_dir (.tsv, .csv or .json/.jsonl)
           valid_file_path:
         max_length: 128                     # tokens; longer inputs are truncated, batches padded to their longest

@@ -1,7 +1,7 @@
 """Multi-process training with torchrun on CUDA (NCCL) and CPU (gloo).
 
 torchdistill 1.1.5's ``init_distributed_mode`` calls ``torch.cuda.set_device`` and hard-codes NCCL, and its
-``wrap_model`` wraps with DistributedDataParallel only on CUDA. These helpers extend that to CPU without editing
+``wrap_model`` wraps with DistributedDataParallel only on CUDA. The functions here extend that to CPU without editing
 torchdistill: processes are started by ``torchrun`` (which sets RANK, WORLD_SIZE, LOCAL_RANK), the backend follows
 the device, and every model with trainable parameters that torchdistill left unwrapped is wrapped in DDP.
 """

@@ -1,0 +1,77 @@
+"""The one-minute summary of docs/RESULTS.md: each paper claim tested here, the paper's own words or number (another
+dataset and scale), this project's paired difference with its 95% interval, and the verdict the interval gives.
+
+    python tools/claims.py          # a Markdown table built from the committed run records, nothing trained
+
+The papers' words below are quotes (source beside each; no paper number is quoted where it was not checked); everything else is computed from ``docs/results/``.
+A verdict is "reproduced" when the 95% interval of the paired difference excludes 0 on the side the paper claims,
+"opposite" when it excludes 0 on the other side, and "inconclusive" when it contains 0.
+"""
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+from analyze import label_of, seed_values  # noqa: E402
+from compare import paired_interval  # noqa: E402
+
+XEON, EPYC = 'docs/results/converged', 'docs/results/converged_epyc'
+PESF = 'PESF-KD paper (Rao et al., IEEE TMM 2023)'
+ZSCORE = 'Z-score paper (Sun et al., CVPR 2024)'
+# (claim, what the paper reports, records, method, reference, key, sign the paper claims: +1 larger, -1 smaller)
+CLAIMS = (
+    ('KD beats a student trained on labels alone (the regime can test KD at all)', 'the premise of every method '
+     'here (Hinton et al. 2015)', XEON, 'kd', 'student_ce', 'test_top1', +1),
+    ('PESF-KD beats KD (student top-1)', f'PESF-KD above vanilla KD in its CIFAR-100 and ImageNet tables ({PESF})', XEON, 'pesfkd', 'kd', 'test_top1', +1),
+    ('PESF-KD shrinks the sharpness gap S(z_t) - S(z_s) against KD', f'a smaller gap than KD at every temperature, CIFAR-100 '
+     f'({PESF}, Fig. 4)', XEON, 'pesfkd', 'kd', 'test_gap', -1),
+    ('PESF-KD at adapter lr 2e-3 shrinks the gap', f'as above ({PESF}, Fig. 4)', XEON, 'pesfkd__lr-2e-3', 'kd',
+     'test_gap', -1),
+    ('PESF-KD at adapter lr 2e-3 beats KD', f'as above ({PESF})', XEON, 'pesfkd__lr-2e-3', 'kd',
+     'test_top1', +1),
+    ('FT-KD shrinks the sharpness gap against KD', f'smaller gap, CIFAR-100 ({PESF}, Fig. 4)', XEON, 'ftkd', 'kd',
+     'test_gap', -1),
+    ('FT-KD beats KD', f'FT-KD above vanilla KD, CIFAR-100 and ImageNet ({PESF})', XEON, 'ftkd', 'kd',
+     'test_top1', +1),
+    ('Z-score KD beats KD (tau 2, lambda_KD 9, lambda_CE 0.1)', f'"significant superiority" of KD with Z-score over KD, CIFAR-100 and '
+     f'ImageNet ({ZSCORE}, abstract)', XEON, 'zscore', 'kd', 'test_top1', +1),
+    ('Z-score KD at CE weight 1 beats KD', f'as above ({ZSCORE})', EPYC, 'zscore__alpha-1.0', 'kd', 'test_top1', +1),
+    ('Z-score on DKD beats DKD', f'"other distillation variants can obtain considerable gain" ({ZSCORE}, '
+     'abstract), DKD among them', XEON, 'dkd_zscore',
+     'dkd', 'test_top1', +1),
+)
+
+
+def verdict(diff, half, n, sign):
+    if n < 2 or half != half or abs(diff) <= half:
+        return 'inconclusive'
+    return 'reproduced' if diff * sign > 0 else 'opposite'
+
+
+def machine(records):
+    return {XEON: 'Intel Xeon', EPYC: 'AMD EPYC'}.get(records, records)
+
+
+def table(claims=CLAIMS, root=ROOT):
+    lines = ['| claim | the paper (other dataset and scale) | here: paired difference, 95% CI (Fashion-MNIST, '
+             'ResNet-56 → ResNet-20; CPU) | verdict |', '|---|---|---|---|']
+    for claim, paper, records, method, reference, key, sign in claims:
+        rows = seed_values([os.path.join(root, records)], key, None, [method, reference])
+        diff, half, n = paired_interval({'student': rows.get(method, {})}, {'student': rows.get(reference, {})})
+        here = (f'{label_of(method)} − {label_of(reference)}, {key}: {diff:+.2f} ± {half:.2f} (n={n}, '
+                f'{machine(records)})') if n else 'not run'
+        lines.append(f'| {claim} | {paper} | {here} | {verdict(diff, half, n, sign) if n else "-"} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split('\n\n')[0]).parse_args(argv)
+    text = table()
+    print(text)
+    return text
+
+
+if __name__ == '__main__':
+    main()
