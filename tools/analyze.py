@@ -12,6 +12,9 @@
     # a two-knob grid (tools/compare.py --grid) against KD: a matrix of paired differences, and a heatmap
     python tools/analyze.py grid --runs docs/results/converged_epyc --method zscore__alpha-1.0 \\
         --rows temperature=0.5,1,default:2,3 --columns beta=1,3,default:9 --out docs/figures/grid.png
+    # one point per method: its mean sharpness gap and teacher logit std against its mean student top-1
+    python tools/analyze.py scatter --runs docs/results/converged_epyc --seeds 5 --methods kd ttm wttm luminet \\
+        --out docs/figures/scatter.png
     # every method's paired difference to KD, as a table and a forest plot (docs/RESULTS.md's summary)
     python tools/analyze.py forest --runs docs/results/converged --methods student_ce pesfkd ftkd zscore \\
         --out docs/figures/forest.png
@@ -573,6 +576,56 @@ def grid_main(args):
     return text
 
 
+# ---------------------------------------------------------------------------------------------------- scatter
+def scatter_main(args):
+    """Markdown table and PNG: one point per method, the mean over seeds of each ``--x`` key (one panel each)
+    against the mean of ``--y``, with the 95% t-interval of each mean as error bars (finished runs only)."""
+    import numpy as np
+    from compare import paired_interval as interval
+    keys = [*args.x, args.y]
+    values = {key: seed_values(args.runs, key, args.seeds, args.methods) for key in keys}
+    methods = [m for m in (args.methods or values[args.y]) if all(values[key].get(m) for key in keys)]
+    if not methods:
+        sys.exit(f'--methods: no finished run with {", ".join(keys)} under {", ".join(args.runs)}')
+
+    def mean_and_half(key, method):
+        seeds = values[key][method]
+        zeros = {seed: 0.0 for seed in seeds}
+        centre, half, n = interval({'student': seeds}, {'student': zeros})
+        return centre, (half if n > 1 else 0.0)
+
+    stats = {m: {key: mean_and_half(key, m) for key in keys} for m in methods}
+    lines = ['| method | seeds | ' + ' | '.join(f'{key} (mean ± 95% CI)' for key in keys) + ' |',
+             '|' + '---|' * (2 + len(keys))]
+    for m in methods:
+        lines.append(f'| {label_of(m)} | {len(values[args.y][m])} | ' +
+                     ' | '.join(f'{c:.3f} ± {h:.3f}' for c, h in (stats[m][key] for key in keys)) + ' |')
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, len(args.x), figsize=(5.2 * len(args.x), 4.2), squeeze=False)
+        colors = plt.get_cmap('tab10')(np.arange(len(methods)) % 10)
+        for ax, key in zip(axes[0], args.x):
+            for color, m in zip(colors, methods):
+                (x, xh), (y, yh) = stats[m][key], stats[m][args.y]
+                ax.errorbar(x, y, xerr=xh, yerr=yh, fmt='o', color=color, capsize=3, label=label_of(m))
+                ax.annotate(label_of(m), (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
+            ax.set_xlabel(f'{key} (mean over seeds)')
+            ax.set_ylabel(f'{args.y} (mean over seeds)')
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8, loc='best')
+        fig.suptitle('one point per method; bars: 95% t-interval of the mean over seeds', fontsize=9)
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        fig.savefig(args.out, dpi=120)
+        plt.close(fig)
+        print(args.out)
+    return text
+
+
 # ---------------------------------------------------------------------------------------------------- forest
 def forest_main(args):
     """Markdown table and forest plot: per method, the paired difference of ``--key`` to ``--reference`` (the mean
@@ -676,7 +729,14 @@ def main(argv=None):
     grid.add_argument('--key', default='test_top1', help='as paired --key (default: %(default)s)')
     grid.add_argument('--reference', default='kd')
     grid.add_argument('--out', help='also write the heatmap to this PNG')
-    for command in (figures, converge, paired, pairs, grid):
+    scatter = sub.add_parser('scatter', help='one point per method: mean of each --x key against mean of --y')
+    scatter.add_argument('--runs', nargs='+', required=True, help='run directories (each with logs/ and results/)')
+    scatter.add_argument('--methods', nargs='+', help='methods, in this order (default: all)')
+    scatter.add_argument('--x', nargs='+', default=['test_gap', 'teacher_logit_std'],
+                         help='as paired --key, one panel each (default: %(default)s)')
+    scatter.add_argument('--y', default='test_top1', help='as paired --key (default: %(default)s)')
+    scatter.add_argument('--out', help='also write the figure to this PNG')
+    for command in (figures, converge, paired, pairs, grid, scatter):
         command.add_argument('--seeds', type=int, default=None,
                              help='only seeds 0 .. SEEDS-1, as tools/compare.py --seeds (default: every seed recorded)')
     bound = sub.add_parser('zscore_bound', help="the sharpest softened target a Z-scored logit vector can give")
@@ -695,7 +755,8 @@ def main(argv=None):
         return forest_main(args)
     import pesf_ext  # noqa: F401  (registries)
     return {'metrics': metrics_main, 'figures': figures_main, 'convergence': convergence_main, 'paired': paired_main,
-            'pairs': pairs_main, 'grid': grid_main, 'zscore_bound': zscore_bound_main}[args.command](args)
+            'pairs': pairs_main, 'grid': grid_main, 'scatter': scatter_main,
+            'zscore_bound': zscore_bound_main}[args.command](args)
 
 
 if __name__ == '__main__':

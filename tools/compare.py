@@ -60,6 +60,8 @@ LABELS = {
     'mlkd': 'MLKD', 'mlkd_zscore': 'MLKD + Z-score', 'dist': 'DIST', 'dist_zscore': 'DIST + Z-score',
     'takd': 'TAKD', 'takd_assistant': 'TAKD assistant (ResNet-32)', 'rco': 'RCO', 'at': 'AT', 'sp': 'SP', 'fitnet': 'FitNet', 'vid': 'VID',
     'cc': 'CC', 'ab': 'AB', 'ft': 'FT', 'fsp': 'FSP',
+    'ttm': 'TTM', 'wttm': 'WTTM', 'ttm_zscore': 'TTM + Z-score', 'wttm_zscore': 'WTTM + Z-score',
+    'luminet': 'LumiNet',
 }
 DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
                    'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')
