@@ -17,6 +17,7 @@ every loss term over the epoch, the learning rates, and the seconds the evaluati
 (:func:`collect`) serves ``tools/analyze.py`` on checkpoints. Batches may be tensors or dicts of tensors
 (Hugging Face models, outputs with ``.logits``).
 """
+import contextlib
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ def default_feature_module(model):
 def check_options(options, nets):
     """Validates ``train.epoch_metrics`` against the models; returns {'temperature', 'feature_modules',
     'keep_samples'} with defaults filled. Raises :class:`ConfigError` naming the key at fault."""
+    nets = {name: metrics_network(net) for name, net in nets.items()}
     options = dict(options or {})
     unknown = set(options) - OPTION_KEYS
     if unknown:
@@ -87,70 +89,156 @@ def loss_temperature(criterion):
 
 
 class FeatureTap:
-    """Forward hook that keeps the flattened input of one module (the penultimate feature)."""
+    """Forward hook that keeps the flattened input of one module (the penultimate feature); ``fired`` says whether
+    it ran since the last :meth:`reset`."""
 
     def __init__(self, module):
-        self.value = None
+        self.value, self.fired = None, False
         self.handle = module.register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output):
+        self.fired = True
         self.value = inputs[0].detach().flatten(1) if inputs and torch.is_tensor(inputs[0]) else None
+
+    def reset(self):
+        self.value, self.fired = None, False
 
     def remove(self):
         self.handle.remove()
 
 
+def metrics_network(model):
+    """The network the measurements run: DDP and auxiliary wrappers removed (:func:`inference_model`) and a
+    ``torch.compile(model)`` wrapper too (its ``_orig_mod``), so feature taps sit on the modules that run."""
+    while True:
+        model = inference_model(model)
+        inner = getattr(model, '_orig_mod', None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+@contextlib.contextmanager
+def uncompiled(nets):
+    """Runs ``nets`` eagerly: ``nn.Module.compile()`` (in place, speed.compile) keeps a compiled call per module,
+    which was traced without this module's feature taps and, hooks not being guarded, may never call them."""
+    saved = [(module, module._compiled_call_impl) for net in nets for module in net.modules()
+             if getattr(module, '_compiled_call_impl', None) is not None]
+    for module, _ in saved:
+        module._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for module, compiled in saved:
+            module._compiled_call_impl = compiled
+
+
+def frozen(net, training_modes):
+    """True when ``net`` cannot change between epochs by training: no parameter requires a gradient and no module
+    was in training mode (BatchNorm statistics stay), as for a teacher torchdistill keeps frozen."""
+    return not any(training_modes) and not any(p.requires_grad for p in net.parameters())
+
+
+def ordered_loader(data_loader):
+    """True when ``data_loader`` yields the same batches in the same order every pass (no shuffling sampler)."""
+    sampler = getattr(data_loader, 'sampler', None)
+    if isinstance(sampler, torch.utils.data.RandomSampler):
+        return False
+    return not getattr(sampler, 'shuffle', False)
+
+
+def teacher_fingerprint(net, data_loader, feature_path, device):
+    """What a cached teacher pass depends on: the module, each parameter/buffer and its in-place version counter
+    (a loaded checkpoint, e.g. RCO's next anchor, bumps it), the loader and the feature module."""
+    tensors = [(id(t), getattr(t, '_version', None)) for t in net.state_dict(keep_vars=True).values()]
+    return id(net), tuple(tensors), id(data_loader), len(data_loader), feature_path, str(device)
+
+
 @torch.inference_mode()
-def collect(models, data_loader, device, temperature=1.0, feature_modules=None, keep_samples=0):
+def collect(models, data_loader, device, temperature=1.0, feature_modules=None, keep_samples=0, teacher_cache=None):
     """Evaluates ``models`` ({'student': m} and optionally 'teacher') on ``data_loader``; returns (aggregates,
     samples). Aggregates are summed over ranks; ``samples`` holds up to ``keep_samples`` per-sample logits,
-    penultimate features and labels (this rank's) for figures."""
-    nets = {name: inference_model(model) for name, model in models.items()}
+    penultimate features and labels (this rank's) for figures.
+
+    Compiled networks run eagerly here (:func:`uncompiled`), and a feature tap that did not fire on a batch stops
+    with a :class:`ConfigError` instead of a silent NaN CKA. ``teacher_cache`` (a dict the caller keeps between
+    calls) holds a frozen teacher's logits and features of every batch (:func:`frozen`, :func:`ordered_loader`,
+    :func:`teacher_fingerprint`): the next call reuses them instead of running the teacher again. A teacher that
+    trains (PESF-KD's adapters, FT-KD, DML) or was in training mode is run every time.
+    """
+    nets = {name: metrics_network(model) for name, model in models.items()}
     modes = {name: [m.training for m in net.modules()] for name, net in nets.items()}
+    paths = {name: (feature_modules or {}).get(name) for name in nets}
+    cached, fill = None, None
+    if teacher_cache is not None and 'teacher' in nets:
+        key = teacher_fingerprint(nets['teacher'], data_loader, paths['teacher'], device)
+        if frozen(nets['teacher'], modes['teacher']) and ordered_loader(data_loader):
+            if teacher_cache.get('key') == key:
+                cached = teacher_cache['batches']
+            else:
+                teacher_cache.clear()
+                fill = []
+        else:
+            teacher_cache.clear()
     taps = {}
     for name, net in nets.items():
         net.eval()
-        path = (feature_modules or {}).get(name)
-        module = get_module_or_none(net, path) if path else None
-        if module is not None:
+        module = get_module_or_none(net, paths[name]) if paths[name] else None
+        if module is not None and not (name == 'teacher' and cached is not None):
             taps[name] = FeatureTap(module)
     pair = 'teacher' in nets and 'student' in nets
-    sums = {'count': 0.0}
+    sums, kept = {'count': 0}, 0
     ckas = {'logits': metrics.MinibatchCKA(), 'features': metrics.MinibatchCKA()}
     samples = {'labels': []}
+    features = {}
     try:
-        for batch in data_loader:
-            inputs, targets, _ = split_batch(batch)
-            inputs, targets = move_to(inputs, device), move_to(targets, device)
-            logits = {}
-            for name, net in nets.items():
-                logits[name] = logits_of(net(**inputs) if isinstance(inputs, dict) else net(inputs)).float()
-            count = batch_len(targets)
-            sums['count'] += count
-            keep = min(count, keep_samples - len(torch.cat(samples['labels'])) if samples['labels'] else keep_samples)
-            for name, z in logits.items():
-                _add(sums, f'{name}_top1', (z.argmax(dim=-1) == targets).sum())
-                mean, std = metrics.logit_mean_std(z)
-                _add(sums, f'{name}_logit_std', std.sum())
-                _add(sums, f'{name}_logit_mean', mean.sum())
-                _add(sums, f'{name}_sharpness', sharpness(z).sum())
+        with uncompiled(nets.values()):
+            for index, batch in enumerate(data_loader):
+                inputs, targets, _ = split_batch(batch)
+                inputs, targets = move_to(inputs, device), move_to(targets, device)
+                logits = {}
+                for name, net in nets.items():
+                    if name == 'teacher' and cached is not None:
+                        logits[name], features[name] = cached[index]
+                        continue
+                    tap = taps.get(name)
+                    if tap is not None:
+                        tap.reset()
+                    logits[name] = logits_of(net(**inputs) if isinstance(inputs, dict) else net(inputs)).float()
+                    if tap is not None and not tap.fired:
+                        raise ConfigError(f'train.epoch_metrics.feature_modules.{name}: `{paths[name]}` did not run '
+                                          f'in the {name}\'s forward, so its features (CKA) cannot be measured')
+                    features[name] = tap.value if tap is not None else None
+                if fill is not None:
+                    fill.append((logits['teacher'], features['teacher']))
+                count = batch_len(targets)
+                sums['count'] += count
+                keep = min(count, keep_samples - kept)
+                for name, z in logits.items():
+                    _add(sums, f'{name}_top1', (z.argmax(dim=-1) == targets).sum())
+                    mean, std = metrics.logit_mean_std(z)
+                    _add(sums, f'{name}_logit_std', std.sum())
+                    _add(sums, f'{name}_logit_mean', mean.sum())
+                    _add(sums, f'{name}_sharpness', sharpness(z).sum())
+                    if keep > 0:
+                        samples.setdefault(f'{name}_logits', []).append(z[:keep].cpu())
+                        if features.get(name) is not None:
+                            samples.setdefault(f'{name}_features', []).append(features[name][:keep].float().cpu())
                 if keep > 0:
-                    samples.setdefault(f'{name}_logits', []).append(z[:keep].cpu())
-                    if name in taps and taps[name].value is not None:
-                        samples.setdefault(f'{name}_features', []).append(taps[name].value[:keep].float().cpu())
-            if keep > 0:
-                samples['labels'].append(targets[:keep].cpu())
-            if pair:
-                zt, zs = logits['teacher'], logits['student']
-                _add(sums, 'gap', (sharpness(zt) - sharpness(zs)).sum())
-                _add(sums, 'gap_approx', metrics.sharpness_gap_approx(zt, zs) * count)
-                _add(sums, 'kl', metrics.mean_kl(zt, zs, temperature) * count)
-                _add(sums, 'agreement', (zt.argmax(dim=-1) == zs.argmax(dim=-1)).sum())
-                _add(sums, 'pl', metrics.probability_loyalty_per_sample(zt, zs).sum())
-                ckas['logits'].update(zt, zs)
-                if 'teacher' in taps and 'student' in taps and taps['teacher'].value is not None \
-                        and taps['student'].value is not None:
-                    ckas['features'].update(taps['teacher'].value, taps['student'].value)
+                    samples['labels'].append(targets[:keep].cpu())
+                    kept += keep
+                if pair:
+                    zt, zs = logits['teacher'], logits['student']
+                    _add(sums, 'gap', (sharpness(zt) - sharpness(zs)).sum())
+                    _add(sums, 'gap_approx', metrics.sharpness_gap_approx(zt, zs) * count)
+                    _add(sums, 'kl', metrics.mean_kl(zt, zs, temperature) * count)
+                    _add(sums, 'agreement', (zt.argmax(dim=-1) == zs.argmax(dim=-1)).sum())
+                    _add(sums, 'pl', metrics.probability_loyalty_per_sample(zt, zs).sum())
+                    ckas['logits'].update(zt, zs)
+                    if features.get('teacher') is not None and features.get('student') is not None:
+                        ckas['features'].update(features['teacher'], features['student'])
+        if fill is not None:
+            teacher_cache.update(key=key, batches=fill)
     finally:
         for tap in taps.values():
             tap.remove()
@@ -178,7 +266,9 @@ def collect(models, data_loader, device, temperature=1.0, feature_modules=None, 
 
 
 def _add(sums, key, value):
-    sums[key] = sums.get(key, 0.0) + (value.item() if torch.is_tensor(value) else float(value))
+    """Sums on the device (read once, after the last batch)."""
+    value = value.double() if torch.is_tensor(value) else float(value)
+    sums[key] = value if key not in sums else sums[key] + value
 
 
 def records_paths(run_log, dst_ckpt):
@@ -206,10 +296,11 @@ def epoch_metrics_post_epoch_process(self, metrics=None, epoch=None, epoch_stats
     start = time.perf_counter()
     models = {'teacher': self.teacher_model, 'student': self.student_model} if has_teacher \
         else {'student': self.model}
-    options = options or check_options(None, {n: inference_model(m) for n, m in models.items()})
+    options = options or check_options(None, {n: metrics_network(m) for n, m in models.items()})
     temperature = options['temperature'] or loss_temperature(self.criterion)
+    teacher_cache = self.__dict__.setdefault('epoch_metrics_teacher_cache', {})
     result, samples = collect(models, self.val_data_loader, self.device, temperature, options['feature_modules'],
-                              options['keep_samples'])
+                              options['keep_samples'], teacher_cache)
     seconds = time.perf_counter() - start
     stats = epoch_stats or {}
     record = {'epoch': epoch, **result, 'train_loss': stats.get('loss'), 'loss_terms': stats.get('loss_terms', {}),

@@ -92,3 +92,110 @@ def test_runner_appends_one_record_per_epoch(trained_teacher, small_config, tmp_
     assert len(last['learning_rates']) >= 2 and last['metrics_seconds'] > 0
     samples = torch.load(tmp_path / 'logs' / 'pesfkd_epoch_samples.pt')
     assert samples['teacher_features'].shape == (64, 64) and samples['student_logits'].shape == (64, 10)
+
+
+def frozen_copy(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+class CallCounter:
+    def __init__(self, module):
+        self.calls = 0
+        module.register_forward_pre_hook(self.count)
+
+    def count(self, module, args):
+        self.calls += 1
+
+
+FEATURES = {'teacher': 'fc', 'student': 'fc'}
+
+
+def test_frozen_teacher_outputs_are_cached_with_identical_metrics():
+    _, _, loader = make_loader()
+    teacher, student = frozen_copy(TwoLayer(1)), TwoLayer(2)
+    calls = CallCounter(teacher)
+    expected, expected_samples = collect({'teacher': teacher, 'student': student}, loader, torch.device('cpu'), 2.0,
+                                         FEATURES, keep_samples=30)
+    assert calls.calls == len(loader)
+    cache = {}
+    for run in range(3):
+        result, samples = collect({'teacher': teacher, 'student': student}, loader, torch.device('cpu'), 2.0,
+                                  FEATURES, keep_samples=30, teacher_cache=cache)
+        assert result == expected  # bit for bit
+        assert samples.keys() == expected_samples.keys()
+        assert all(torch.equal(samples[k], expected_samples[k]) for k in samples)
+        assert calls.calls == 2 * len(loader)  # the teacher ran in the first cached call only
+    assert len(cache['batches']) == len(loader)
+    with torch.no_grad():  # a new teacher checkpoint (RCO's next anchor) is noticed
+        teacher.fc.weight.add_(1.0)
+    changed, _ = collect({'teacher': teacher, 'student': student}, loader, torch.device('cpu'), 2.0, FEATURES,
+                         teacher_cache=cache)
+    assert calls.calls == 3 * len(loader) and changed['teacher_logit_mean'] != expected['teacher_logit_mean']
+
+
+@pytest.mark.parametrize('case', ['trainable adapter', 'training mode', 'shuffled loader'])
+def test_teacher_cache_unused_when_the_teacher_can_change(case):
+    x, y, loader = make_loader()
+    teacher, student = frozen_copy(TwoLayer(1)), TwoLayer(2)
+    if case == 'trainable adapter':
+        teacher.fc.bias.requires_grad_(True)  # e.g. PESF-KD's adapters, FT-KD, DML
+    elif case == 'training mode':
+        teacher.train()  # BatchNorm statistics would move during training
+    else:
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
+    calls, cache = CallCounter(teacher), {}
+    for run in range(2):
+        collect({'teacher': teacher, 'student': student}, loader, torch.device('cpu'), 2.0, FEATURES,
+                teacher_cache=cache)
+        assert calls.calls == (run + 1) * len(loader) and cache == {}
+
+
+def compiled_counter(module):
+    """Wraps the in-place compiled call of ``module`` (``nn.Module.compile``) with a call counter."""
+    compiled, counter = module._compiled_call_impl, {'calls': 0}
+
+    def counted(*args, **kwargs):
+        counter['calls'] += 1
+        return compiled(*args, **kwargs)
+
+    module._compiled_call_impl = counted
+    return counter
+
+
+@pytest.mark.parametrize('how', ['torch.compile(model)', 'model.compile()'])
+def test_compiled_models_keep_their_feature_taps(how):
+    x, _, loader = make_loader()
+    reference, _ = collect({'teacher': TwoLayer(1), 'student': TwoLayer(2)}, loader, torch.device('cpu'), 2.0,
+                           FEATURES)
+    teacher, student = TwoLayer(1), TwoLayer(2)
+    if how == 'torch.compile(model)':
+        teacher, student = torch.compile(teacher, backend='eager'), torch.compile(student, backend='eager')
+    else:
+        teacher.compile(backend='eager')
+        student.compile(backend='eager')
+    student(x[:8]).sum().backward()  # a training step compiles the graph, without the metrics' taps
+    with torch.no_grad():
+        teacher.eval()(x[:8])
+    counters = [compiled_counter(m) for m in (teacher, student)] if how == 'model.compile()' else []
+    nets = {'teacher': teacher, 'student': student}
+    options = check_options({'feature_modules': FEATURES}, nets)
+    for epoch in range(2):
+        result, _ = collect(nets, loader, torch.device('cpu'), 2.0, options['feature_modules'])
+        assert result['cka_features'] == pytest.approx(reference['cka_features'], abs=1e-12)
+        assert result['cka_logits'] == pytest.approx(reference['cka_logits'], abs=1e-12)
+    assert all(counter['calls'] == 0 for counter in counters)  # measured on the eager forward
+    student(x[:8])
+    assert all(counter['calls'] == 1 for counter in counters[1:])  # and the compiled call is back
+
+
+class SkipsFc(TwoLayer):
+    def forward(self, x):
+        return torch.relu(self.body(x))[:, :4]
+
+
+def test_a_feature_tap_that_never_fires_stops_loudly():
+    _, _, loader = make_loader()
+    with pytest.raises(ConfigError, match=r'train.epoch_metrics.feature_modules.student: `fc` did not run'):
+        collect({'teacher': TwoLayer(1), 'student': SkipsFc(2)}, loader, torch.device('cpu'), 2.0, FEATURES)

@@ -10,9 +10,11 @@
 Each config is built through the same runner code (models, torchdistill box, optimizer, teacher modes) and fed
 the same random batches (no data loading cost; pretrained weights are random, which does not change the cost).
 Methods are timed round-robin, one step of each in turn, so that drifts of the machine hit all of them alike; the
-table gives the median seconds per step (forward, backward, optimizer step), images per second, its ratio to the
+table gives the median seconds per step of the runner's own training step (``TrainStep`` of
+pesf_ext/engine/loop.py: forward, the NaN/Inf check, backward, optimizer step), images per second, its ratio to the
 first config (KD by default), the bytes of tensors autograd saves for backward during one step (the activation
-memory a method costs), and on CUDA the peak allocated memory.
+memory a method costs), and on CUDA the peak allocated memory of each config measured alone (the configs before it
+freed, peak statistics reset); CPU rows say 'n/a'. cudnn.benchmark is on, as in the runner.
 
 The speed switches of the runner (``--amp``, ``-channels_last``, ``--compile``; see pesf_ext/engine/speed.py) apply
 to every config; ``--variants`` instead builds every config once per variant, each a '+'-joined set of ``fp32``,
@@ -20,6 +22,7 @@ to every config; ``--variants`` instead builds every config once per variant, ea
 """
 import argparse
 import dataclasses
+import gc
 import itertools
 import os
 import statistics
@@ -35,7 +38,7 @@ import pesf_ext  # noqa: E402,F401
 from pesf_ext.engine.config import load_config  # noqa: E402
 from pesf_ext.engine.overrides import apply_overrides  # noqa: E402
 from pesf_ext.engine.distributed import resolve_device  # noqa: E402
-from pesf_ext.engine.loop import move_to, split_batch  # noqa: E402
+from pesf_ext.engine.loop import TrainStep, move_to, split_batch  # noqa: E402
 from pesf_ext.engine.models import build_model  # noqa: E402
 from pesf_ext.engine.runner import build_box, parameter_counts  # noqa: E402
 from pesf_ext.engine.speed import add_speed_args, apply_speed, speed_options  # noqa: E402
@@ -140,10 +143,25 @@ def build(config_path, batch_size, device, input_size, options=None, cli_args=No
     return box, batches
 
 
-def step(box, batch):
-    sample_batch, targets, supp_dict = batch
-    loss = box.forward_process(sample_batch, targets, supp_dict)
-    box.post_forward_process(loss=loss)
+class MemoryProbe:
+    """Peak memory of one config: on CUDA the peak allocated bytes since :meth:`reset`; elsewhere None (a process's
+    peak resident memory cannot be reset, so CPU rows say 'n/a' rather than a number that mixes configs)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def reset(self):
+        gc.collect()
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_mb(self):
+        if self.device.type != 'cuda':
+            return None
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) / 2 ** 20
 
 
 def sync(device):
@@ -151,33 +169,55 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def memory_of(path, label, options, batch_size, warmup, device, input_size, cli_args, seq_len, probe):
+    """(saved activations MB, peak MB or None, parameter counts) of one config built alone: everything of the
+    configs before it is freed first, and the peak covers building, warm-up and one measured step."""
+    probe.reset()
+    box, batches = build(path, batch_size, device, input_size, options, cli_args, seq_len)
+    run_step = TrainStep(box, device)
+    for i in range(warmup):
+        run_step(i, batches[i % len(batches)])
+    meter = SavedTensorMeter()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        run_step(warmup, batches[0])
+    peak = probe.peak_mb()
+    counts = parameter_counts(box)
+    run_step.close()
+    del box, batches, run_step
+    return meter.megabytes, peak, counts
+
+
 def measure(configs, batch_size, steps, warmup, rounds, device, input_size, variants=((None, None),), cli_args=None,
-            seq_len=64):
+            seq_len=64, probe=None):
     """``variants``: (label, SpeedOptions or None for the YAML's + command line's) pairs; every config is built once
-    per pair."""
+    per pair. Memory is measured config by config, each alone; then every config is built again and all are timed
+    round-robin, each step being the runner's own (:class:`pesf_ext.engine.loop.TrainStep`: batch to device,
+    forward, NaN/Inf check, backward and optimizer step)."""
+    probe = probe or MemoryProbe(device)
+    pairs = list(itertools.product(configs, variants))
     entries = []
-    for path, (label, options) in itertools.product(configs, variants):
+    for path, (label, options) in pairs:
+        saved_mb, peak, counts = memory_of(path, label, options, batch_size, warmup, device, input_size, cli_args,
+                                           seq_len, probe)
+        entries.append({'name': os.path.basename(path) + (f' [{label}]' if label else ''), 'times': [],
+                        'saved_mb': saved_mb, 'peak_mb': peak, 'counts': counts})
+    probe.reset()
+    for entry, (path, (label, options)) in zip(entries, pairs):
         box, batches = build(path, batch_size, device, input_size, options, cli_args, seq_len)
+        entry.update(box=box, batches=batches, step=TrainStep(box, device))
         for i in range(warmup):
-            step(box, batches[i % len(batches)])
-        meter = SavedTensorMeter()
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats(device)
-        with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
-            step(box, batches[0])
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
-        name = os.path.basename(path) + (f' [{label}]' if label else '')
-        entries.append({'name': name, 'box': box, 'batches': batches, 'times': [],
-                        'saved_mb': meter.megabytes, 'peak_mb': peak, 'counts': parameter_counts(box)})
+            entry['step'](i, batches[i % len(batches)])
     # round-robin, one step of each config in turn: a drift of the machine (frequency, another process) hits every
     # config alike, which timing blocks of steps per config does not (blocks gave +-10% between equal methods)
     for i in range(rounds * steps):
         for entry in entries:
             sync(device)
             start = time.perf_counter()
-            step(entry['box'], entry['batches'][i % len(entry['batches'])])
+            entry['step'](warmup + i, entry['batches'][i % len(entry['batches'])])
             sync(device)
             entry['times'].append(time.perf_counter() - start)
+    for entry in entries:
+        entry.pop('step').close()
     return entries
 
 
@@ -186,11 +226,11 @@ def report(entries, device, batch_size):
     base_time = statistics.median(base['times'])
     lines = [f'device: {device} ({torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
              f'{torch.get_num_threads()} threads), batch {batch_size}, {len(base["times"])} timed steps per config',
-             '| config | s/step (median) | samples/s | ratio to first | saved activations MB | ratio | peak CUDA MB | '
-             'trainable teacher params |', '|---|---|---|---|---|---|---|---|']
+             '| config | s/step (median) | samples/s | ratio to first | saved activations MB | ratio | '
+             'peak MB (this config alone) | trainable teacher params |', '|---|---|---|---|---|---|---|---|']
     for entry in entries:
         median = statistics.median(entry['times'])
-        peak = f'{entry["peak_mb"]:.0f}' if entry['peak_mb'] is not None else '-'
+        peak = f'{entry["peak_mb"]:.0f}' if entry['peak_mb'] is not None else 'n/a (CPU)'
         teacher_trainable = entry['counts'].get('teacher', (0, 0))[0]
         lines.append(f'| {entry["name"]} | {median:.4f} | {batch_size / median:.1f} | {median / base_time:.2f}x | '
                      f'{entry["saved_mb"]:.1f} | {entry["saved_mb"] / max(base["saved_mb"], 1e-9):.2f}x | {peak} | '
@@ -217,6 +257,8 @@ def main(argv=None):
     OVERRIDES[:] = args.overrides
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # as the runner (unless -disable_cudnn_benchmark)
     variants = [(None, None)]
     if args.variants:
         base = speed_options({}, args)
