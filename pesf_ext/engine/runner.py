@@ -31,13 +31,14 @@ from ..epoch_metrics import PROCESS_NAME, check_options, records_paths
 from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_best, save_last, unwrap
 from .cli import validate_args
 from .config import load_config, validate_config, validate_model_paths
-from .distributed import barrier, init_distributed, is_main_process, resolve_device, wrap_box_models
+from .distributed import (barrier, get_rank, init_distributed, is_main_process, resolve_device, shard_eval_loader,
+                          wrap_box_models)
 from .errors import ConfigError
 from .files import load_model_checkpoint, reading
 from .optimizer_groups import prepare_box, take_rest_entries
 from .overrides import apply_overrides
 from .loop import evaluate, inference_model, train_one_epoch
-from .rng import DataStream, isolated_stream
+from .rng import DataStream, apply_determinism, isolated_stream, seed_global_for_rank, set_cublas_workspace
 from .speed import add_speed_args, apply_speed, check_speed_fits, speed_options
 from .stages import advance_to_epoch, apply_stage_defaults, is_multi_stage, merge_counts
 
@@ -167,7 +168,11 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     lr_factor = world_size if distributed and args.adjust_lr else 1
     with isolated_stream(args.seed, 'teacher_side'):  # adapters, heads, loss modules: off the student's streams
         box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
-    box.data_stream = DataStream(args.seed)
+    # torchrun: each rank its own data and global (dropout) streams, rank 0 the single-process ones; the models
+    # above were built identically on every rank
+    box.data_stream = DataStream(args.seed, get_rank())
+    seed_global_for_rank(args.seed, get_rank())
+    box.val_data_loader, _ = shard_eval_loader(box.val_data_loader)  # each example once (also for epoch metrics)
     if distributed and is_multi_stage(box):
         raise ConfigError('train.stage1: multi-stage training is not supported with torchrun here (each stage '
                           'builds its models anew, unwrapped); run it in one process')
@@ -181,7 +186,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     timing = {'steps': 0, 'step_seconds': 0.0}
     if args.resume:
         with reading(checkpoint_paths(dst_ckpt)[2], '-resume'):  # a truncated/mismatched file: one line
-            resumed = load_last(box, dst_ckpt, before_load=advance_to_epoch)
+            resumed = load_last(box, dst_ckpt, before_load=advance_to_epoch, seed=args.seed)
         if resumed is None:
             logger.info('-resume: no %s yet, starting from scratch', checkpoint_paths(dst_ckpt)[2])
         else:
@@ -276,6 +281,8 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
     set_basic_log_config()
     validate_args(args)
     device = resolve_device(args.device)
+    if getattr(args, 'deterministic', None):
+        set_cublas_workspace()  # before CUDA starts (the YAML's speed.deterministic sets it before any CUDA op)
     distributed, world_size, device_ids, device = init_distributed(device, args.world_size, args.dist_url)
     if is_main_process() and args.run_log:
         setup_log_file(os.path.expanduser(args.run_log))
@@ -288,6 +295,10 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
         prepare_config(config)
     validate_config(config, needs_training=not args.test_only)
     check_speed_fits(speed_options(config, args), config)
+    if speed_options(config, args).deterministic:
+        apply_determinism()
+        logger.info('deterministic algorithms on, cudnn.benchmark off, CUBLAS_WORKSPACE_CONFIG=%s',
+                    os.environ['CUBLAS_WORKSPACE_CONFIG'])
     if args.log_config:
         logger.info(config)
     set_seed(args.seed)

@@ -9,6 +9,7 @@ In a YAML (top level, beside ``models``/``train``), every key optional::
       compile_backend: 'inductor'  # any torch.compile backend
       compile_mode: null           # e.g. 'max-autotune'
       teacher_no_grad: True        # default
+      deterministic: False         # True: deterministic algorithms (pesf_ext.engine.rng.apply_determinism)
 
 or on the command line of the runners and ``tools/benchmark.py`` (which win over the YAML)::
 
@@ -59,6 +60,7 @@ class SpeedOptions:
     compile_backend: str = 'inductor'
     compile_mode: str = None
     teacher_no_grad: bool = True
+    deterministic: bool = False
 
     def describe(self):
         parts = [f'amp={self.amp or "off (fp32)"}', f'channels_last={self.channels_last}',
@@ -77,6 +79,8 @@ def add_speed_args(parser):
     group.add_argument('--compile', nargs='+', choices=COMPILE_TARGETS, help='torch.compile these models')
     group.add_argument('--compile_backend', help='torch.compile backend (default inductor)')
     group.add_argument('--compile_mode', help='torch.compile mode (e.g. max-autotune)')
+    group.add_argument('-deterministic', action='store_const', const=True, default=None,
+                       help='deterministic algorithms, cudnn.benchmark off (same seed, same GPU: same result)')
     return parser
 
 
@@ -93,15 +97,15 @@ def speed_options(config, args=None):
         raise ConfigError(f'speed.{unknown[0]}: unknown switch; known: {", ".join(sorted(known))}')
     values = dict(section)
     sources = {name: f'speed.{name}' for name in values}
-    for name in ('amp', 'channels_last', 'compile', 'compile_backend', 'compile_mode'):
+    for name in ('amp', 'channels_last', 'compile', 'compile_backend', 'compile_mode', 'deterministic'):
         value = getattr(args, name, None) if args is not None else None
         if value is not None:
             values[name] = value
-            sources[name] = '-channels_last' if name == 'channels_last' else f'--{name}'
+            sources[name] = f'-{name}' if name in ('channels_last', 'deterministic') else f'--{name}'
     amp = values.get('amp')
     if amp is not None and amp not in AMP_DTYPES:
         raise ConfigError(f'{sources["amp"]}: must be one of {", ".join(sorted(AMP_DTYPES))} or null, got {amp!r}')
-    for name in ('channels_last', 'teacher_no_grad'):
+    for name in ('channels_last', 'teacher_no_grad', 'deterministic'):
         if name in values and not isinstance(values[name], bool):
             raise ConfigError(f'{sources[name]}: must be True or False, got {values[name]!r}')
     targets = values.get('compile') or ()
