@@ -74,7 +74,7 @@ def run_runner(out_dir, tag, argv):
     record = {}
     wrap_box_models = runner.wrap_box_models
 
-    def recording_wrap(box, device_ids=None):  # after the models and the per-rank streams are set, before DDP
+    def recording_wrap(box, device_ids=None, **kwargs):  # after the models and per-rank streams are set, before DDP
         record['student'] = {k: v.clone() for k, v in unwrap(box.student_model).state_dict().items()}
         record['teacher_side'] = trainable_state_dict(box.teacher_model)
         record['data_torch_state'] = box.data_stream.state['torch'].clone()
@@ -82,7 +82,7 @@ def run_runner(out_dir, tag, argv):
             record['dropout_mask'] = torch.nn.functional.dropout(torch.ones(64), 0.5)
         with torch.random.fork_rng(devices=[]), box.data_stream.active():  # the first crop offsets it would draw
             record['augmentation_draws'] = torch.randint(0, 5, (16,))
-        return wrap_box_models(box, device_ids)
+        return wrap_box_models(box, device_ids, **kwargs)
 
     runner.wrap_box_models = recording_wrap
     results = runner.run(runner.get_args(argv), build_model)
