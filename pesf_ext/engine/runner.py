@@ -38,7 +38,8 @@ from .files import load_model_checkpoint, reading
 from .optimizer_groups import prepare_box, take_rest_entries
 from .overrides import apply_overrides
 from .loop import evaluate, inference_model, train_one_epoch
-from .rng import DataStream, apply_determinism, isolated_stream, seed_global_for_rank, set_cublas_workspace
+from .rng import (DataStream, apply_determinism, isolated_stream, seed_distributed_sampler, seed_global_for_rank,
+                  set_cublas_workspace)
 from .speed import add_speed_args, apply_speed, check_speed_fits, speed_options
 from .stages import advance_to_epoch, apply_stage_defaults, is_multi_stage, merge_counts
 
@@ -172,6 +173,7 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     # above were built identically on every rank
     box.data_stream = DataStream(args.seed, get_rank())
     seed_global_for_rank(args.seed, get_rank())
+    seed_distributed_sampler(box.train_data_loader, args.seed)  # the example order follows --seed
     box.val_data_loader, _ = shard_eval_loader(box.val_data_loader)  # each example once (also for epoch metrics)
     if distributed and is_multi_stage(box):
         raise ConfigError('train.stage1: multi-stage training is not supported with torchrun here (each stage '
