@@ -78,6 +78,7 @@ def run_runner(out_dir, tag, argv):
         record['student'] = {k: v.clone() for k, v in unwrap(box.student_model).state_dict().items()}
         record['teacher_side'] = trainable_state_dict(box.teacher_model)
         record['data_torch_state'] = box.data_stream.state['torch'].clone()
+        record['sampler_seed'] = box.train_data_loader.sampler.seed
         with torch.random.fork_rng(devices=[]):  # the first dropout mask the training step would draw
             record['dropout_mask'] = torch.nn.functional.dropout(torch.ones(64), 0.5)
         with torch.random.fork_rng(devices=[]), box.data_stream.active():  # the first crop offsets it would draw

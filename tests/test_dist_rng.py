@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from _dist_run import rank_results, tiny_run_args, torchrun, write_random_teacher
-from pesf_ext.engine.rng import DataStream, isolated_stream, seed_for
+from pesf_ext.engine.rng import DataStream, isolated_stream, seed_distributed_sampler, seed_for
 
 
 def test_single_process_draws_are_pinned():
@@ -40,3 +40,17 @@ def test_ranks_draw_own_augmentations_and_dropout_with_identical_inits(small_con
     for stream in ('data_torch_state', 'dropout_mask', 'augmentation_draws'):
         assert not torch.equal(records[0][stream], records[1][stream]), stream
     assert torch.equal(records[0]['data_torch_state'], DataStream(0).state['torch'])  # rank 0 = one process
+    # DistributedSampler: one permutation for all ranks, following --seed (it would be 0 for every seed)
+    assert records[0]['sampler_seed'] == records[1]['sampler_seed'] == seed_for(0, 'data') % 2 ** 31
+
+
+def test_distributed_sampler_seed_follows_the_seed():
+    dataset = list(range(10))
+    orders = {}
+    for seed in (0, 1):
+        loader = torch.utils.data.DataLoader(dataset, sampler=torch.utils.data.DistributedSampler(
+            dataset, num_replicas=2, rank=0))
+        assert seed_distributed_sampler(loader, seed) == seed_for(seed, 'data') % 2 ** 31
+        orders[seed] = list(loader.sampler)
+    assert orders[0] != orders[1]
+    assert seed_distributed_sampler(torch.utils.data.DataLoader(dataset), 0) is None

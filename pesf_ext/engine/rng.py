@@ -16,7 +16,7 @@ initialisations are identical everywhere (and paired across methods). The data s
 (dropout, CRD's negatives, worker seeds) get a rank term, so each rank draws its own augmentations and masks:
 rank 0 keeps exactly the single-process streams, rank k > 0 uses ``seed_for(seed, stream, rank=k)``.
 ``DistributedSampler``'s order does not come from these streams (it permutes with its own seed + epoch, then
-shards), so all ranks agree on it.
+shards), so all ranks agree on it; :func:`seed_distributed_sampler` gives it a seed derived from ``--seed``.
 """
 import contextlib
 import hashlib
@@ -114,6 +114,17 @@ def apply_determinism():
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
 
 
+def seed_distributed_sampler(loader, seed):
+    """Sets the seed of ``loader``'s ``DistributedSampler`` (torchrun's training loader) from ``seed``: it is 0
+    unless set, so without this every ``--seed`` would see the same example order. The same on every rank (each
+    rank must shard the same permutation). Returns the sampler's seed, or None for another sampler."""
+    sampler = getattr(loader, 'sampler', None)
+    if not isinstance(sampler, torch.utils.data.DistributedSampler):
+        return None
+    sampler.seed = seed_for(seed, 'data') % 2 ** 31
+    return sampler.seed
+
+
 class DataStream:
     """Keeps the training data loader on its own random state: each ``iter()`` and ``next()`` of the wrapped
     loader runs with the data state swapped in, and the global state is put back before the training step.
@@ -167,6 +178,6 @@ class StreamLoader:
             yield batch
 
 
-__all__ = ['seed_for', 'isolated_stream', 'seed_global', 'seed_global_for_rank', 'fresh_streams', 'apply_determinism',
+__all__ = ['seed_for', 'isolated_stream', 'seed_global', 'seed_global_for_rank', 'fresh_streams', 'seed_distributed_sampler', 'apply_determinism',
            'set_cublas_workspace', 'DataStream',
            'StreamLoader']
