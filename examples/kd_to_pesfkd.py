@@ -5,7 +5,8 @@
 prints the three sections of ``train`` that change (``teacher``, ``optimizer``, ``criterion``) as YAML to paste over
 yours. The KD config is read without running its tags (``!import_call`` and friends are kept as they are), so
 nothing is built. tests/test_examples.py checks that these functions turn the shipped
-``configs/fashion_mnist/resnet56_resnet20_kd.yaml`` into the shipped ``..._pesfkd.yaml`` and ``..._zscore.yaml``.
+``configs/fashion_mnist/resnet56_resnet20_kd.yaml`` into the shipped
+``configs/fashion_mnist/resnet56_resnet20_pesfkd.yaml`` and ``configs/fashion_mnist/resnet56_resnet20_zscore.yaml``.
 """
 import argparse
 import copy

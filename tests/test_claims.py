@@ -1,0 +1,28 @@
+"""tools/claims.py: the verdict rule and a summary row from hand-written run records."""
+import json
+import os
+
+import pytest
+
+import claims
+
+
+@pytest.mark.parametrize('diff, half, n, sign, expected', [
+    (1.0, 0.5, 5, +1, 'reproduced'), (-1.0, 0.5, 5, +1, 'opposite'), (0.3, 0.5, 5, +1, 'inconclusive'),
+    (-0.2, 0.1, 5, -1, 'reproduced'), (1.0, float('nan'), 1, +1, 'inconclusive'),
+])
+def test_verdict(diff, half, n, sign, expected):
+    assert claims.verdict(diff, half, n, sign) == expected
+
+
+def test_table_row_from_records(tmp_path):
+    records = tmp_path / 'runs'
+    for label, top1 in {'kd_seed0': 80, 'kd_seed1': 82, 'pesfkd_seed0': 81, 'pesfkd_seed1': 84}.items():
+        os.makedirs(records / 'logs', exist_ok=True)
+        os.makedirs(records / 'results', exist_ok=True)
+        (records / 'logs' / f'{label}_epochs.jsonl').write_text(json.dumps({'epoch': 0}) + '\n')
+        (records / 'results' / f'{label}.json').write_text(json.dumps({'test': {'student': {'top1': top1}}}))
+    # differences 1 and 2: mean 1.5, half 12.706 * 0.7071 / sqrt(2) = 6.353 -> inconclusive
+    rows = claims.table((('claim', 'paper', 'runs', 'pesfkd', 'kd', 'test_top1', +1),), root=str(tmp_path))
+    assert rows.splitlines()[2] == ('| claim | paper | PESF-KD − KD, test_top1: +1.50 ± 6.35 (n=2, runs) | '
+                                    'inconclusive |')
