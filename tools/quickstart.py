@@ -1,7 +1,7 @@
 """CPU quickstart on real data: train a ResNet-56 teacher on Fashion-MNIST, distil it into a ResNet-20 with
 KD, PESF-KD, FT-KD and Z-score KD, and print one comparison table.
 
-    python tools/quickstart.py            # 10 min 9 s measured on 2 CPU cores (4,000 train images, 3 epochs)
+    python tools/quickstart.py            # the CPU budget: 4,000 train images, 3 epochs per method
     python tools/quickstart.py --full     # the configs' full schedule (30 epochs on 55,000 images each)
 
 The budget run uses the shipped configs in configs/fashion_mnist/ unchanged except for a few YAML anchors:
