@@ -157,7 +157,7 @@ def test_taid_target_detaches_the_student_share(batch):
 
 
 def test_taid_schedule_follows_the_authors_update():
-    schedule = TAIDSchedule(t_start=0.4, t_end=1.0, step_size=0.5, decay=0.9, total_steps=10)
+    schedule = TAIDSchedule(t_start=0.4, t_end=1.0, rate=0.5, momentum_decay=0.9, total_steps=10)
     losses = [5.0, 4.0, 3.5, 3.6, 2.0]
     t, momentum, previous = 0.4, 0.0, None
     for step, loss in enumerate(losses):
@@ -323,3 +323,14 @@ def test_bad_options_name_themselves(kwargs, match):
 def test_vocabulary_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match='share a tokenizer'):
         run_loss(TokenKDLoss(), torch.randn(1, 3, 5), torch.randn(1, 3, 6), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_next_token_loss_is_huggingface_causal_lm_loss():
+    from pesf_ext.losses.divergences import NextTokenLoss
+    gen = torch.Generator().manual_seed(8)
+    logits, labels = torch.randn(2, 6, 11, generator=gen), torch.randint(0, 11, (2, 6), generator=gen)
+    labels[1, :3] = -100
+    shifted = labels[:, 1:]
+    ce = -torch.log_softmax(logits[:, :-1], -1).gather(-1, shifted.clamp_min(0)[..., None])[..., 0]
+    expected = ce[shifted != -100].mean()
+    assert torch.allclose(NextTokenLoss()(logits, labels), expected, atol=1e-6)

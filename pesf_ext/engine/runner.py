@@ -158,6 +158,10 @@ class Evaluation:
     top-5 accuracy, batch by batch) and the key of the validation metric that selects the best student."""
     metric_fn: Optional[Callable] = None
     score_key: str = 'top1'
+    evaluate_fn: Optional[Callable] = None  # replaces loop.evaluate, same arguments (the causal-LM runner's)
+
+    def run(self, models, data_loader, device, header, log_freq):
+        return (self.evaluate_fn or evaluate)(models, data_loader, device, header, log_freq, self.metric_fn)
 
 
 IMAGE_EVALUATION = Evaluation()
@@ -212,8 +216,8 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
         timing['steps'] += stats['steps']
         timing['step_seconds'] += stats['step_seconds']
         logger.info('Epoch %d: %.4f s/step over %d steps', epoch, stats['seconds_per_step'], stats['steps'])
-        val_score = evaluate({'student': student_model}, box.val_data_loader, device, 'Validation:', log_freq,
-                             evaluation.metric_fn)['student'][evaluation.score_key]
+        val_score = evaluation.run({'student': student_model}, box.val_data_loader, device, 'Validation:',
+                                   log_freq)['student'][evaluation.score_key]
         if val_score > best_value or not os.path.isfile(dst_ckpt):
             logger.info('Best validation %s: %.4f -> %.4f; saving %s', evaluation.score_key, best_value, val_score,
                         dst_ckpt)
@@ -336,8 +340,8 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
         if not results['counts']:
             results['counts'] = {'teacher': count_parameters(unwrap(models['teacher']))}
     results['counts'].setdefault('student', count_parameters(unwrap(student)))
-    results['test'] = evaluate(models, test_loader, device, 'Test:', config['test'].get('log_freq', default_log_freq),
-                               evaluation.metric_fn)
+    results['test'] = evaluation.run(models, test_loader, device, 'Test:',
+                                     config['test'].get('log_freq', default_log_freq))
     if is_main_process():
         logger.info(format_summary(results))
         if args.summary_json:

@@ -5,9 +5,9 @@ TAID) and one for what happens on the teacher side (frozen, PESF-KD adapters, FT
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchdistill.losses.registry import register_mid_level_loss
+from torchdistill.losses.registry import register_low_level_loss, register_mid_level_loss
 
-from .base import LogitPairLoss, check_weight
+from .base import LogitPairLoss, check_weight, extract_logits
 from .functional import (
     check_choice, forward_kl, generalized_jsd, reverse_kl, skew_forward_kl, skew_reverse_kl, taid_kl, taid_next_t,
     total_variation
@@ -26,16 +26,16 @@ class TAIDSchedule(nn.Module):
     ``progress = step / total_steps`` (steps done before this one, as the authors' Lightning ``global_step``); the
     first call only records the loss, as theirs does. ``adaptive=False`` follows the linear schedule only.
     """
-    def __init__(self, t_start=0.4, t_end=1.0, step_size=5e-4, decay=0.99, total_steps=None, adaptive=True):
+    def __init__(self, t_start=0.4, t_end=1.0, rate=5e-4, momentum_decay=0.99, total_steps=None, adaptive=True):
         super().__init__()
         if not 0.0 <= t_start < 1.0 or not 0.0 < t_end <= 1.0 or t_start > t_end:
             raise ValueError(f'taid: need 0 <= t_start < 1, 0 < t_end <= 1 and t_start <= t_end, got t_start='
                              f'{t_start!r}, t_end={t_end!r}')
-        if not 0.0 <= step_size <= 1.0 or not 0.0 <= decay < 1.0:
-            raise ValueError(f'taid: need step_size in [0, 1] and decay in [0, 1), got {step_size!r}, {decay!r}')
+        if not 0.0 <= rate <= 1.0 or not 0.0 <= momentum_decay < 1.0:
+            raise ValueError(f'taid: need rate in [0, 1] and momentum_decay in [0, 1), got {rate!r}, {momentum_decay!r}')
         if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
             raise ValueError(f'taid.total_steps: must be an integer >= 1 or null, got {total_steps!r}')
-        self.t_start, self.t_end, self.step_size, self.decay = t_start, t_end, step_size, decay
+        self.t_start, self.t_end, self.rate, self.momentum_decay = t_start, t_end, rate, momentum_decay
         self.total_steps, self.adaptive = total_steps, adaptive
         self.register_buffer('t', torch.tensor(float(t_start), dtype=torch.float64))
         self.register_buffer('momentum', torch.zeros((), dtype=torch.float64))
@@ -55,7 +55,7 @@ class TAIDSchedule(nn.Module):
             pass
         elif self.adaptive:
             t, momentum = taid_next_t(float(self.t), float(self.momentum), float(self.previous_loss), loss, progress,
-                                      self.t_start, self.t_end, self.step_size, self.decay)
+                                      self.t_start, self.t_end, self.rate, self.momentum_decay)
             self.t.fill_(t)
             self.momentum.fill_(momentum)
         else:
@@ -64,8 +64,8 @@ class TAIDSchedule(nn.Module):
         self.step += 1
 
     def extra_repr(self):
-        return (f't={float(self.t):.4f}, t_start={self.t_start}, t_end={self.t_end}, step_size={self.step_size}, '
-                f'decay={self.decay}, total_steps={self.total_steps}, adaptive={self.adaptive}')
+        return (f't={float(self.t):.4f}, t_start={self.t_start}, t_end={self.t_end}, rate={self.rate}, '
+                f'momentum_decay={self.momentum_decay}, total_steps={self.total_steps}, adaptive={self.adaptive}')
 
 
 def align_for_causal_lm(student_logits, teacher_logits, targets, causal_shift=None, ignore_index=IGNORE_INDEX):
@@ -95,6 +95,32 @@ def token_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_labels, ignore_index=ignore_index,
                             reduction='sum')
     return total / (flat_labels != ignore_index).sum().clamp_min(1)
+
+
+@register_low_level_loss
+class NextTokenLoss(nn.Module):
+    """The causal-LM loss of one network (training without a teacher, e.g. the offline teacher): next-token CE
+    over the tokens whose label is not -100, logits and labels shifted by one position (Hugging Face's
+    ``ForCausalLMLoss``, token-weighted). Pairs with torchdistill's ``SimpleLossWrapper`` on module path '.':
+
+    .. code-block:: yaml
+
+        lm:
+          criterion: {key: 'NextTokenLoss', kwargs: {}}
+          criterion_wrapper:
+            key: 'SimpleLossWrapper'
+            kwargs:
+              input: {is_from_teacher: False, module_path: '.', io: 'output'}
+              target: {uses_label: True}
+          weight: 1.0
+    """
+    def __init__(self, ignore_index=IGNORE_INDEX):
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, output, targets):
+        logits = extract_logits({'.': {'output': output}}, '.', 'output')
+        return token_cross_entropy(logits[..., :-1, :], targets[..., 1:], self.ignore_index)
 
 
 @register_mid_level_loss
@@ -228,4 +254,4 @@ class TokenKDLoss(LogitPairLoss):
                 f'teacher_beta={self.teacher_beta}')
 
 
-__all__ = ['TokenKDLoss', 'TAIDSchedule', 'align_for_causal_lm', 'token_cross_entropy', 'DIVERGENCE_CHOICES']
+__all__ = ['TokenKDLoss', 'NextTokenLoss', 'TAIDSchedule', 'align_for_causal_lm', 'token_cross_entropy', 'DIVERGENCE_CHOICES']

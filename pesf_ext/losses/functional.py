@@ -383,3 +383,152 @@ def batch_standardized_kl(target_logits, input_logits, temperature, reduction='b
     target = batch_standardize_logits(target_logits, eps, target_statistics) / temperature
     source = batch_standardize_logits(input_logits, eps, input_statistics) / temperature
     return kl_divergence(torch.log_softmax(target, dim=-1), torch.log_softmax(source, dim=-1), reduction)
+
+
+# ---- token-level divergences for causal language models (any [..., V] logits; [N, K] is the unmasked case) ----
+
+def unmasked_rows(teacher_logits, student_logits, mask=None):
+    """The (M, V) rows of two (..., V) logit tensors at the positions where ``mask`` (shape (...)) is True; all
+    positions when it is None. Selecting before any softmax keeps masked positions (padding, prompt) out of the
+    value *and* the gradient, whatever they hold, and spares their vocabulary-sized math."""
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f'teacher logits {tuple(teacher_logits.shape)} and student logits '
+                         f'{tuple(student_logits.shape)} differ in shape')
+    if mask is None:
+        vocabulary = student_logits.shape[-1]
+        return teacher_logits.reshape(-1, vocabulary), student_logits.reshape(-1, vocabulary)
+    mask = mask.to(torch.bool)
+    if mask.shape != student_logits.shape[:-1]:
+        raise ValueError(f'mask of shape {tuple(mask.shape)} does not match logit positions of shape '
+                         f'{tuple(student_logits.shape[:-1])}')
+    return teacher_logits[mask], student_logits[mask]
+
+
+def position_mean(values):
+    """Mean over the selected positions (token-weighted: each counted token weighs the same, whatever sequence it
+    is in); 0 when none is selected. For (N, K) classification without a mask it is the 'batchmean'."""
+    return values.sum() / max(values.shape[0], 1)
+
+
+def softened_row_log_probs(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
+    """:math:`\\log \\mathrm{softmax}(z / \\tau)` (with a :class:`LogitStandardization`, of :math:`Z(z) / \\tau`) of
+    the teacher's and the student's unmasked rows (:func:`unmasked_rows`), each (M, V)."""
+    teacher_rows, student_rows = unmasked_rows(teacher_logits, student_logits, mask)
+    return (torch.log_softmax(soften(teacher_rows, temperature, standardization), dim=-1),
+            torch.log_softmax(soften(student_rows, temperature, standardization), dim=-1))
+
+
+def position_kl(target_log_probs, input_log_probs):
+    """KL(p || q) per position (summed over the last, vocabulary, dim) from log-probabilities; shape (...)."""
+    return F.kl_div(input_log_probs, target_log_probs, reduction='none', log_target=True).sum(dim=-1)
+
+
+def mixture_log_probs(log_p, log_q, weight_p):
+    """:math:`\\log(w p + (1 - w) q)` from log-probabilities, computed as a logsumexp (stable); w in [0, 1]."""
+    if not 0.0 <= weight_p <= 1.0:
+        raise ValueError(f'mixture weight must be in [0, 1], got {weight_p!r}')
+    if weight_p == 0:
+        return log_q
+    if weight_p == 1:
+        return log_p
+    return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
+
+
+def forward_kl(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
+    """Token-level KD (Hinton et al., 2014): :math:`\\tau^2 \\cdot \\mathrm{mean}_{i \\in mask}
+    KL(p^\\tau_t \\| p^\\tau_s)_i` over the positions of (..., V) logits.
+
+    On (N, K) logits without a mask this equals :func:`softened_kl` with 'batchmean' (a test checks it); it sums per
+    row itself so that a batch without any counted token gives 0.
+    """
+    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
+    return temperature ** 2 * position_mean(position_kl(log_t, log_s))
+
+
+def reverse_kl(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
+    """Reverse KL (MiniLLM, Gu et al., ICLR 2024, token level): :math:`\\tau^2 \\cdot \\mathrm{mean}_{i \\in mask}
+    KL(p^\\tau_s \\| p^\\tau_t)_i`. Mode-seeking: the student is penalised where it puts mass the teacher does not.
+    (MiniLLM optimises the sequence-level reverse KL with policy gradients; this is its per-token, exact form, as
+    DistiLLM's and TAID's ``reverse_kl`` losses compute it.)"""
+    return forward_kl(student_logits, teacher_logits, mask, temperature, standardization)
+
+
+def generalized_jsd(teacher_logits, student_logits, beta=0.5, mask=None, temperature=1.0, standardization=None):
+    """Generalized Jensen-Shannon divergence of GKD (Agarwal et al., ICLR 2024, eq. 1), in TRL's convention
+    (``GKDTrainer.generalized_jsd_loss``): with the mixture :math:`m = \\beta p_t + (1 - \\beta) p_s`,
+
+    .. math:: JSD_\\beta = \\beta KL(p_t \\| m) + (1 - \\beta) KL(p_s \\| m), \\quad
+              JSD_0 := KL(p_t \\| p_s) \\text{ (forward)}, \\quad JSD_1 := KL(p_s \\| p_t) \\text{ (reverse)}
+
+    (the end points are defined as the KLs, as TRL does; the mixture formula itself tends to 0 there). Multiplied by
+    :math:`\\tau^2` (TRL does not scale; at :math:`\\tau = 1` the two agree) and averaged over the unmasked positions
+    (TRL's 'batchmean' with labels).
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f'beta (JSD) must be in [0, 1], got {beta!r}')
+    if beta == 0:
+        return forward_kl(teacher_logits, student_logits, mask, temperature, standardization)
+    if beta == 1:
+        return reverse_kl(teacher_logits, student_logits, mask, temperature, standardization)
+    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
+    log_m = mixture_log_probs(log_t, log_s, beta)
+    positions = beta * position_kl(log_t, log_m) + (1 - beta) * position_kl(log_s, log_m)
+    return temperature ** 2 * position_mean(positions)
+
+
+def skew_forward_kl(teacher_logits, student_logits, skew=0.1, mask=None, temperature=1.0, standardization=None):
+    """Skew KL of DistiLLM (Ko et al., ICML 2024, eq. 2): :math:`\\tau^2 KL(p_t \\| \\lambda p_t + (1 - \\lambda) p_s)`,
+    ``skew`` = :math:`\\lambda` in [0, 1] (0: forward KL; authors' default 0.1). Gradient flows into the student
+    through the mixture. DistiLLM's ``skewed_forward_kl`` returns the cross-entropy
+    :math:`-\\sum p_t \\log m`, which differs from this KL by the teacher's entropy (same student gradient)."""
+    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
+    return temperature ** 2 * position_mean(position_kl(log_t, mixture_log_probs(log_t, log_s, skew)))
+
+
+def skew_reverse_kl(teacher_logits, student_logits, skew=0.1, mask=None, temperature=1.0, standardization=None):
+    """Skew reverse KL of DistiLLM (Ko et al., ICML 2024): :math:`\\tau^2 KL(p_s \\| (1 - \\lambda) p_t + \\lambda p_s)`,
+    ``skew`` = :math:`\\lambda` in [0, 1] (0: reverse KL; authors' default 0.1), as their ``skewed_reverse_kl``."""
+    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
+    return temperature ** 2 * position_mean(position_kl(log_s, mixture_log_probs(log_s, log_t, skew)))
+
+
+def total_variation(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
+    """Total variation distance (DistiLLM's ``tv_distance``; Wen et al., ACL 2023):
+    :math:`\\tau^2 \\cdot \\mathrm{mean}_i \\tfrac12 \\sum_v |p^\\tau_{t,v} - p^\\tau_{s,v}|`."""
+    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
+    return temperature ** 2 * position_mean(0.5 * (log_t.exp() - log_s.exp()).abs().sum(dim=-1))
+
+
+def taid_kl(teacher_logits, student_logits, t, mask=None, temperature=1.0, standardization=None):
+    """TAID (Shing et al., ICLR 2025, eq. 3): forward KL to the interpolated target
+    :math:`p_t^{(t)} = \\mathrm{softmax}((1 - t)\\, \\mathrm{sg}(z_s) + t\\, z_t)` (logits softened first),
+
+    .. math:: \\tau^2 \\cdot \\mathrm{mean}_{i \\in mask} KL(p^{(t)}_i \\| p^\\tau_{s,i})
+
+    The student's share of the target is detached here, as in the authors' ``TAID.compute_loss`` (the one place in
+    this module that detaches: it is part of TAID's definition). ``t`` in [0, 1]; 1 is forward KL.
+    """
+    if not 0.0 <= float(t) <= 1.0:
+        raise ValueError(f'TAID interpolation t must be in [0, 1], got {float(t)!r}')
+    teacher_rows, student_rows = unmasked_rows(teacher_logits, student_logits, mask)
+    z_s = soften(student_rows, temperature, standardization)
+    target = (1 - t) * z_s.detach() + t * soften(teacher_rows, temperature, standardization)
+    positions = position_kl(torch.log_softmax(target, dim=-1), torch.log_softmax(z_s, dim=-1))
+    return temperature ** 2 * position_mean(positions)
+
+
+def taid_next_t(t, momentum, previous_loss, loss, progress, t_start=0.4, t_end=1.0, rate=5e-4, momentum_decay=0.99):
+    """One update of TAID's interpolation parameter (Shing et al., ICLR 2025, Alg. 1; the authors' ``update_t``):
+
+    .. math:: \\delta = \\frac{L_{prev} - L}{L_{prev} + 10^{-15}}, \\quad m \\leftarrow \\beta m + (1 - \\beta)\\delta,
+              \\quad t \\leftarrow \\min(t_{end}, \\max(t_{start} + (t_{end} - t_{start})\\,\\mathrm{progress},
+              \\; t + \\alpha\\, \\sigma(m)(1 - t)))
+
+    ``rate`` is their alpha (5e-4), ``momentum_decay`` their beta (0.99), ``progress`` = step / total steps. Returns
+    (t, momentum) as floats. ``t`` never decreases below the linear schedule and rises faster while the loss falls.
+    """
+    relative_change = (previous_loss - loss) / (previous_loss + 1e-15)
+    momentum = momentum_decay * momentum + (1 - momentum_decay) * relative_change
+    linear = t_start + (t_end - t_start) * progress
+    adaptive = t + rate * (1.0 / (1.0 + math.exp(-momentum))) * (1 - t)
+    return min(t_end, max(linear, adaptive)), momentum
