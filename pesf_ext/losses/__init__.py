@@ -5,7 +5,6 @@ from .cc import CorrelationCongruenceLoss
 from .ctkd import CTKDLoss, CurriculumTemperature
 from .dist import LogitDISTLoss
 from .divergences import TAIDSchedule, TokenKDLoss
-from .divergences import TAIDSchedule, TokenKDLoss
 from .dkd import DKDLoss
 from .fsp import FSPMatrixLoss
 from .ft import FactorTransferLoss
