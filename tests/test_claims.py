@@ -26,3 +26,14 @@ def test_table_row_from_records(tmp_path):
     rows = claims.table((('claim', 'paper', 'runs', 'pesfkd', 'kd', 'test_top1', +1),), root=str(tmp_path))
     assert rows.splitlines()[2] == ('| claim | paper | PESF-KD − KD, test_top1: +1.50 ± 6.35 (n=2, runs) | '
                                     'inconclusive |')
+
+
+def test_ratio_row_pairs_seconds_per_step_by_seed(tmp_path):
+    records = tmp_path / 'runs' / 'results'
+    os.makedirs(records)
+    # FT-KD / KD per seed: 2.0 and 3.0 -> mean 2.5; half 12.706 * 0.7071 / sqrt(2) = 6.353 -> inconclusive
+    for label, seconds in {'kd_seed0': 0.5, 'kd_seed1': 0.4, 'ftkd_seed0': 1.0, 'ftkd_seed1': 1.2}.items():
+        (records / f'{label}.json').write_text(json.dumps({'seconds_per_step': seconds}))
+    row = claims.table((('cost', 'paper', 'runs', 'ftkd', 'kd', claims.RATIO + 'seconds_per_step', +1),),
+                       root=str(tmp_path)).splitlines()[2]
+    assert 'FT-KD / KD, seconds_per_step: 2.50× ± 6.35 (n=2, runs;' in row and row.endswith('| inconclusive |')

@@ -8,6 +8,8 @@ A verdict is "reproduced" when the 95% interval of the paired difference exclude
 "opposite" when it excludes 0 on the other side, and "inconclusive" when it contains 0.
 """
 import argparse
+import glob
+import json
 import os
 import sys
 
@@ -18,6 +20,7 @@ from analyze import label_of, seed_values  # noqa: E402
 from compare import paired_interval  # noqa: E402
 
 XEON, EPYC = 'docs/results/converged', 'docs/results/converged_epyc'
+RATIO = 'ratio:'   # a key of the run summaries compared as the paired ratio METHOD / REFERENCE (per seed), not a difference
 PESF = 'PESF-KD paper (Rao et al., IEEE TMM 2023)'
 ZSCORE = 'Z-score paper (Sun et al., CVPR 2024)'
 # (claim, what the paper reports, records, method, reference, key, sign the paper claims: +1 larger, -1 smaller)
@@ -38,10 +41,28 @@ CLAIMS = (
     ('Z-score KD beats KD (tau 2, lambda_KD 9, lambda_CE 0.1)', f'"significant superiority" of KD with Z-score over KD, CIFAR-100 and '
      f'ImageNet ({ZSCORE}, abstract)', XEON, 'zscore', 'kd', 'test_top1', +1),
     ('Z-score KD at CE weight 1 beats KD', f'as above ({ZSCORE})', EPYC, 'zscore__alpha-1.0', 'kd', 'test_top1', +1),
+    ('FT-KD costs more per step than KD', f'FT-KD 1.44 s/batch against KD 0.46, ImageNet ({PESF}, Table II)', XEON,
+     'ftkd', 'kd', RATIO + 'seconds_per_step', +1),
+    ('PESF-KD costs less per step than FT-KD', f'PESF-KD 0.47 s/batch against FT-KD 1.44, ImageNet ({PESF}, Table II)',
+     XEON, 'pesfkd', 'ftkd', RATIO + 'seconds_per_step', -1),
     ('Z-score on DKD beats DKD', f'"other distillation variants can obtain considerable gain" ({ZSCORE}, '
      'abstract), DKD among them', XEON, 'dkd_zscore',
      'dkd', 'test_top1', +1),
 )
+
+
+def summary_values(records, key, methods):
+    """``{method: {seed: value}}`` of a top-level key of the finished runs' summary JSONs (``results/<label>.json``)."""
+    values = {method: {} for method in methods}
+    for path in glob.glob(os.path.join(records, 'results', '*_seed*.json')):
+        label = os.path.basename(path)[:-len('.json')]
+        method, _, seed = label.rpartition('_seed')
+        if method in values and seed.isdigit():
+            with open(path) as f:
+                value = json.load(f).get(key)
+            if value is not None:
+                values[method][int(seed)] = value
+    return values
 
 
 def verdict(diff, half, n, sign):
@@ -58,10 +79,19 @@ def table(claims=CLAIMS, root=ROOT):
     lines = ['| claim | the paper (other dataset and scale) | here: paired difference, 95% CI (Fashion-MNIST, '
              'ResNet-56 → ResNet-20; CPU) | verdict |', '|---|---|---|---|']
     for claim, paper, records, method, reference, key, sign in claims:
-        rows = seed_values([os.path.join(root, records)], key, None, [method, reference])
-        diff, half, n = paired_interval({'student': rows.get(method, {})}, {'student': rows.get(reference, {})})
-        here = (f'{label_of(method)} − {label_of(reference)}, {key}: {diff:+.2f} ± {half:.2f} (n={n}, '
-                f'{machine(records)})') if n else 'not run'
+        if key.startswith(RATIO):
+            key = key[len(RATIO):]
+            values = summary_values(os.path.join(root, records), key, (method, reference))
+            seeds = sorted(set(values[method]) & set(values[reference]))
+            ratios = {seed: values[method][seed] / values[reference][seed] for seed in seeds}
+            diff, half, n = paired_interval({'student': ratios}, {'student': {seed: 1.0 for seed in seeds}})
+            here = (f'{label_of(method)} / {label_of(reference)}, {key}: {1 + diff:.2f}× ± {half:.2f} (n={n}, '
+                    f'{machine(records)}; two runs shared the CPU)') if n else 'not run'
+        else:
+            rows = seed_values([os.path.join(root, records)], key, None, [method, reference])
+            diff, half, n = paired_interval({'student': rows.get(method, {})}, {'student': rows.get(reference, {})})
+            here = (f'{label_of(method)} − {label_of(reference)}, {key}: {diff:+.2f} ± {half:.2f} (n={n}, '
+                    f'{machine(records)})') if n else 'not run'
         lines.append(f'| {claim} | {paper} | {here} | {verdict(diff, half, n, sign) if n else "-"} |')
     return '\n'.join(lines)
 
