@@ -273,3 +273,18 @@ def test_bad_lm_configs_name_the_key(edit, match, tiny_dirs, tmp_path):
     edit(config)
     with pytest.raises(ConfigError, match=match):
         run_config(config, tmp_path)
+
+
+def test_command_line_help_and_one_line_errors(capsys, tmp_path):
+    import causal_lm
+    with pytest.raises(SystemExit) as done:
+        causal_lm.main(['--help'])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith('usage:')
+    config = tmp_path / 'bad.yaml'
+    with open(os.path.join(ROOT, 'configs/causal_lm_offline/gpt2_4l_gpt2_2l_stdlib_kd.yaml')) as f:
+        config.write_text(f.read().replace("divergence: 'forward_kl'", "divergence: 'forward_k1'"))
+    with pytest.raises(SystemExit) as done:
+        causal_lm.main(['--config', str(config), '--device', 'cpu'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 1 and len(err) == 1 and 'Traceback' not in err[0]
+    assert 'divergence' in err[0] and 'forward_k1' in err[0]

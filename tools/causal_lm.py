@@ -3,8 +3,8 @@
 Same engine, command line and checkpoints as ``tools/image_classification.py`` and ``tools/text_classification.py``;
 models in the ``config_kwargs``/``tokenizer_kwargs``/``model_kwargs`` schema of the GLUE configs::
 
-    python tools/causal_lm.py --config configs/causal_lm_offline/gpt2_8l_teacher_ce.yaml --seed 0
-    python tools/causal_lm.py --config configs/causal_lm_offline/gpt2_8l_gpt2_2l_pesfkd.yaml --seed 0
+    python tools/causal_lm.py --config configs/causal_lm_offline/gpt2_4l_stdlib_teacher_ce.yaml --seed 0
+    python tools/causal_lm.py --config configs/causal_lm_offline/gpt2_4l_gpt2_2l_stdlib_pesfkd.yaml --seed 0
     torchrun --nproc_per_node=8 tools/causal_lm.py --config configs/causal_lm/qwen2.5_1.5b_0.5b_dolly_pesfkd.yaml
 
 ``--teacher_model`` and ``--student_model`` replace the YAML's model paths (a local directory works offline).

@@ -16,6 +16,7 @@ from ..engine.config import criterion_terms, load_config
 from ..engine.distributed import is_main_process
 from ..engine.errors import ConfigError
 from ..engine.runner import Evaluation, get_args, run
+from ..losses.divergences import TokenKDLoss
 from ..nlp import register_hf_schedulers
 from ..nlp.runner import set_model_path, set_num_training_steps
 from .data import CausalLMCollator, build_lm_datasets, lm_spec
@@ -68,6 +69,10 @@ def token_kd_terms(config):
 def check_teacher_side(config):
     """The teacher set-up must match each ``TokenKDLoss``'s ``teacher_update`` (one line naming the key if not)."""
     for term_key, kwargs, stage in token_kd_terms(config):
+        try:  # the loss's own argument checks, now rather than after tokenization, with the YAML key
+            TokenKDLoss(**copy.deepcopy(kwargs))
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f'{term_key}.criterion.kwargs: {error}') from error
         update = kwargs.get('teacher_update', 'frozen')
         teacher = stage.get('teacher') or {}
         wrapper = (teacher.get('auxiliary_model_wrapper') or {}).get('key')
