@@ -101,7 +101,7 @@ def _without_module(key):
 def to_model_keys(model, state):
     """Renames the keys of a saved ``state`` to ``model``'s own: clean keys (this format) get the ``.module.`` of
     the DDP wrappers ``model`` has now; keys of older files that kept such segments lose those it has not."""
-    own = list(model.state_dict())
+    own = set(model.state_dict())
     paths = {path for path in _ddp_paths(model) if path}
     by_clean = {clean_key(key, paths): key for key in own}
     by_bare = {_without_module(key): key for key in own}
