@@ -236,3 +236,100 @@ def test_benchmark_times_each_variant_side_by_side(capsys):
         SpeedOptions(amp='bf16', channels_last=True)
     with pytest.raises(SystemExit, match='--variants: unknown `fp8`'):
         benchmark.variant_options('fp8', SpeedOptions())
+
+
+@pytest.mark.parametrize('key', ['tf32', 'sync_batchnorm', 'persistent_workers'])
+def test_bad_switch_values_name_the_key(key):
+    with pytest.raises(ConfigError, match=f'speed.{key}: must be True or False, got \'yes\''):
+        speed_options({'speed': {key: 'yes'}})
+
+
+def test_small_switches_from_yaml_and_command_line():
+    assert speed_options({}) == SpeedOptions(tf32=True, sync_batchnorm=False, persistent_workers=False)
+    args = runner.get_args(['--config', 'x.yaml', '-no_tf32', '-sync_batchnorm', '-persistent_workers'])
+    assert speed_options({'speed': {'tf32': True}}, args) == \
+        SpeedOptions(tf32=False, sync_batchnorm=True, persistent_workers=True)
+    assert speed_options({'speed': {'persistent_workers': True, 'tf32': False}}) == \
+        SpeedOptions(tf32=False, persistent_workers=True)
+
+
+def test_persistent_workers_only_where_there_are_workers():
+    from torchdistill.datasets.util import build_data_loader
+    from pesf_ext.engine.speed import apply_loader_switches
+    config = {'train': {'train_data_loader': {'kwargs': {'num_workers': 2, 'batch_size': 4}},
+                        'val_data_loader': {'kwargs': {'num_workers': 0}}}}
+    apply_loader_switches(SpeedOptions(), config)
+    assert 'persistent_workers' not in config['train']['train_data_loader']['kwargs']  # off by default
+    apply_loader_switches(SpeedOptions(persistent_workers=True), config)
+    assert config['train']['train_data_loader']['kwargs']['persistent_workers'] is True
+    assert 'persistent_workers' not in config['train']['val_data_loader']['kwargs']
+    entry = {**config['train']['train_data_loader'],
+             'sampler': {'class_or_func': torch.utils.data.SequentialSampler, 'kwargs': {}}}
+    loader = build_data_loader(torch.utils.data.TensorDataset(torch.zeros(8, 2)), entry, False)
+    assert loader.persistent_workers and loader.num_workers == 2  # torchdistill hands the kwargs to DataLoader
+
+
+def test_tf32_switch_sets_the_cuda_flags_only_for_cuda():
+    from pesf_ext.engine.speed import apply_tf32
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        apply_tf32(SpeedOptions(), CPU)
+        assert not torch.backends.cuda.matmul.allow_tf32  # nothing changes for a CPU run
+        apply_tf32(SpeedOptions(), torch.device('cuda'))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        apply_tf32(SpeedOptions(tf32=False), torch.device('cuda'))
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_sync_batchnorm_converts_the_student_in_place_and_refuses_cpu(small_config):
+    from pesf_ext.engine.speed import prepare_for_wrapping
+    box = build(small_config(PESF))
+    optimizer_params = [id(p) for group in box.optimizer.param_groups for p in group['params']]
+    with pytest.raises(ConfigError, match='speed.sync_batchnorm: needs CUDA'):
+        prepare_for_wrapping(box, SpeedOptions(sync_batchnorm=True), CPU, True)
+    prepare_for_wrapping(box, SpeedOptions(sync_batchnorm=True), CPU, False)  # one process: nothing to do
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in box.student_model.modules())
+    prepare_for_wrapping(box, SpeedOptions(sync_batchnorm=True), torch.device('cuda'), True)  # converts, no forward
+    norms = [m for m in box.student_model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in box.teacher_model.modules())  # frozen BN stays
+    assert [id(p) for group in box.optimizer.param_groups for p in group['params']] == optimizer_params
+
+
+def test_channels_last_before_ddp_and_no_buffer_broadcast_for_the_adapted_teacher(small_config, tmp_path,
+                                                                                   monkeypatch):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    path = small_config(PESF)
+    config = load_config(path)
+    config['train']['train_data_loader']['kwargs']['batch_size'] = 8
+    torch.manual_seed(0)
+    teacher = build_model({**config['models']['teacher_model'], 'src_ckpt': None}, CPU, False, 'teacher')
+    images = torch.stack([image for image, _ in config['datasets']['fashion_mnist/train']])
+    calibrate_batch_norm(teacher, images.split(64))
+    student = build_model({**config['models']['student_model'], 'src_ckpt': None}, CPU, False, 'student')
+    seen = {}
+    real_wrap = runner.wrap_box_models
+
+    def recording_wrap(box, device_ids=None, **kwargs):
+        seen['channels_last'] = box.student_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        real_wrap(box, device_ids, **kwargs)
+        seen['broadcast'] = {name: getattr(getattr(box, f'{name}_model'), 'forward_sync_buffers', None)
+                             for name in ('student', 'teacher')
+                             if isinstance(getattr(box, f'{name}_model'), DistributedDataParallel)}
+        if None in seen['broadcast'].values():  # a PyTorch before forward_sync_buffers
+            seen['broadcast'] = {name: getattr(box, f'{name}_model').broadcast_buffers for name in seen['broadcast']}
+
+    monkeypatch.setattr(runner, 'wrap_box_models', recording_wrap)
+    args = runner.get_args(['--config', path, '--device', 'cpu', '--seed', '0', '--max_steps_per_epoch', '1',
+                            '-channels_last'])
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
+    try:
+        runner.train(teacher, student, config, CPU, None, True, 1, args)
+    finally:
+        dist.destroy_process_group()
+    assert seen['channels_last']
+    assert seen['broadcast'] == {'student': True, 'teacher': False}

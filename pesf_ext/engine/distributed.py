@@ -5,6 +5,7 @@ torchdistill 1.1.5's ``init_distributed_mode`` calls ``torch.cuda.set_device`` a
 torchdistill: processes are started by ``torchrun`` (which sets RANK, WORLD_SIZE, LOCAL_RANK), the backend follows
 the device, and every model with trainable parameters that torchdistill left unwrapped is wrapped in DDP.
 """
+import inspect
 import logging
 import os
 
@@ -81,8 +82,10 @@ def _params_under_ddp(model):
     return names
 
 
-def wrap_for_distributed(model, device_ids=None):
+def wrap_for_distributed(model, device_ids=None, broadcast_buffers=True):
     """Wraps ``model`` in DDP when it has trainable parameters and is not wrapped yet; frozen models stay bare.
+    ``broadcast_buffers``: DDP's option (False when no buffer of the model can change, e.g. an adapted teacher's
+    frozen BatchNorm statistics: nothing to send from rank 0 every forward).
 
     Parameters that an inner DDP already synchronises (torchdistill's ``Linear4CRD`` wraps its normalizer with
     ``wrap_if_distributed``) are excluded, so nothing is reduced twice; a model whose trainable parameters are all
@@ -98,17 +101,33 @@ def wrap_for_distributed(model, device_ids=None):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sorted(already_synced))
     wrapper_cls = DistributedAuxiliaryModelWrapper if isinstance(model, AuxiliaryModelWrapper) \
         else DistributedDataParallel
-    return wrapper_cls(model, device_ids=device_ids)
+    return wrapper_cls(model, device_ids=device_ids, **buffer_sync_kwargs(broadcast_buffers))
 
 
-def wrap_box_models(box, device_ids=None):
-    """Applies :func:`wrap_for_distributed` to the student and (if any) the teacher of a torchdistill box."""
+def buffer_sync_kwargs(broadcast_buffers):
+    """DDP's keyword for (not) syncing buffers before every forward: ``forward_sync_buffers`` where this PyTorch has
+    it (``broadcast_buffers`` is deprecated there; buffers are still synced once when wrapping), else
+    ``broadcast_buffers``."""
+    if broadcast_buffers:
+        return {}
+    if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {'forward_sync_buffers': False}
+    return {'broadcast_buffers': False}
+
+
+def wrap_box_models(box, device_ids=None, broadcast_buffers=None):
+    """Applies :func:`wrap_for_distributed` to the student and (if any) the teacher of a torchdistill box;
+    ``broadcast_buffers(model) -> bool`` decides DDP's option per model (None: always True)."""
+    def wrap(model):
+        broadcast = True if broadcast_buffers is None else broadcast_buffers(model)
+        return wrap_for_distributed(model, device_ids, broadcast)
+
     if hasattr(box, 'student_model'):
-        box.student_model = wrap_for_distributed(box.student_model, device_ids)
+        box.student_model = wrap(box.student_model)
         if box.teacher_model is not None:
-            box.teacher_model = wrap_for_distributed(box.teacher_model, device_ids)
+            box.teacher_model = wrap(box.teacher_model)
     else:
-        box.model = wrap_for_distributed(box.model, device_ids)
+        box.model = wrap(box.model)
 
 
 def all_reduce_sum(values, device):

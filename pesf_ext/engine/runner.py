@@ -40,7 +40,8 @@ from .overrides import apply_overrides
 from .loop import evaluate, inference_model, train_one_epoch
 from .rng import (DataStream, apply_determinism, isolated_stream, seed_distributed_sampler, seed_global_for_rank,
                   set_cublas_workspace)
-from .speed import add_speed_args, apply_speed, check_speed_fits, speed_options
+from .speed import (add_speed_args, apply_loader_switches, apply_speed, buffers_frozen, check_speed_fits,
+                    prepare_for_wrapping, speed_options)
 from .stages import advance_to_epoch, apply_stage_defaults, is_multi_stage, merge_counts
 
 logger = logging.getLogger(__name__)
@@ -182,12 +183,15 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     if distributed and is_multi_stage(box):
         raise ConfigError('train.stage1: multi-stage training is not supported with torchrun here (each stage '
                           'builds its models anew, unwrapped); run it in one process')
-    if distributed:
-        wrap_box_models(box, device_ids)
-    apply_speed(box, speed_options(config, args), device)
+    prepare_for_wrapping(box, speed, device, distributed)  # channels_last, SyncBatchNorm: before DDP
+    if distributed:  # a model whose buffers cannot change (an adapted teacher's frozen BatchNorm): no broadcast
+        wrap_box_models(box, device_ids, broadcast_buffers=lambda model: not buffers_frozen(model))
+    apply_speed(box, speed, device)
     counts = parameter_counts(box)
     for name, (trainable, total) in counts.items():
         logger.info('%s: %s trainable / %s total parameters', name, f'{trainable:,}', f'{total:,}')
+    speed = speed_options(config, args)
+    apply_loader_switches(speed, config)  # persistent_workers, before the box builds its loaders
     start_epoch, best_value = args.start_epoch, 0.0
     timing = {'steps': 0, 'step_seconds': 0.0}
     if args.resume:

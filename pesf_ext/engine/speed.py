@@ -61,6 +61,9 @@ class SpeedOptions:
     compile_mode: str = None
     teacher_no_grad: bool = True
     deterministic: bool = False
+    tf32: bool = True
+    sync_batchnorm: bool = False
+    persistent_workers: bool = False
 
     def describe(self):
         parts = [f'amp={self.amp or "off (fp32)"}', f'channels_last={self.channels_last}',
@@ -81,7 +84,16 @@ def add_speed_args(parser):
     group.add_argument('--compile_mode', help='torch.compile mode (e.g. max-autotune)')
     group.add_argument('-deterministic', action='store_const', const=True, default=None,
                        help='deterministic algorithms, cudnn.benchmark off (same seed, same GPU: same result)')
+    group.add_argument('-no_tf32', dest='tf32', action='store_const', const=False, default=None,
+                       help='full fp32 matmuls and convolutions on CUDA (TF32 is on by default)')
+    group.add_argument('-sync_batchnorm', action='store_const', const=True, default=None,
+                       help='with torchrun on CUDA: BatchNorm statistics over all processes (SyncBatchNorm)')
+    group.add_argument('-persistent_workers', action='store_const', const=True, default=None,
+                       help='keep data loader workers alive across epochs (when num_workers > 0)')
     return parser
+
+
+SWITCH_FLAGS = {'tf32': '-no_tf32', 'sync_batchnorm': '-sync_batchnorm', 'persistent_workers': '-persistent_workers'}
 
 
 def speed_options(config, args=None):
@@ -102,6 +114,13 @@ def speed_options(config, args=None):
         if value is not None:
             values[name] = value
             sources[name] = f'-{name}' if name in ('channels_last', 'deterministic') else f'--{name}'
+    for name, flag in SWITCH_FLAGS.items():
+        value = getattr(args, name, None) if args is not None else None
+        if value is not None:
+            values[name], sources[name] = value, flag
+    for name in SWITCH_FLAGS:
+        if name in values and not isinstance(values[name], bool):
+            raise ConfigError(f'{sources[name]}: must be True or False, got {values[name]!r}')
     amp = values.get('amp')
     if amp is not None and amp not in AMP_DTYPES:
         raise ConfigError(f'{sources["amp"]}: must be one of {", ".join(sorted(AMP_DTYPES))} or null, got {amp!r}')
@@ -172,6 +191,85 @@ def scaled_post_forward_process(box, loss, metrics=None, **kwargs):
             box.lr_scheduler.step()
 
 
+def loader_entries(train_config):
+    """(YAML key, entry) of every training and validation loader of ``train`` (multi-stage: of every stage)."""
+    stages = [(f'train.{k}', v) for k, v in train_config.items() if k.startswith('stage') and isinstance(v, dict)]
+    for prefix, stage in stages or [('train', train_config)]:
+        for name in ('train_data_loader', 'val_data_loader'):
+            if isinstance(stage.get(name), dict):
+                yield f'{prefix}.{name}', stage[name]
+
+
+def apply_loader_switches(options, config):
+    """``persistent_workers``: sets ``persistent_workers: True`` in the ``kwargs`` of every training/validation
+    loader with ``num_workers > 0`` (before the box builds them); a value the YAML gives itself is kept."""
+    if not options.persistent_workers:
+        return
+    for key, entry in loader_entries(config.get('train') or {}):
+        kwargs = entry.get('kwargs')
+        if isinstance(kwargs, dict) and (kwargs.get('num_workers') or 0) > 0:
+            kwargs.setdefault('persistent_workers', True)
+            logger.info('speed: %s.kwargs.persistent_workers = %s', key, kwargs['persistent_workers'])
+
+
+def apply_tf32(options, device):
+    """TF32 tensor-core matmuls and convolutions on CUDA (``speed.tf32``, on by default; off: full fp32)."""
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = options.tf32
+        torch.backends.cudnn.allow_tf32 = options.tf32
+
+
+def _is_batch_norm(module):
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def buffers_frozen(model):
+    """True when no buffer of ``model`` can change in training: every module holding a buffer is in eval mode and
+    has parameters, none of which requires a gradient (the pre-epoch process keeps such modules in eval mode), as
+    in a teacher with adapters. DDP then need not broadcast the buffers from rank 0 before every forward."""
+    for module in model.modules():
+        if next(module.buffers(recurse=False), None) is None:
+            continue
+        params = list(module.parameters())
+        if module.training or not params or any(p.requires_grad for p in params):
+            return False
+    return True
+
+
+def convert_sync_batchnorm(model, name):
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` in place (parameters keep their identity, so the optimizer is
+    untouched); refuses when a BatchNorm module carries hooks (a loss reading its input or output would lose them)."""
+    for path, module in model.named_modules():
+        if _is_batch_norm(module) and (module._forward_hooks or module._forward_pre_hooks):
+            raise ConfigError(f'speed.sync_batchnorm: the {name}\'s BatchNorm `{path}` has forward hooks (a loss reads '
+                              'it), which the conversion would drop')
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def prepare_for_wrapping(box, options, device, distributed):
+    """The switches that must act on the bare models, before DDP wraps them: ``channels_last`` (DDP's gradient
+    buckets take the parameters' memory layout when built) and ``sync_batchnorm`` (the student and a teacher
+    whose BatchNorm layers train become ``SyncBatchNorm``; under torchrun on CUDA only)."""
+    models = _models(box)
+    if options.channels_last:
+        for model in models.values():
+            if model is not None:
+                model.to(memory_format=torch.channels_last)
+    if not options.sync_batchnorm:
+        return
+    if not distributed:
+        logger.info('speed.sync_batchnorm: a single process, nothing to synchronise')
+        return
+    if device.type != 'cuda':
+        raise ConfigError('speed.sync_batchnorm: needs CUDA (NCCL); PyTorch\'s SyncBatchNorm does not run on CPU')
+    student_attr = 'student_model' if hasattr(box, 'student_model') else 'model'
+    setattr(box, student_attr, convert_sync_batchnorm(getattr(box, student_attr), 'student'))
+    teacher = models['teacher']
+    if teacher is not None and any(p.requires_grad for m in teacher.modules() if _is_batch_norm(m)
+                                   for p in m.parameters()):
+        box.teacher_model = convert_sync_batchnorm(teacher, 'teacher')
+
+
 def teacher_needs_graph(box):
     teacher = getattr(box, 'teacher_model', None)
     return teacher is not None and any(p.requires_grad for p in teacher.parameters())
@@ -181,7 +279,8 @@ def apply_speed(box, options, device):
     """Applies ``options`` to a built torchdistill ``DistillationBox``/``TrainingBox`` in place; returns the box."""
     models = _models(box)
     forward_process = box.forward_process
-    if options.channels_last:
+    apply_tf32(options, device)
+    if options.channels_last:  # the runner converts before DDP wrapping (prepare_for_wrapping); a no-op then
         for model in models.values():
             if model is not None:
                 model.to(memory_format=torch.channels_last)  # parameters keep their identity (optimizer intact)
