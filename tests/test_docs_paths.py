@@ -38,7 +38,8 @@ OUTPUT_FLAG = re.compile(r'--(?:out|out_dir|records_dir|run_log|samples_out|summ
 # paths in other projects' repositories, named as theirs: torchdistill's example runners and GLUE configs, the MLKD
 # reference code (docs/baselines.md)
 EXTERNAL = {'examples/torchvision/image_classification.py', 'examples/hf_transformers/text_classification.py',
-            'examples/hf_transformers/custom', 'configs/official/glue', 'tools/train.py', 'configs/cifar100/mlkd/*.yaml'}
+            'examples/hf_transformers/custom', 'configs/official/glue', 'tools/train.py', 'configs/cifar100/mlkd/*.yaml',
+            'pesf_ext/configs'}   # the last: the configs as packed into an installed copy, not a folder of the repository
 
 
 def pages():
