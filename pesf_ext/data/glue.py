@@ -185,6 +185,9 @@ def build_glue_datasets(spec, tokenizer, split_seed=0, cache_dir=None):
     train = raw['train']
     num_val = spec.get('num_val_samples')
     if num_val:
+        if not isinstance(num_val, int) or not 0 < num_val < len(train):
+            raise ConfigError(f'datasets.glue.num_val_samples: must be an integer below the {len(train)} examples of '
+                              f'the train file (it holds them out for validation), got {num_val!r}')
         held_out = train.train_test_split(test_size=num_val, seed=split_seed, shuffle=True)
         train, val = held_out['train'], held_out['test']
     else:

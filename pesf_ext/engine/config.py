@@ -7,7 +7,9 @@ else here runs before the models are built or a step is taken.
 """
 import copy
 import difflib
+import inspect
 import os
+import re
 
 import torch
 
@@ -49,10 +51,21 @@ def load_config(path):
         raise ConfigError(f'{path}: not valid YAML: {error}') from error
     except FileNotFoundError as error:  # e.g. a dataset whose files are missing, raised while the YAML is built
         raise ConfigError(f'{path} (datasets): {error}') from error
+    except (OSError, RuntimeError) as error:  # a dataset built while the YAML is read: download failed, files corrupt
+        raise ConfigError(f'{path} (datasets): could not build a dataset ({type(error).__name__}: '
+                          f'{" ".join(str(error).split())[:200]}); without internet, put the data under '
+                          f'{_dataset_roots(path)} first') from error
     if not isinstance(config, dict):
         raise ConfigError(f'{path}: expected a mapping at the top level')
     import_dependencies(config.get('dependencies'))
     return config
+
+
+def _dataset_roots(path):
+    """The ``root:`` values of a YAML's datasets, as written (for the message when one cannot be built)."""
+    with open(os.path.expanduser(path)) as f:
+        roots = re.findall(r'^\s*root:\s*(?:&\w+\s+)?([^*\s]\S*)', f.read(), re.MULTILINE)
+    return ' / '.join(sorted(set(roots))) + " (datasets' kwargs.root)" if roots else "the datasets' kwargs.root"
 
 
 def _check_key(yaml_key, key, registry_dicts, what):
@@ -64,6 +77,74 @@ def _check_key(yaml_key, key, registry_dicts, what):
 def _check_ckpt(yaml_key, path):
     if path and not str(path).startswith(('http://', 'https://')) and not os.path.isfile(os.path.expanduser(path)):
         raise ConfigError(f'{yaml_key}: checkpoint file not found: {path}')
+
+
+TOP_LEVEL_KEYS = {'dependencies', 'datasets', 'models', 'train', 'test', 'settings', 'speed'}
+TRAIN_KEYS = {'log_freq', 'num_epochs', 'train_data_loader', 'val_data_loader', 'optimizer', 'scheduler', 'criterion',
+              'teacher', 'student', 'model', 'pre_epoch_process', 'pre_forward_process', 'post_forward_process',
+              'post_epoch_process', 'criterion_targets', 'epoch_metrics', 'anchor_epochs', 'rco'}
+
+
+def check_known_keys(config):
+    """Top-level sections and ``train`` (and stage) keys: a misspelt one would be silently ignored."""
+    for key in config:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f'{key}: unknown top-level section.{close_matches(key, TOP_LEVEL_KEYS)} '
+                              f'Known: {", ".join(sorted(TOP_LEVEL_KEYS))}.')
+    train = config.get('train')
+    if train is None:
+        return
+    if not isinstance(train, dict):
+        raise ConfigError(f'train: must be a mapping, got {type(train).__name__}')
+    stages = [(f'train.{k}', v) for k, v in train.items() if str(k).startswith('stage')]
+    for prefix, block in [('train', train)] + stages:
+        if not isinstance(block, dict):
+            raise ConfigError(f'{prefix}: must be a mapping, got {type(block).__name__}')
+        for key in block:
+            if key not in TRAIN_KEYS and not (prefix == 'train' and str(key).startswith('stage')):
+                raise ConfigError(f'{prefix}.{key}: unknown key.{close_matches(key, TRAIN_KEYS)}')
+
+
+def _signature_names(fn):
+    """Keyword names ``fn`` accepts, or None when it takes ``**kwargs`` (or has no readable signature)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_arguments(yaml_key, fn, kwargs, what):
+    """Every key of ``kwargs`` (a YAML ``kwargs`` mapping) is an argument of ``fn``; the constructor would raise a
+    TypeError without the YAML key."""
+    if not isinstance(kwargs, dict):
+        return
+    names = _signature_names(fn)
+    if names is None:
+        return
+    for name in kwargs:
+        if name not in names:
+            raise ConfigError(f'{yaml_key}.{name}: not an argument of {what}.'
+                              f'{close_matches(name, names - {"self", "params"})}')
+
+
+UNEXPECTED_ARGUMENT = re.compile(r"(?:(\w+)\.__init__\(\)|(\w+)\(\)) got an unexpected keyword argument '(\w+)'")
+
+
+def argument_error(error, node, prefix):
+    """A ConfigError naming the YAML key of the argument a constructor refused (a loss or wrapper that forwards
+    ``**kwargs`` to another class, which the signature check cannot see); ``error`` itself when it is not one."""
+    match = UNEXPECTED_ARGUMENT.search(str(error))
+    if not isinstance(error, TypeError) or match is None:
+        return error
+    from .values import walk
+    owner, argument = match.group(1) or match.group(2), match.group(3)
+    keys = [key for key, name, _ in walk(node, prefix) if name == argument]
+    if not keys:
+        return error
+    return ConfigError(f'{keys[0]}: not an argument of {owner}')
 
 
 def criterion_terms(criterion_config, yaml_key='train.criterion'):
@@ -83,9 +164,10 @@ def _validate_stage(stage, key_prefix, has_teacher, needs_training):
                'high-level loss')
     loss_keys = set()
     for term_key, loss_key, kwargs, term in criterion_terms(criterion, f'{key_prefix}.criterion'):
-        _check_key(f'{term_key}.criterion.key', loss_key,
-                   [loss_registry.MIDDLE_LEVEL_LOSS_DICT, loss_registry.LOW_LEVEL_LOSS_DICT, loss_registry.LOSS_DICT],
-                   'loss')
+        registries = [loss_registry.MIDDLE_LEVEL_LOSS_DICT, loss_registry.LOW_LEVEL_LOSS_DICT, loss_registry.LOSS_DICT]
+        _check_key(f'{term_key}.criterion.key', loss_key, registries, 'loss')
+        loss_class = next(r[loss_key] for r in registries if loss_key in r)
+        check_arguments(f'{term_key}.criterion.kwargs', loss_class, kwargs, loss_key)
         loss_keys.add(loss_key)
     for proc_key, registry in PROCESS_REGISTRIES.items():
         if stage.get(proc_key) is not None:
@@ -103,9 +185,17 @@ def _validate_stage(stage, key_prefix, has_teacher, needs_training):
     optimizer = stage.get('optimizer') or {}
     if optimizer.get('key') is not None:
         _check_key(f'{key_prefix}.optimizer.key', optimizer['key'], [optim_registry.OPTIM_DICT], 'optimizer')
+        optimizer_class = optim_registry.OPTIM_DICT[optimizer['key']]
+        check_arguments(f'{key_prefix}.optimizer.kwargs', optimizer_class, optimizer.get('kwargs'), optimizer['key'])
+        for i, entry in enumerate(optimizer.get('module_wise_configs') or optimizer.get('module_wise_kwargs') or []):
+            if isinstance(entry, dict):
+                check_arguments(f'{key_prefix}.optimizer.module_wise_configs[{i}].kwargs', optimizer_class,
+                                entry.get('kwargs'), optimizer['key'])
     scheduler = stage.get('scheduler') or {}
     if scheduler.get('key') is not None:
         _check_key(f'{key_prefix}.scheduler.key', scheduler['key'], [optim_registry.SCHEDULER_DICT], 'scheduler')
+        check_arguments(f'{key_prefix}.scheduler.kwargs', optim_registry.SCHEDULER_DICT[scheduler['key']],
+                        scheduler.get('kwargs'), scheduler['key'])
     if has_teacher:
         _validate_teacher_side(stage, key_prefix, loss_keys)
 
@@ -133,6 +223,7 @@ def _validate_teacher_side(stage, key_prefix, loss_keys):
 
 def validate_config(config, needs_training=True):
     """Static checks of a loaded YAML (see module docstring); raises :class:`ConfigError`."""
+    check_known_keys(config)
     validate_values(config)
     models = config.get('models')
     if not isinstance(models, dict):

@@ -23,6 +23,8 @@ def build_model(model_config, device, distributed, yaml_key):
         model = None if key in PESF_MODEL_KEYS else get_image_classification_model(model_config, distributed)
         if model is None:
             model = get_model(key, model_config.get('repo_or_dir'), **kwargs)
+    except TypeError as error:  # an argument the model's builder does not take (or lacks)
+        raise ConfigError(f'{yaml_key}.kwargs: {" ".join(str(error).split())}') from error
     except (OSError, RuntimeError) as error:
         if 'weights' in kwargs or kwargs.get('pretrained'):
             raise ConfigError(

@@ -30,7 +30,7 @@ from ..adapters.inject import count_parameters
 from ..epoch_metrics import PROCESS_NAME, check_options, records_paths
 from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_best, save_last, unwrap
 from .cli import validate_args
-from .config import load_config, validate_config, validate_model_paths
+from .config import argument_error, load_config, validate_config, validate_model_paths
 from .distributed import (barrier, get_rank, init_distributed, is_main_process, resolve_device, shard_eval_loader,
                           wrap_box_models)
 from .errors import ConfigError
@@ -48,9 +48,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_DISTILLATION_PRE_EPOCH_PROCESS = 'distillation_pre_epoch_process'
 
 
-def get_args(argv=None, description='Knowledge distillation with pesf_ext (torchdistill runner)', extra=None):
-    """The runners' command line; ``extra(parser)`` adds a runner's own arguments (the text runner's --data_dir)."""
-    parser = argparse.ArgumentParser(description=description)
+def get_args(argv=None, description='Knowledge distillation with pesf_ext (torchdistill runner)', extra=None,
+             epilog=None):
+    """The runners' command line; ``extra(parser)`` adds a runner's own arguments (the text runner's --data_dir);
+    ``epilog``: examples printed under --help, line breaks kept."""
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', required=True, help='yaml file path')
     parser.add_argument('--device', default=None, help='device (default: cuda when available, else cpu)')
     parser.add_argument('--run_log', help='log file path')
@@ -58,6 +61,9 @@ def get_args(argv=None, description='Knowledge distillation with pesf_ext (torch
     parser.add_argument('--seed', type=int, help='seed in random number generator')
     parser.add_argument('-disable_cudnn_benchmark', action='store_true', help='disable torch.backend.cudnn.benchmark')
     parser.add_argument('-test_only', action='store_true', help='only test the models')
+    parser.add_argument('-dry_run', action='store_true',
+                        help='check the YAML, the files it names, the models and the optimizer groups, then exit '
+                             'without training or testing')
     parser.add_argument('-student_only', action='store_true', help='test the student model only')
     parser.add_argument('-log_config', action='store_true', help='log config')
     parser.add_argument('-resume', action='store_true',
@@ -90,6 +96,17 @@ def student_config_of(models_config):
 def build_box(teacher, student, config, device, device_ids, distributed, lr_factor):
     train_config = config['train']
     rest_entries = take_rest_entries(train_config)  # module: '*' (pesf_ext's); torchdistill would look '*' up
+    try:
+        return _build_box(teacher, student, config, device, device_ids, distributed, lr_factor, rest_entries)
+    except TypeError as error:  # an argument a loss/wrapper forwarded and its class refused: name the YAML key
+        converted = argument_error(error, train_config, 'train')
+        if converted is error:
+            raise
+        raise converted from error
+
+
+def _build_box(teacher, student, config, device, device_ids, distributed, lr_factor, rest_entries):
+    train_config = config['train']
     if teacher is None:
         box = get_training_box(student, config['datasets'], train_config, device, device_ids, distributed, lr_factor)
         return prepare_box(box, train_config, rest_entries)
@@ -327,6 +344,13 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
     results = {'config': args.config, 'seed': args.seed, 'seconds_per_step': None, 'counts': {},
                'machine': machine_description(device)}
     trained_teacher = None
+    if getattr(args, 'dry_run', False):  # everything a run reads is read and checked; nothing is trained or written
+        if not args.test_only:
+            build_box(teacher, student, config, device, device_ids, distributed, 1)
+        elif student_config.get('dst_ckpt') and os.path.isfile(student_config['dst_ckpt']):
+            load_model_checkpoint(student_config['dst_ckpt'], unwrap(student), f'{student_key}.dst_ckpt')
+        logger.info('-dry_run: %s checked (YAML, files, models, optimizer groups); nothing trained', args.config)
+        return results
     if not args.test_only:
         train_results = train(teacher, student, config, device, device_ids, distributed, world_size, args,
                               evaluation)

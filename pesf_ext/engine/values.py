@@ -25,6 +25,7 @@ PROBABILITIES = {'momentum', 'dampening', 'dropout', 'drop_rate', 'dropout_rate'
 POSITIVE_NUMBERS = {'lr', 'temperature', 'max_grad_norm', 'gamma'}
 NON_NEGATIVE_NUMBERS = {'alpha', 'beta', 'weight', 'teacher_alpha', 'teacher_beta', 'weight_decay', 'eps', 'eta_min',
                         'dist_factor', 'angle_factor'}
+NOT_NULL = {'num_epochs', 'batch_size'}  # counts the run cannot do without (null elsewhere means "not used")
 SKIPPED_SECTIONS = {'datasets', 'dependencies'}
 # losses whose ``beta`` defaults to ``1 - alpha`` (torchdistill's KDLoss convention): alone, alpha is a share in [0, 1]
 ONE_MINUS_ALPHA_LOSSES = {'KDLoss', 'PESFKDLoss', 'FTKDLoss', 'ZScoreKDLoss'}
@@ -57,7 +58,11 @@ def _describe(value):
 def check_value(key, name, value):
     """Checks one YAML value against the rule for its key ``name``; lists (``milestones``, ``betas``,
     ``input_shape``) are checked element by element."""
+    if name == 'kwargs' and value is not None and not isinstance(value, dict):
+        raise ConfigError(f'{key}: must be a mapping of argument names to values, got {_describe(value)}')
     if value is None:
+        if name in NOT_NULL:
+            raise ConfigError(f'{key}: must be {_rule(name)[0]}, got null')
         return
     rule = _rule(name)
     if isinstance(value, (list, tuple)):
