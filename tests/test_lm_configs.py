@@ -288,3 +288,16 @@ def test_command_line_help_and_one_line_errors(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert done.value.code == 1 and len(err) == 1 and 'Traceback' not in err[0]
     assert 'divergence' in err[0] and 'forward_k1' in err[0]
+
+
+def test_model_options_replace_the_yaml_architecture(tiny_dirs, tmp_path):
+    """--teacher_model/--student_model give the architecture too: the YAML's sizes (written for models built from
+    their config) must not be applied to the given weights."""
+    path = os.path.join(ROOT, 'configs/causal_lm_offline/gpt2_4l_gpt2_2l_stdlib_kd.yaml')
+    original = load_config(path)
+    config = shrink(load_config(path), tiny_dirs, tmp_path)
+    for name in ('teacher_model', 'student_model'):
+        config['models'][name]['config_kwargs'] = original['models'][name]['config_kwargs']
+    results = run_config(config, tmp_path, '--teacher_model', tiny_dirs['gpt2_teacher'], '--student_model',
+                         tiny_dirs['gpt2_student'])
+    assert results['counts']['teacher'][1] < 200_000  # the tiny teacher, not a 4 x 256 one

@@ -18,7 +18,7 @@ from ..engine.errors import ConfigError
 from ..engine.runner import Evaluation, get_args, run
 from ..losses.divergences import TokenKDLoss
 from ..nlp import register_hf_schedulers
-from ..nlp.runner import set_model_path, set_num_training_steps
+from ..nlp.runner import set_num_training_steps
 from .data import CausalLMCollator, build_lm_datasets, lm_spec
 from .lora import LoRATeacher
 from .metrics import evaluate_lm, generation_rouge_l
@@ -42,6 +42,14 @@ def add_lm_arguments(parser):
                                                           'many test prompts (default: the YAML test.rouge_samples, '
                                                           'else 0)')
     parser.add_argument('--max_new_tokens', type=int, default=128, help='generation length for ROUGE-L')
+
+
+def set_model_path(model_config, path):
+    """A pretrained model replaces the YAML's: its directory gives the architecture (config_kwargs are only the path;
+    sizes written for a model built from its config would not fit the weights), tokenizer and weights."""
+    model_config['config_kwargs'] = {'pretrained_model_name_or_path': path}
+    for key in ('tokenizer_kwargs', 'model_kwargs'):
+        model_config[key] = {**(model_config.get(key) or {}), 'pretrained_model_name_or_path': path}
 
 
 def apply_command_line(config, args):
