@@ -1,4 +1,23 @@
+import os
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BuildWithConfigs(build_py):
+    """Packs the shipped configs/ into pesf_ext/configs, so an installed copy's pesf-quickstart finds them."""
+
+    def run(self):
+        super().run()
+        source = os.path.join(HERE, 'configs')
+        if os.path.isdir(source) and not self.editable_mode:
+            target = os.path.join(self.build_lib, 'pesf_ext', 'configs')
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns('*.pyc', '__pycache__'))
+
 
 with open('README.md', encoding='utf-8') as f:
     long_description = f.read()
@@ -22,6 +41,12 @@ setup(
         'pyyaml',
         'tqdm',
     ],
+    cmdclass={'build_py': BuildWithConfigs},
+    entry_points={'console_scripts': [
+        'pesf-image = pesf_ext.cli.image_classification:main',
+        'pesf-quickstart = pesf_ext.cli.quickstart:main',
+        'pesf-text-quickstart = pesf_ext.cli.text_quickstart:main',
+    ]},
     extras_require={
         # ruamel.yaml: tools/make_configs.py, its sync test; peft: the causal-LM tests; trl: GKD's JSD compared with ours
         'test': ['pytest>=7', 'ruamel.yaml>=0.17.21', 'peft>=0.10', 'trl>=0.20'],

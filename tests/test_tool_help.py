@@ -28,3 +28,11 @@ def test_analyze_subcommand_help_exits_zero(command, capsys):
 
 def test_analyze_help_keeps_the_percent_sign(capsys):
     assert '95% CIs' in help_text('analyze', ['--help'], capsys)
+
+
+@pytest.mark.parametrize('tool', ['analyze', 'bad_input_table', 'glue_compare', 'image_classification', 'quickstart',
+                                  'text_quickstart'])
+def test_tool_help_shows_an_example(tool, capsys):
+    text = help_text(tool, ['--help'], capsys)
+    examples = text.split('examples:\n', 1)[1]
+    assert examples.startswith('  ') and ('python tools/' in examples or 'pesf-' in examples)

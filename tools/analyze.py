@@ -690,8 +690,16 @@ def zscore_bound_main(args):
     return text
 
 
+EPILOG = '''examples:
+  python tools/analyze.py figures --runs runs/compare5 --out docs/figures
+  python tools/analyze.py paired --runs docs/results/converged --key test_gap --reference kd
+  python tools/analyze.py zscore_bound --classes 10 100 --temperatures 1 2 4
+(each subcommand has its own --help)'''
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
     metrics = sub.add_parser('metrics', help='metrics table of a student checkpoint and its teacher on the test set')
     metrics.add_argument('--config', required=True)

@@ -209,11 +209,45 @@ def markdown(rows):
              '', '| what the user gave | exit status | the one line on stderr |', '|---|---|---|']
     for case, status, line in rows:
         lines.append(f'| {case.what} | {status} | {line.replace("|", "&#124;")} |')
-    return '\n'.join(lines) + '\n'
+    return '\n'.join(lines + [''] + NOTES) + '\n'
+
+
+EPILOG = '''examples:
+  python tools/bad_input_table.py                                # print the table
+  python tools/bad_input_table.py --write docs/bad_input.md      # rewrite the document'''
+NOTES = [
+    '## Checking a config without running it',
+    '',
+    '`-dry_run` reads and checks everything a run would read (the YAML, its checkpoints and data, the models and the',
+    'optimizer groups) and exits without training or testing: `python tools/image_classification.py --config',
+    'my.yaml -dry_run` (the text runner takes it too). tests/test_generated_bad_input.py runs it on mutated copies of',
+    'the shipped configs (wrong types, out-of-range values, unknown keys, missing, truncated and mismatched files).',
+    '',
+    "## Which parameters train: `module: '*'`",
+    '',
+    'A non-empty `train.optimizer.module_wise_configs` trains only the modules it lists (torchdistill). Before',
+    'training the runner checks that every parameter that requires a gradient is in an optimizer group, and stops',
+    'with the row above otherwise. To give some modules their own settings without listing every other one, add an',
+    "entry `module: '*'`: every trainable parameter of that side (`is_teacher`) that no other entry lists, with its",
+    "own `kwargs` or, without them, the optimizer's `kwargs`:",
+    '',
+    '```yaml',
+    'optimizer:',
+    "  key: 'SGD'",
+    '  kwargs: {lr: 0.05, momentum: 0.9, weight_decay: 0.0005}   # the student\'s settings',
+    '  module_wise_configs:',
+    "    - module: 'adapters'                                     # the teacher's adapters: their own lr",
+    '      is_teacher: True',
+    '      kwargs: {lr: 0.001, momentum: 0.9, weight_decay: 0.0005}',
+    "    - module: '*'                                            # every student module not listed above",
+    '      is_teacher: False',
+    '```',
+]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--write', help='write the Markdown table to this file')
     args = parser.parse_args(argv)
     text = markdown(run_all())

@@ -33,8 +33,15 @@ def config_path(task, method):
     return os.path.join(ROOT, 'configs', 'glue_offline', task, f'{name}.yaml')
 
 
+EPILOG = '''examples:
+  python tools/glue_compare.py --task sst2 --seeds 3
+  python tools/glue_compare.py --task rte --seeds 3 --methods ce kd pesfkd ftkd dml --jobs 2
+  python tools/glue_compare.py --task sst2 --seeds 3 -table_only'''
+
+
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', default='sst2', choices=('sst2', 'rte'))
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
     parser.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 per method')
