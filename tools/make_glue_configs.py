@@ -228,6 +228,11 @@ def optimizer(setup, lr, groups=None, teacher_groups=None):
     return config
 
 
+# The labels are the criterion's targets (its CE / squared-error terms need them). Without this key the text runner
+# calls the criterion without targets, as torchdistill's GLUE script does for its own configs.
+CRITERION_TARGETS = 'labels'
+
+
 def scheduler():
     return {'key': 'get_linear_schedule_with_warmup',
             'kwargs': {'num_warmup_steps': 0, 'num_training_steps': None}, 'scheduling_step': 1}
@@ -243,6 +248,7 @@ def train_section(setup, task, method):
         train['optimizer'] = optimizer(setup, setup.teacher_lr)
         train['scheduler'] = scheduler()
         train['criterion'] = {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {'task': task_term()}}}
+        train['criterion_targets'] = CRITERION_TARGETS
         return train
     frozen = ['bert.embeddings.word_embeddings'] if setup.freeze_student_embeddings else []
     pkd = method in ('pkd', 'pkd_pesfkd')
@@ -267,6 +273,7 @@ def train_section(setup, task, method):
         train['optimizer'] = optimizer(setup, setup.student_lr)
     train['scheduler'] = scheduler()
     train['criterion'] = {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': terms}}
+    train['criterion_targets'] = CRITERION_TARGETS
     return train
 
 

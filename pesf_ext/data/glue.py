@@ -61,6 +61,17 @@ GLUE_TASKS = {
 COLUMN_ALIASES = {'#1 String': 'sentence1', '#2 String': 'sentence2', 'Quality': 'label', 'score': 'label',
                   'is_duplicate': 'label'}
 SPLIT_FILES = {'train': 'train', 'dev': 'dev'}
+# MNLI has two dev sets (matched and mismatched genres); 'dev' is the matched one.
+MNLI_SPLIT_FILES = {'train': 'train', 'dev': 'dev_matched', 'dev_mismatched': 'dev_mismatched'}
+# torchdistill's MNLI config names the splits after the hub's; here 'test_*' is the same dev set (GLUE test labels are
+# hidden), 'validation_matched' follows num_val_samples as 'validation' does.
+MNLI_SPLITS = {'validation_matched': 'validation', 'test_matched': 'test', 'validation_mismatched': 'dev_mismatched',
+               'test_mismatched': 'dev_mismatched'}
+
+
+def split_files(name):
+    """{split: file stem} of a task's local files."""
+    return MNLI_SPLIT_FILES if name == 'mnli' else SPLIT_FILES
 EXTENSIONS = ('.tsv', '.csv', '.json', '.jsonl')
 
 
@@ -70,18 +81,20 @@ def glue_task(name, yaml_key='datasets.glue.name'):
     return GLUE_TASKS[name]
 
 
-def find_split_file(data_dir, task, split):
-    """``<data_dir>/<TASK folder>/<split>.{tsv,csv,json,jsonl}`` (also ``<data_dir>/<split>.*``), else None."""
+def find_split_file(data_dir, task, split, stem=None):
+    """``<data_dir>/<TASK folder>/<stem>.{tsv,csv,json,jsonl}`` (also ``<data_dir>/<stem>.*``; stem: the split's
+    file name, 'dev_matched' for MNLI's dev), else None."""
     for folder in (os.path.join(data_dir, task.folder), data_dir):
         for ext in EXTENSIONS:
-            path = os.path.join(os.path.expanduser(folder), SPLIT_FILES[split] + ext)
+            path = os.path.join(os.path.expanduser(folder), (stem or SPLIT_FILES[split]) + ext)
             if os.path.isfile(path):
                 return path
     return None
 
 
 def resolve_files(spec, yaml_key='datasets.glue'):
-    """{'train': path, 'dev': path} of a GLUE spec, or None for the hub; ConfigError naming the key if missing."""
+    """{'train': path, 'dev': path} of a GLUE spec (MNLI: also 'dev_mismatched' when data_dir holds it), or None for
+    the hub; ConfigError naming the key if missing."""
     task = glue_task(spec.get('name'), f'{yaml_key}.name')
     raw = spec.get('raw_data_kwargs') or {}
     explicit = {'train': raw.get('train_file_path'), 'dev': raw.get('valid_file_path')}
@@ -96,13 +109,18 @@ def resolve_files(spec, yaml_key='datasets.glue'):
                 raise ConfigError(f'{key}: file not found: {path}')
             files[split] = os.path.expanduser(path)
             continue
-        found = find_split_file(data_dir, task, split) if data_dir else None
+        stem = split_files(spec['name'])[split]
+        found = find_split_file(data_dir, task, split, stem) if data_dir else None
         if found is None:
-            where = os.path.join(data_dir or '', task.folder, SPLIT_FILES[split])
+            where = os.path.join(data_dir or '', task.folder, stem)
             raise ConfigError(f'{yaml_key}.raw_data_kwargs.data_dir: no {split} file for {spec["name"]} '
                               f'(looked for {where}.{{tsv,csv,json,jsonl}}); set data_dir (or --data_dir) to the '
                               f'folder that holds {task.folder}/, or {key}')
         files[split] = found
+    if spec['name'] == 'mnli' and data_dir:
+        mismatched = find_split_file(data_dir, task, 'dev_mismatched', MNLI_SPLIT_FILES['dev_mismatched'])
+        if mismatched:
+            files['dev_mismatched'] = mismatched
     return files
 
 
@@ -118,6 +136,9 @@ def load_raw_splits(spec, cache_dir=None):
             raise DatasetNotFoundError(
                 f"datasets.glue: could not load GLUE '{name}' from the Hugging Face hub ({type(error).__name__}: "
                 f'{error}). Offline, give local files: datasets.glue.raw_data_kwargs.data_dir or --data_dir') from error
+        if name == 'mnli':
+            return datasets.DatasetDict({'train': raw['train'], 'dev': raw['validation_matched'],
+                                         'dev_mismatched': raw['validation_mismatched']})
         return datasets.DatasetDict({'train': raw['train'], 'dev': raw['validation']})
     loaded = {}
     for split, path in files.items():
@@ -199,11 +220,21 @@ def build_glue_datasets(spec, tokenizer, split_seed=0, cache_dir=None):
     name = spec['name']
     files = resolve_files(spec) or {}
     origin = {'train': files.get('train'), 'validation': files.get('dev' if not num_val else 'train'),
-              'test': files.get('dev')}
+              'test': files.get('dev'), 'dev_mismatched': files.get('dev_mismatched')}
+    if name == 'mnli':
+        available = dict(splits, **({'dev_mismatched': raw['dev_mismatched']} if 'dev_mismatched' in raw else {}))
+        for split, source in MNLI_SPLITS.items():
+            if source in available:
+                splits[split], origin[split] = available[source], origin.get(source)
     out = {}
     for split, dataset_id in spec['dataset_id_map'].items():
         if split not in splits:
-                    raise ConfigError(f'datasets.glue.dataset_id_map.{split}: unknown split; use train, validation, test')
+            if name == 'mnli' and split in MNLI_SPLITS:
+                raise ConfigError(f'datasets.glue.dataset_id_map.{split}: no MNLI dev_mismatched file; put '
+                                  'dev_mismatched.tsv beside dev_matched.tsv in the data_dir')
+            raise ConfigError(f'datasets.glue.dataset_id_map.{split}: unknown split; use train, validation, test'
+                              + (', validation_matched, validation_mismatched, test_matched, test_mismatched'
+                                 if name == 'mnli' else ''))
         source = f'{name}/{split}' + (f' ({origin[split]})' if origin.get(split) else '')
         out[dataset_id] = tokenize_split(splits[split], task, tokenizer, max_length, source)
     return out

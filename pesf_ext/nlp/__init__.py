@@ -4,10 +4,16 @@ and data does (``pip install -e '.[nlp]'``).
 
 Registered here: the forward process ``forward_batch_as_kwargs`` (``model(**batch)``), the optimizer
 ``optimizer_no_decay`` (no weight decay on biases and LayerNorm weights), Hugging Face's learning-rate schedules
-(``get_linear_schedule_with_warmup`` and the others) and the model builder ``layer_subset_student``.
+(``get_linear_schedule_with_warmup`` and the others), ``extract_transformers_loss`` (the model's own loss for a
+``model_term``) and the model builder ``layer_subset_student``: what torchdistill's GLUE configs take from the
+``custom`` package of its example scripts (``examples/hf_transformers/custom``), which its wheel does not ship.
 """
 import torch
 from torchdistill.core.interfaces.registry import FORWARD_PROC_FUNC_DICT, register_forward_proc_func
+from torchdistill.losses.registry import (
+    FUNC2EXTRACT_MODEL_OUTPUT_DICT, HIGH_LEVEL_LOSS_DICT, get_high_level_loss, register_func2extract_model_output,
+    register_high_level_loss
+)
 from torchdistill.optim.registry import OPTIM_DICT, SCHEDULER_DICT, register_optimizer, register_scheduler
 
 from .glue_metrics import glue_metrics
@@ -16,8 +22,44 @@ from .models import build_text_model, layer_subset_student, load_tokenizer
 if 'forward_batch_as_kwargs' not in FORWARD_PROC_FUNC_DICT:
     @register_forward_proc_func
     def forward_batch_as_kwargs(model, sample_batch, targets=None, supp_dict=None, **kwargs):
-        """``model(**sample_batch)``: a tokenized batch (input_ids, attention_mask, ...) as keyword arguments."""
+        """``model(**sample_batch, labels=targets)``: a tokenized batch (input_ids, attention_mask, ...) as keyword
+        arguments, with its labels, as torchdistill's GLUE script passes the whole collated batch: a Hugging Face
+        model then also returns its own loss (``outputs.loss``), which a ``model_term`` with
+        ``func2extract_model_loss: 'extract_transformers_loss'`` adds to the criterion. Without targets (or when
+        the batch already holds its labels) the batch is passed as it is."""
+        if targets is not None and 'labels' not in sample_batch:
+            return model(**sample_batch, labels=targets)
         return model(**sample_batch)
+
+
+if 'extract_transformers_loss' not in FUNC2EXTRACT_MODEL_OUTPUT_DICT:
+    @register_func2extract_model_output
+    def extract_transformers_loss(student_outputs, targets=None, **kwargs):
+        """``{'loss': outputs.loss}``, the Hugging Face model's own loss (CE; MSE for one output, STS-B), for a
+        ``WeightedSumLoss`` ``model_term`` (torchdistill's example ``custom/loss.py`` registers the same function)."""
+        loss = getattr(student_outputs, 'loss', None)
+        if loss is None:
+            raise ValueError("func2extract_model_loss 'extract_transformers_loss': the model returned no loss; it "
+                             'computes one only when the batch has labels')
+        return {'loss': loss}
+
+
+if 'CriterionWithoutTargets' not in HIGH_LEVEL_LOSS_DICT:
+    @register_high_level_loss
+    class CriterionWithoutTargets(torch.nn.Module):
+        """The high-level loss ``criterion`` (a torchdistill criterion config) called with ``targets=None``, as
+        torchdistill's GLUE script calls its criterion: the labels reach the model only (its own loss, for a
+        ``model_term``), so e.g. ``KDLoss`` is the soft KL alone. The text runner puts a config's criterion in it
+        unless the train config says ``criterion_targets: 'labels'``."""
+        def __init__(self, criterion, **kwargs):
+            super().__init__()
+            self.criterion = get_high_level_loss(criterion)
+
+        def forward(self, io_dict, model_loss_dict, targets=None):
+            return self.criterion(io_dict, model_loss_dict, None)
+
+        def __str__(self):
+            return f'{self.criterion} (no targets: labels reach the model only)'
 
 
 if 'optimizer_no_decay' not in OPTIM_DICT:

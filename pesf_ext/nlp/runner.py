@@ -1,8 +1,11 @@
 """The text-classification (GLUE) runner: the image runner's engine with Hugging Face models, tokenized GLUE data,
 padding collation and GLUE metrics. ``tools/text_classification.py`` is its command line."""
 import copy
+import importlib.util
 import logging
 import math
+import sys
+import types
 
 from torchdistill.datasets.registry import register_collate_func
 
@@ -15,6 +18,8 @@ from . import register_hf_schedulers
 
 logger = logging.getLogger(__name__)
 MODEL_NAMES = ('teacher_model', 'student_model', 'model')
+CRITERION_TARGETS = ('labels', None)
+EXAMPLE_PACKAGE = 'custom'   # torchdistill's examples/hf_transformers/custom, named in its GLUE configs' dependencies
 
 
 def get_text_args(argv=None):
@@ -32,14 +37,64 @@ def add_text_arguments(parser):
     parser.add_argument('--cache_dir', help='cache folder of the datasets library (tokenized data is cached there)')
 
 
+def loader_dataset_ids(config):
+    """The dataset ids the train, validation and test loaders read (of every stage)."""
+    train = config.get('train') or {}
+    stages = [v for k, v in train.items() if k.startswith('stage') and isinstance(v, dict)] or [train]
+    ids = {(stage.get(loader) or {}).get('dataset_id') for stage in stages
+           for loader in ('train_data_loader', 'val_data_loader')}
+    ids.add(((config.get('test') or {}).get('test_data_loader') or {}).get('dataset_id'))
+    return ids - {None}
+
+
 def glue_spec(config):
-    """The one GLUE entry of ``datasets`` (torchdistill's GLUE example schema), with its YAML key."""
+    """The GLUE entry of ``datasets`` (torchdistill's GLUE example schema) the loaders read, with its YAML key.
+    Entries no loader reads (MNLI's ``glue_ax``, read only by torchdistill's ``private`` leaderboard predictions)
+    are left out."""
     entries = [(name, spec) for name, spec in (config.get('datasets') or {}).items()
                if isinstance(spec, dict) and 'dataset_id_map' in spec]
+    if len(entries) > 1:
+        used = loader_dataset_ids(config)
+        entries = [(name, spec) for name, spec in entries
+                   if used & set((spec.get('dataset_id_map') or {}).values())]
     if len(entries) != 1:
         raise ConfigError('datasets: expected one GLUE entry with name, raw_data_kwargs and dataset_id_map '
-                          f'(found {len(entries)})')
+                          f'that the loaders read (found {len(entries)})')
     return entries[0]
+
+
+def stand_in_for_example_package():
+    """torchdistill's GLUE configs list ``dependencies: [{name: 'custom'}]``, the package beside its example scripts
+    (not in its wheel). What they take from it is registered by :mod:`pesf_ext.nlp`, so when no ``custom`` module
+    can be imported an empty one stands in for it and the config loads unchanged."""
+    if EXAMPLE_PACKAGE in sys.modules or importlib.util.find_spec(EXAMPLE_PACKAGE) is not None:
+        return
+    sys.modules[EXAMPLE_PACKAGE] = types.ModuleType(EXAMPLE_PACKAGE, 'stand-in for torchdistill\'s example package')
+    logger.info("dependencies: `%s` (torchdistill's examples/hf_transformers/custom) is not installed; pesf_ext.nlp "
+                'registers what its GLUE configs use from it', EXAMPLE_PACKAGE)
+
+
+def apply_criterion_targets(config):
+    """``train.criterion_targets`` (also per stage): 'labels' passes the batch's labels to the criterion as its
+    targets (this project's GLUE configs: their CE terms need them); null or absent, torchdistill's GLUE script's
+    behaviour: the criterion gets no targets (``KDLoss`` is then the soft KL alone, unscaled) and the labels reach
+    the model only, whose own loss a ``model_term`` adds. The labels go to the model in both cases."""
+    train = config.get('train') or {}
+    default = train.pop('criterion_targets', None)
+    stages = [(f'train.{k}', v) for k, v in train.items() if k.startswith('stage') and isinstance(v, dict)] \
+        or [('train', train)]
+    for prefix, stage in stages:
+        mode = stage.pop('criterion_targets', default)
+        if mode not in CRITERION_TARGETS:
+            raise ConfigError(f"{prefix}.criterion_targets: expected 'labels' or null, got {mode!r}")
+        criterion = stage.get('criterion')
+        if mode is None and isinstance(criterion, dict) and criterion.get('key') != 'CriterionWithoutTargets':
+            inner = {k: v for k, v in criterion.items() if k != 'func2extract_model_loss'}
+            stage['criterion'] = {'key': 'CriterionWithoutTargets', 'kwargs': {'criterion': inner}}
+            if 'func2extract_model_loss' in criterion:
+                stage['criterion']['func2extract_model_loss'] = criterion['func2extract_model_loss']
+            logger.info('%s.criterion: called without targets, as torchdistill\'s GLUE script calls it (labels reach '
+                        "the model only); set %s.criterion_targets: 'labels' to pass them", prefix, prefix)
 
 
 def set_model_path(model_config, path):
@@ -83,6 +138,10 @@ class GlueData:
         self.key = self.spec = self.task = self.student_config = None
 
     def check(self, config):
+        if config.pop('private', None) is not None:
+            logger.info("private: torchdistill's GLUE leaderboard predictions (test-set files to submit) are not "
+                        'written by this runner; section left out')
+        apply_criterion_targets(config)
         self.key, self.spec = glue_spec(config)
         self.task = glue_task(self.spec.get('name'), f'datasets.{self.key}.name')
         resolve_files(self.spec, f'datasets.{self.key}')  # missing files stop the run now
@@ -93,7 +152,9 @@ class GlueData:
     def __call__(self, config, distributed, world_size):
         from transformers import DataCollatorWithPadding
         tokenizer = load_tokenizer(self.student_config)
-        register_collate_func(DataCollatorWithPadding(tokenizer))
+        # lengths rounded up to a multiple of 8 (tensor-core friendly; torchdistill's script does so under fp16);
+        # the padding is masked, so the outputs do not change
+        register_collate_func(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
         config['datasets'] = build_glue_datasets(self.spec, tokenizer, self.split_seed, self.cache_dir)
         train = config.get('train') or {}
         stages = [v for k, v in train.items() if k.startswith('stage')] or ([train] if train else [])
@@ -113,6 +174,7 @@ def run_text(args, config=None):
     """Loads (or takes) the YAML, applies the command line, and runs it through :func:`pesf_ext.engine.runner.run`."""
     from ..engine.config import load_config
     register_hf_schedulers()
+    stand_in_for_example_package()
     config = copy.deepcopy(config) if config is not None else load_config(args.config)
     apply_command_line(config, args)
     data = GlueData(cache_dir=args.cache_dir)
