@@ -111,7 +111,7 @@ def step(teacher, student, optimizer, loss_fn, batch, amp, meter=None):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.detach().item()
 
 
 def measure(method, args, teacher_base, student_base, batches, device):
