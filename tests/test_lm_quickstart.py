@@ -26,3 +26,15 @@ def test_quickstart_smoke(tmp_path, capsys):
     assert 0 < results['PESF-KD']['counts']['teacher'][0] < results['FT-KD']['counts']['teacher'][0]
     out = capsys.readouterr().out
     assert 'student ppl' in out and 'PESF-KD' in out
+
+
+@pytest.mark.parametrize('tool', ['causal_lm', 'lm_benchmark', 'lm_quickstart', 'make_lm_configs'])
+def test_lm_tools_print_help(tool, capsys):
+    import importlib
+    module = importlib.import_module(tool)
+    if tool == 'make_lm_configs':  # no command line: writing the configs is all it does
+        assert module.__doc__ and 'make_lm_configs.py' in module.__doc__
+        return
+    with pytest.raises(SystemExit) as done:
+        module.main(['--help'])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith('usage:')
