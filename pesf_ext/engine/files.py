@@ -5,8 +5,11 @@ line naming the file and the YAML key (or option) that pointed to it, never with
   ``-resume`` state, RCO anchors);
 * :func:`load_state` / :func:`load_model_checkpoint` -- a state dict into a model; a checkpoint of another
   architecture is reported as counts of missing/unexpected/mis-shaped keys with a few examples;
-* :func:`from_pretrained` -- a Hugging Face ``from_pretrained`` call (tokenizer, config, model directory);
-* :func:`check_path` -- a data file or directory named in the YAML.
+* :func:`check_path` -- a file or directory named in the YAML;
+* :func:`reading` -- around any other loading code (``-resume`` state, the saved teacher side, RCO anchors).
+
+Hugging Face model/tokenizer directories: ``pesf_ext.nlp.models.pretrained_error``; GLUE files:
+``pesf_ext.data.glue`` (both name the YAML key and the path the same way).
 
 Nothing here writes: a run that stops on a bad input leaves every checkpoint on disk as it was.
 """
@@ -161,21 +164,3 @@ def load_model_checkpoint(path, model, yaml_key, strict=True):
     state = checkpoint['model'] if isinstance(checkpoint, dict) and 'model' in checkpoint else checkpoint
     load_state(model, state, yaml_key, path, strict)
     return checkpoint
-
-
-def from_pretrained(loader, yaml_key, what, **kwargs):
-    """``loader(**kwargs)`` (a Hugging Face ``from_pretrained``); a missing or incomplete local directory, or a
-    hub name without internet, raises :class:`ConfigError` naming ``yaml_key`` and the path."""
-    name = kwargs.get('pretrained_model_name_or_path')
-    try:
-        return loader(**kwargs)
-    except (OSError, ValueError, EnvironmentError, KeyError) as error:
-        local = isinstance(name, str) and (os.path.isabs(name) or name.startswith(('.', '~')) or os.path.exists(name))
-        if local and not os.path.isdir(os.path.expanduser(name)):
-            reason = 'directory not found'
-        elif local:
-            reason = f'the directory has no usable {what} ({first_sentence(error)})'
-        else:
-            reason = (f'not a local directory, and `{name}` could not be fetched from the Hugging Face hub '
-                      f'(offline?): give a local directory ({first_sentence(error)})')
-        raise ConfigError(f'{yaml_key}.pretrained_model_name_or_path: {name}: {reason}') from error
