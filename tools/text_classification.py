@@ -9,7 +9,12 @@ Same engine, command line and end-of-run report as ``tools/image_classification.
     torchrun --nproc_per_node=4 tools/text_classification.py \\
         --config configs/glue/sst2/bert_base_uncased_bert_6l_kd.yaml
 
-``--data_dir``, ``--teacher_model`` and ``--student_model`` replace the YAML's data folder and model paths.
+``--data_dir``, ``--teacher_model`` and ``--student_model`` replace the YAML's data folder and model paths, so
+torchdistill's own GLUE configs (``configs/official/glue/.../<task>/{ce,kd}/*.yaml`` in its repository) run as they
+are (docs/glue.md)::
+
+    python tools/text_classification.py --config rte/kd/bert_base_uncased_from_bert_large_uncased.yaml \
+        --data_dir ~/glue_data --teacher_model ~/models/bert-large-uncased-rte --student_model bert-base-uncased
 """
 import os
 import sys
