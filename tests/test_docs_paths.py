@@ -35,11 +35,11 @@ ALLOWED = (re.compile(r'GitHub issue', re.I), re.compile(r'\bhelper/'))
 GENERATED = ('runs/', 'log/', 'resource/')
 # a path right after one of these flags is what a command will write
 OUTPUT_FLAG = re.compile(r'--(?:out|out_dir|records_dir|run_log|samples_out|summary_json)[ =]$')
-# paths in other projects' repositories, named as theirs: torchdistill's example runners and GLUE configs, the MLKD
-# reference code (docs/baselines.md)
-EXTERNAL = {'examples/torchvision/image_classification.py', 'examples/hf_transformers/text_classification.py',
-            'examples/hf_transformers/custom', 'configs/official/glue', 'tools/train.py', 'configs/cifar100/mlkd/*.yaml',
-            'pesf_ext/configs'}   # the last: the configs as packed into an installed copy, not a folder of the repository
+# paths in other projects' repositories, named as theirs (prefixes): torchdistill's example runners and official
+# configs, the MLKD reference code (docs/baselines.md)
+EXTERNAL = ('configs/official/', 'examples/torchvision/', 'examples/hf_transformers', 'tools/train.py',
+            'configs/cifar100/mlkd/*.yaml',
+            'pesf_ext/configs')   # the last: the configs as packed into an installed copy, not a folder of the repository
 
 
 def pages():
@@ -98,7 +98,7 @@ def missing_paths(name, text):
     bad = []
     for match in PATH.finditer(text):
         path = match.group(1)
-        if path.rstrip('/') in EXTERNAL or OUTPUT_FLAG.search(text[max(0, match.start() - 20):match.start()]):
+        if path.rstrip('/').startswith(EXTERNAL) or OUTPUT_FLAG.search(text[max(0, match.start() - 20):match.start()]):
             continue
         if path.endswith('/') and '*' not in path and '{' not in path:
             path = path.rstrip('/')

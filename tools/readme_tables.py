@@ -100,12 +100,26 @@ IMAGE_NAME = re.compile(r'^(?:(?:resnet|vgg|r)\d+_){2}(?P<suffix>.+)\.yaml$')
 GLUE_NAME = re.compile(r'^bert_base_uncased_bert_6l_(?P<suffix>.+)\.yaml$')
 
 
+def repo_files(pattern, root=ROOT):
+    """Files matching the glob ``pattern`` (relative to ``root``): those git tracks when ``root`` is a git checkout,
+    so a file not committed yet does not reach the README; every file on disk otherwise."""
+    import fnmatch
+    import subprocess
+    done = subprocess.run(['git', 'ls-files'], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        return sorted(glob.glob(os.path.join(root, pattern), recursive=True))
+    depth = pattern.count('/')
+    return sorted(os.path.join(root, f) for f in done.stdout.splitlines()
+                  if (f.count('/') == depth or '**' in pattern)
+                  and (fnmatch.fnmatch(f, pattern) or fnmatch.fnmatch(f, pattern.replace('**/', ''))))
+
+
 def suffixes(folder, root=ROOT):
     """Config suffixes present under ``folder`` (GLUE: over every task)."""
     pattern = '*/*.yaml' if folder.endswith('glue') else '*.yaml'
     rule = GLUE_NAME if folder.endswith('glue') else IMAGE_NAME
     found = set()
-    for path in glob.glob(os.path.join(root, folder, pattern)):
+    for path in repo_files(f'{folder}/{pattern}', root):
         match = rule.match(os.path.basename(path))
         if match:
             found.add(match['suffix'])
@@ -135,14 +149,15 @@ def first_line(path):
 def layout(root=ROOT):
     """A Markdown list: each folder of pesf_ext/ and tools/, what its ``__init__`` docstring says, and its modules."""
     lines = []
-    folders = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(root, 'pesf_ext', '**', '*.py'),
-                                                            recursive=True)}) + [os.path.join(root, 'tools')]
+    files = repo_files('pesf_ext/**/*.py', root) + repo_files('tools/*.py', root)
+    folders = sorted({os.path.dirname(p) for p in files if p.startswith(os.path.join(root, 'pesf_ext'))})
+    folders.append(os.path.join(root, 'tools'))
     for folder in folders:
         rel = os.path.relpath(folder, root)
         init = os.path.join(folder, '__init__.py')
         about = first_line(init) if os.path.exists(init) else ''
-        names = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(folder, '*.py')))
-                 if os.path.basename(p) != '__init__.py']
+        names = [os.path.basename(p) for p in files
+                 if os.path.dirname(p) == folder and os.path.basename(p) != '__init__.py']
         lines.append(f'- `{rel}/`' + (f' ({about})' if about else '') + ': ' + ', '.join(f'`{n}`' for n in names))
     return '\n'.join(lines)
 
