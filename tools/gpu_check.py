@@ -11,9 +11,10 @@ by fresh ones. The report's sections:
 1. the device;
 2. two training steps of every config family (each CIFAR-100 pair's KD and PESF-KD, ImageNet ResNet-50 -> ResNet-18,
    GLUE KD / PESF-KD with a tiny BERT, every CIFAR-100 method on ResNet-56 -> ResNet-20, each stage of multi-stage
-   configs), each in fp32, bf16 + channels_last, fp16 with the GradScaler, and compiled (``torch.compile`` with the
-   inductor backend for one config per data family, ``aot_eager`` for the others: same tracing of forward and
-   backward with hooks, no code generation; on the CPU ``eager``); a row passes when both losses are finite;
+   configs), each in fp32, bf16 + channels_last and fp16 with the GradScaler; the pairs, ImageNet and GLUE also
+   compiled (``torch.compile``: inductor for ResNet-56 -> ResNet-20 KD, ``aot_eager`` for the others, the same
+   tracing of forward and backward with hooks without code generation; on the CPU ``eager``, first config only);
+   a row passes when both losses are finite;
 3. the README's "Speed switches" throughput table: ResNet-50 -> ResNet-18 KD, PESF-KD, FT-KD and DML on random
    224 x 224 batches, images/s in fp32 and in bf16 + channels_last, timed round-robin in one process
    (tools/benchmark.py's ``measure`` and ``report``);
@@ -48,21 +49,22 @@ def cifar(name):
 
 
 def check_configs():
-    """(label, path, representative) of every config the two-step section runs; the representatives are compiled
-    with inductor."""
+    """(label, path, compile backend on CUDA) of every config the two-step section runs: inductor for CIFAR-100
+    ResNet-56 -> ResNet-20 KD, aot_eager for the other pairs, ImageNet and GLUE, none for the other methods (their
+    losses are not compiled: the models are)."""
     rows = []
     for pair in CIFAR_PAIRS:
-        rows += [(f'cifar100/{pair}_{m}', cifar(f'{pair}_{m}'), pair == CIFAR_PAIRS[0] and m == 'kd')
+        rows += [(f'cifar100/{pair}_{m}', cifar(f'{pair}_{m}'), 'inductor' if not rows else 'aot_eager')
                  for m in ('kd', 'pesfkd')]
-    rows.append(('imagenet/r50_r18_kd', os.path.join(ROOT, 'configs', 'imagenet', 'r50_r18_kd.yaml'), True))
+    rows.append(('imagenet/r50_r18_kd', os.path.join(ROOT, 'configs', 'imagenet', 'r50_r18_kd.yaml'), 'aot_eager'))
     for method in ('kd', 'pesfkd'):
         rows.append((f'glue/sst2/bert_base_uncased_bert_6l_{method}', os.path.join(
-            ROOT, 'configs', 'glue', 'sst2', f'bert_base_uncased_bert_6l_{method}.yaml'), method == 'kd'))
+            ROOT, 'configs', 'glue', 'sst2', f'bert_base_uncased_bert_6l_{method}.yaml'), 'aot_eager'))
     done = {label for label, _, _ in rows}
     for path in sorted(glob.glob(cifar('resnet56_resnet20_*'))):
         label = 'cifar100/' + os.path.basename(path)[:-len('.yaml')]
         if label not in done:
-            rows.append((label, path, False))
+            rows.append((label, path, None))
     return rows
 
 
@@ -157,17 +159,17 @@ def calibrate_batch_norm(model, size, device):
     model.eval()
 
 
-def variant_options(variant, device, representative):
+def variant_options(variant, device, backend):
     import benchmark
     from pesf_ext.engine.speed import SpeedOptions
     options = benchmark.variant_options(variant, SpeedOptions())
     if variant == 'compile':
-        backend = 'eager' if device.type == 'cpu' else ('inductor' if representative else 'aot_eager')
-        options = SpeedOptions(compile=('student', 'teacher'), compile_backend=backend)
+        options = SpeedOptions(compile=('student', 'teacher'), compile_backend='eager' if device.type == 'cpu'
+                               else backend)
     return options
 
 
-def two_steps(path, variant, device, sizes, representative, tiny_bert):
+def two_steps(path, variant, device, sizes, backend, tiny_bert):
     """[(stage, losses of two steps)] of one config in one variant (a multi-stage config: two steps of each stage,
     the box moving on to the next stage as the runner's does after an epoch); raises on a non-finite loss (the
     runner's step stops there) or any other error."""
@@ -177,7 +179,7 @@ def two_steps(path, variant, device, sizes, representative, tiny_bert):
     with synthetic_data(num_samples=sizes.batch * 2, imagenet_size=sizes.imagenet):
         config = load_config(path)
     shrink_train(config, sizes)
-    options = variant_options(variant, device, representative)
+    options = variant_options(variant, device, backend)
     box = build_box(config, device, sizes, options, tiny_bert)
     out = []
     for epoch, stage in enumerate(stage_names(config) or [None]):
@@ -215,19 +217,20 @@ def section_steps(device, sizes, budget_s, tiny_bert, only=None):
     import torch
     rows, start = [], time.monotonic()
     configs = [c for c in check_configs() if not only or c[0] in only or c[0].split('/')[-1] in only]
-    for label, path, representative in configs:
+    for label, path, backend in configs:
         for variant in VARIANTS:
-            if device.type == 'cpu' and variant == 'compile' and label != configs[0][0]:
-                continue   # dynamo tracing takes ~30 s a config on a small CPU: the first config only
+            if variant == 'compile' and (backend is None or device.type == 'cpu' and label != configs[0][0]):
+                continue   # the pairs, ImageNet and GLUE (CPU: dynamo takes ~30 s a config, the first one only)
             if time.monotonic() - start > budget_s:
                 rows.append((label, variant, 'skipped', f'time budget of {budget_s:.0f} s spent'))
                 continue
             try:
                 t0 = time.monotonic()
-                results = two_steps(path, variant, device, sizes, representative, tiny_bert)
-                detail = '; '.join(f'{stage + ": " if stage else ""}{a:.4g} -> {b:.4g}' for stage, (a, b), _ in results)
-                backend = results[0][2].compile_backend if variant == 'compile' else None
-                rows.append((label, variant + (f' ({backend})' if backend else ''), 'passed',
+                results = two_steps(path, variant, device, sizes, backend, tiny_bert)
+                detail = '; '.join(f'{stage + ": " if stage else ""}{a:.4g} -> {b:.4g}'
+                                   for stage, (a, b), _ in results)
+                used = results[0][2].compile_backend if variant == 'compile' else None
+                rows.append((label, variant + (f' ({used})' if used else ''), 'passed',
                              f'{detail} ({time.monotonic() - t0:.1f} s)'))
             except Exception as error:  # noqa: BLE001  (every failure is a row of the report)
                 message = str(error).splitlines()[0] if str(error) else ''
@@ -391,7 +394,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import torch
     from pesf_ext.engine.distributed import resolve_device
-    import pesf_ext  # noqa: F401  (registers losses, models, processes)
+    import pesf_ext  # noqa: F401,E402  (registers losses, models, processes)
     device = resolve_device(args.device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
