@@ -189,6 +189,8 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     student_config = student_config_of(config['models'])
     dst_ckpt = student_config['dst_ckpt']
     lr_factor = world_size if distributed and args.adjust_lr else 1
+    speed = speed_options(config, args)
+    apply_loader_switches(speed, config)  # persistent_workers, before the box builds its loaders
     with isolated_stream(args.seed, 'teacher_side'):  # adapters, heads, loss modules: off the student's streams
         box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
     # torchrun: each rank its own data and global (dropout) streams, rank 0 the single-process ones; the models
@@ -207,8 +209,6 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     counts = parameter_counts(box)
     for name, (trainable, total) in counts.items():
         logger.info('%s: %s trainable / %s total parameters', name, f'{trainable:,}', f'{total:,}')
-    speed = speed_options(config, args)
-    apply_loader_switches(speed, config)  # persistent_workers, before the box builds its loaders
     start_epoch, best_value = args.start_epoch, 0.0
     timing = {'steps': 0, 'step_seconds': 0.0}
     if args.resume:
