@@ -8,7 +8,7 @@ import re
 import torch
 from torchdistill.misc.log import MetricLogger
 
-from ..engine.distributed import all_reduce_sum
+from ..engine.distributed import all_reduce_sum, shard_eval_loader
 from ..engine.loop import inference_model, move_to, split_batch
 from ..losses.divergences import align_for_causal_lm
 from ..losses.functional import position_kl, sharpness_gap
@@ -20,7 +20,11 @@ logger = logging.getLogger(__name__)
 def evaluate_lm(models, data_loader, device, header='Test:', log_freq=1000, metric_fn=None):
     """Per model: 'perplexity' = exp(mean NLL), 'nll', 'top1' (%), and 'score' = -NLL (higher is better: selects the
     best student). With a 'teacher' and a 'student': 'agreement' (% tokens with the same argmax), 'kl' (mean
-    KL(p_t || p_s)) and 'sharpness_gap'. Same call as :func:`pesf_ext.engine.loop.evaluate` (``metric_fn`` unused)."""
+    KL(p_t || p_s)) and 'sharpness_gap'. Same call as :func:`pesf_ext.engine.loop.evaluate` (``metric_fn`` unused).
+
+    With torchrun each rank scores its own unpadded shard (:func:`shard_eval_loader`), so every held-out token is
+    counted exactly once and the sums over ranks equal a single process's."""
+    data_loader, sharded = shard_eval_loader(data_loader)
     nets = {name: inference_model(model) for name, model in models.items()}
     for net in nets.values():
         net.eval()
@@ -47,7 +51,7 @@ def evaluate_lm(models, data_loader, device, header='Test:', log_freq=1000, metr
             sums[-3] += position_kl(log_t, log_s).sum().item()
             sums[-2] += sharpness_gap(z_t, z_s).sum().item()
         sums[-1] += target.numel()
-    flat = all_reduce_sum(sums.tolist(), device)
+    flat = all_reduce_sum(sums.tolist(), device) if sharded else sums.tolist()
     count = max(flat[-1], 1)
     results = {}
     for i, name in enumerate(names):
