@@ -1,29 +1,19 @@
-"""Knowledge distillation for causal language models with torchdistill + pesf_ext + Hugging Face transformers/PEFT.
+"""Knowledge distillation for causal language models: a thin script around :mod:`pesf_ext.cli.causal_lm`
+(installed as ``pesf-causal-lm``)::
 
-Same engine, command line and checkpoints as ``tools/image_classification.py`` and ``tools/text_classification.py``;
-models in the ``config_kwargs``/``tokenizer_kwargs``/``model_kwargs`` schema of the GLUE configs::
-
-    python tools/causal_lm.py --config configs/causal_lm_offline/gpt2_4l_stdlib_teacher_ce.yaml --seed 0
     python tools/causal_lm.py --config configs/causal_lm_offline/gpt2_4l_gpt2_2l_stdlib_pesfkd.yaml --seed 0
     torchrun --nproc_per_node=8 tools/causal_lm.py --config configs/causal_lm/qwen2.5_1.5b_0.5b_dolly_pesfkd.yaml
 
-``--teacher_model`` and ``--student_model`` replace the YAML's model paths (a local directory works offline).
+``import causal_lm`` (other tools, tests) gets the package module itself.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import pesf_ext  # noqa: E402,F401  (registers losses, adapters, models, processes)
-import pesf_ext.lm  # noqa: E402,F401  (registers LoRATeacher)
-from pesf_ext.engine.cli import main_guard  # noqa: E402
-from pesf_ext.lm.runner import get_lm_args, run_lm  # noqa: E402
-
-
-def main(argv=None):
-    args = get_lm_args(argv)
-    return main_guard(lambda: run_lm(args), args)
-
+from pesf_ext.cli import causal_lm as _causal_lm  # noqa: E402
 
 if __name__ == '__main__':
-    main()
+    _causal_lm.main()
+else:
+    sys.modules[__name__] = _causal_lm

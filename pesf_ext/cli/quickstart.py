@@ -28,7 +28,8 @@ from .paths import configs_dir, tools_dir, work_dir
 ROOT = work_dir()  # a clone's root (its configs' ./resource paths), else the current directory
 CONFIG_DIR = os.path.join(configs_dir(), 'fashion_mnist')
 # runners started as modules where the package has one (an installed copy has no tools/ folder)
-SCRIPT_MODULES = {'image_classification.py': 'pesf_ext.cli.image_classification'}
+SCRIPT_MODULES = {'image_classification.py': 'pesf_ext.cli.image_classification',
+                  'text_classification.py': 'pesf_ext.cli.text_classification'}
 TEACHER = 'resnet56_teacher_ce.yaml'
 METHODS = (('KD', 'resnet56_resnet20_kd.yaml'), ('PESF-KD', 'resnet56_resnet20_pesfkd.yaml'),
            ('FT-KD', 'resnet56_resnet20_ftkd.yaml'), ('Z-score KD', 'resnet56_resnet20_zscore.yaml'))
