@@ -194,8 +194,10 @@ def test_every_loss_pesf_ext_registers_is_covered():
     assert registered_by_pesf_ext() - {'TaskLoss'} <= set(CASES)
 
 
-# torchdistill's own losses that CPU autocast breaks on these inputs (their code is not ours to change): RKDLoss's
-# pairwise distances |a|^2 + |b|^2 - 2ab cancel in fp16 (NaN); PKTLoss's cosine-similarity products lose 16 % in bf16.
+# torchdistill's own losses that CPU autocast breaks on these inputs when called directly under autocast (their code
+# is not ours to change): RKDLoss's pairwise distances |a|^2 + |b|^2 - 2ab cancel in fp16 (NaN); PKTLoss's
+# cosine-similarity products lose 16 % in bf16. The runner's AMP computes every loss outside autocast on float32
+# copies of its inputs (speed.float32_criterion), which test_runner_amp_computes_every_loss_in_float32 checks.
 TORCHDISTILL_IMPRECISE = {('RKDLoss', torch.float16), ('PKTLoss', torch.bfloat16)}
 
 
@@ -246,3 +248,23 @@ def test_scaled_gradients_finite_under_fp16_autocast(key):
     scale = 2.0 ** 10 / value.detach().float().abs()   # the scaled loss 1024, in range as a GradScaler keeps it
     grads = torch.autograd.grad(value * scale, leaves)
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize('key,dtype', [(key, dtype) for key in sorted(CASES)
+                                       for dtype in (torch.float16, torch.bfloat16)])
+def test_runner_amp_computes_every_loss_in_float32(key, dtype):
+    """The runner's AMP (``amp: fp16|bf16``) wraps the box's criterion with ``float32_criterion``: under autocast, on
+    fp16/bf16 outputs and features, each loss equals its fp32 value on the same (rounded) inputs, torchdistill's
+    RKD and PKT included."""
+    from types import SimpleNamespace
+    from pesf_ext.engine.speed import float32_criterion
+    kwargs, make_inputs = CASES[key]
+    student, teacher, y = make_inputs()
+    student, teacher = cast_tree(student, dtype), cast_tree(teacher, dtype)
+    box = SimpleNamespace(criterion=build(key, kwargs))
+    with torch.autocast('cpu', dtype=dtype), float32_criterion(box, 'cpu'):
+        low = box.criterion(student, teacher, y)
+    assert 'forward' not in vars(box.criterion)  # the class's forward is back after the block
+    reference = build(key, kwargs)(cast_tree(student, torch.float32), cast_tree(teacher, torch.float32), y)
+    assert low.dtype == torch.float32 and torch.isfinite(low)
+    torch.testing.assert_close(low, reference.float(), rtol=1e-5, atol=1e-6)

@@ -21,7 +21,10 @@ What each does to the box built by torchdistill (:func:`apply_speed`):
   ``torch.autocast(device_type, dtype)``; backward and the optimizer step stay outside it, as PyTorch's AMP recipe
   says. With ``fp16`` a ``torch.amp.GradScaler`` scales the loss before ``backward`` and unscales before gradient
   clipping and the optimizer step (steps with inf/NaN gradients are skipped, the scale adapts); bf16 has fp32's
-  range and needs no scaling. Evaluation stays in fp32.
+  range and needs no scaling. The loss itself (``box.criterion``) runs outside autocast on float32 copies of the
+  fp16/bf16 outputs and features it is given (:func:`float32_criterion`): the models get the speed, the loss
+  keeps fp32's precision and range (torchdistill's RKD distances cancel to NaN in fp16 otherwise, and PKT's
+  cosine products lose digits in bf16). Evaluation stays in fp32.
 * ``channels_last``: student and teacher weights and the training images use the NHWC memory format, which the
   tensor cores' convolution kernels prefer (``torch.channels_last``).
 * ``compile``: ``nn.Module.compile`` in place, so module paths, forward hooks and ``state_dict`` keys are unchanged
@@ -36,6 +39,8 @@ wraps the models for distributed training and re-shards the data loaders, which 
 (torchrun on CPU and GPU), and for fp16 torchdistill then casts a frozen teacher to pure fp16 (``teacher.half()``),
 not autocast. The box's own ``forward_process``/``post_forward_process`` are the narrower hook.
 """
+import collections.abc
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -270,6 +275,45 @@ def prepare_for_wrapping(box, options, device, distributed):
         box.teacher_model = convert_sync_batchnorm(teacher, 'teacher')
 
 
+def upcast(obj):
+    """``obj`` with every fp16/bf16 tensor in it cast to float32 (differentiably), through dicts, lists and tuples;
+    other mappings (Hugging Face model outputs) are updated in place, since they are made anew each step."""
+    if torch.is_tensor(obj):
+        return obj.float() if obj.dtype in (torch.float16, torch.bfloat16) else obj
+    if type(obj) is dict:
+        return {key: upcast(value) for key, value in obj.items()}
+    if isinstance(obj, collections.abc.MutableMapping):
+        for key in list(obj.keys()):
+            obj[key] = upcast(obj[key])
+        return obj
+    if isinstance(obj, list):
+        return [upcast(value) for value in obj]
+    if isinstance(obj, tuple):
+        values = [upcast(value) for value in obj]
+        return type(obj)(*values) if hasattr(obj, '_fields') else tuple(values)
+    return obj
+
+
+@contextlib.contextmanager
+def float32_criterion(box, device_type):
+    """Within the block, ``box.criterion`` (whichever the current stage uses) runs with autocast off on float32
+    copies of its inputs. Autocast already keeps softmax and KL in fp32, but not the products inside feature
+    losses (Gram matrices, pairwise distances, cosine similarities), which overflow or cancel in fp16/bf16."""
+    criterion = box.criterion
+    forward = criterion.forward
+
+    @functools.wraps(forward)
+    def forward_in_float32(*args, **kwargs):
+        with torch.autocast(device_type, enabled=False):
+            return forward(*upcast(args), **upcast(kwargs))
+
+    criterion.forward = forward_in_float32
+    try:
+        yield
+    finally:
+        del criterion.forward  # back to the class's forward
+
+
 def teacher_needs_graph(box):
     teacher = getattr(box, 'teacher_model', None)
     return teacher is not None and any(p.requires_grad for p in teacher.parameters())
@@ -303,7 +347,7 @@ def apply_speed(box, options, device):
             sample_batch = to_channels_last(sample_batch)
         if dtype is None:
             return forward_process(sample_batch, targets, supp_dict, **kwargs)
-        with torch.autocast(device.type, dtype=dtype):
+        with torch.autocast(device.type, dtype=dtype), float32_criterion(box, device.type):
             loss = forward_process(sample_batch, targets, supp_dict, **kwargs)
         return loss.float()
 
