@@ -1,6 +1,6 @@
 """Experiment driver: configs x a grid of YAML overrides x seeds on Fashion-MNIST, one Markdown table with
 mean ± std, the paired difference to a reference method with a 95% t-interval over seeds, cost, trainable
-parameters, sharpness gap, KL and top-1 agreement.
+parameters, sharpness gap, KL and top-1 agreement (``pesf-compare``; in a clone also ``python tools/compare.py``).
 
     python tools/compare.py --methods kd pesfkd ftkd zscore --seeds 5          # the docs' table (docs/analysis.md)
     python tools/compare.py --methods kd zscore --seeds 5 \\
@@ -40,14 +40,12 @@ import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
+from pesf_ext.engine.runner import cpu_model
 
-from pesf_ext.engine.runner import cpu_model  # noqa: E402
-
-from quickstart import (BUDGET, EPOCH_METRICS_OVERRIDES, ROOT, TEACHER, RunFailed, budget_config, records_path,  # noqa: E402
-                        run, run_command, set_anchor, summary_path)
+from .quickstart import (BUDGET, EPOCH_METRICS_OVERRIDES, ROOT, TEACHER, RunFailed, budget_config, records_path,
+                         run, run_command, set_anchor, summary_path)
 
 STUDENT_CE = 'student_ce'
 LABELS = {
@@ -306,8 +304,17 @@ def table(rows, reference=None, failures=None, metric='top-1', labels=None):
     return '\n'.join(lines)
 
 
+EPILOG = '''examples:
+  pesf-compare --methods kd pesfkd zscore --seeds 5 --jobs 2
+  pesf-compare --methods kd zscore --seeds 5 \\
+      --grid 'zscore:train.criterion.kwargs.sub_terms.zscore.criterion.kwargs.temperature=2,3'
+  pesf-compare --methods kd pesfkd zscore --seeds 5 -table_only --out_dir runs/compare
+(in a clone, `python tools/compare.py` takes the same options)'''
+
+
 def get_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--methods', nargs='+', default=list(DEFAULT_METHODS),
                         help=f'method names (configs/fashion_mnist/resnet56_resnet20_<name>.yaml, or {STUDENT_CE})')
     parser.add_argument('--seeds', type=int, default=5, help='number of seeds (0, 1, ...) per method')

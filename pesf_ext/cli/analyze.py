@@ -1,4 +1,5 @@
-"""Teacher-student analysis: the metrics table of checkpoints, and figures from recorded runs.
+"""Teacher-student analysis: the metrics table of checkpoints, and figures from recorded runs (``pesf-analyze``; in a
+clone also ``python tools/analyze.py``).
 
     # metrics of a trained pair on the test set (student checkpoint; its adapted/fine-tuned teacher beside it)
     python tools/analyze.py metrics --config configs/fashion_mnist/resnet56_resnet20_pesfkd.yaml \\
@@ -34,14 +35,13 @@ import os
 import re
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
+import torch
 
-import torch  # noqa: E402
+from .compare import LABELS as METHOD_LABELS, mean, paired_interval, point_pairs, point_text, with_point
+from .paths import work_dir
+from .quickstart import summary_path
 
-from compare import LABELS as METHOD_LABELS, mean, paired_interval, point_pairs, point_text, with_point  # noqa: E402
-from quickstart import summary_path  # noqa: E402
+ROOT = work_dir()  # a clone's root (figures go to its docs/), else the current directory
 
 LABELS = {'teacher_ce': 'Teacher (CE)', **METHOD_LABELS}
 
@@ -581,7 +581,7 @@ def scatter_main(args):
     """Markdown table and PNG: one point per method, the mean over seeds of each ``--x`` key (one panel each)
     against the mean of ``--y``, with the 95% t-interval of each mean as error bars (finished runs only)."""
     import numpy as np
-    from compare import paired_interval as interval
+    from .compare import paired_interval as interval
     keys = [*args.x, args.y]
     values = {key: seed_values(args.runs, key, args.seeds, args.methods) for key in keys}
     methods = [m for m in (args.methods or values[args.y]) if all(values[key].get(m) for key in keys)]
@@ -691,10 +691,10 @@ def zscore_bound_main(args):
 
 
 EPILOG = '''examples:
-  python tools/analyze.py figures --runs runs/compare5 --out docs/figures
-  python tools/analyze.py paired --runs docs/results/converged --key test_gap --reference kd
-  python tools/analyze.py zscore_bound --classes 10 100 --temperatures 1 2 4
-(each subcommand has its own --help)'''
+  pesf-analyze figures --runs runs/compare5 --out docs/figures
+  pesf-analyze paired --runs docs/results/converged --key test_gap --reference kd
+  pesf-analyze zscore_bound --classes 10 100 --temperatures 1 2 4
+(each subcommand has its own --help; in a clone, `python tools/analyze.py` takes the same options)'''
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """GLUE experiment driver (offline configs): one fine-tuned MiniLM-L6 teacher per task, then methods x seeds on the
 3-layer student, and a Markdown table with the paired difference to a reference method (95% t-interval over seeds),
-the teacher's metric (adapted / fine-tuned when that side trains), sharpness gap, cost and trainable parameters.
+the teacher's metric (adapted / fine-tuned when that side trains), sharpness gap, cost and trainable parameters
+(``pesf-glue-compare``; in a clone also ``python tools/glue_compare.py``).
 
     python tools/glue_compare.py --task sst2 --seeds 3                 # docs/glue.md's SST-2 table
     python tools/glue_compare.py --task rte --seeds 3 --methods ce kd pesfkd ftkd dml --jobs 2
@@ -17,10 +18,9 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from compare import LABELS, SPEED_NOTE, alone, copy_records, last_record, summarize, table  # noqa: E402
-from quickstart import EPOCH_METRICS_OVERRIDES, ROOT, RunFailed, records_path, run, summary_path  # noqa: E402
+from .compare import LABELS, SPEED_NOTE, alone, copy_records, last_record, summarize, table
+from .paths import configs_dir
+from .quickstart import EPOCH_METRICS_OVERRIDES, ROOT, RunFailed, records_path, run, summary_path
 
 METHODS = ('ce', 'kd', 'pesfkd', 'pesfkd_head', 'ftkd', 'dml', 'zscore', 'pkd', 'pkd_pesfkd')
 LABELS = {**LABELS, 'ce': 'Student (CE)'}
@@ -30,13 +30,14 @@ SCRIPT = 'text_classification.py'
 def config_path(task, method):
     name = {'teacher': 'minilm_l6_teacher_ce', 'ce': 'minilm_l3_student_ce'}.get(method,
                                                                                   f'minilm_l6_minilm_l3_{method}')
-    return os.path.join(ROOT, 'configs', 'glue_offline', task, f'{name}.yaml')
+    return os.path.join(configs_dir(), 'glue_offline', task, f'{name}.yaml')
 
 
 EPILOG = '''examples:
-  python tools/glue_compare.py --task sst2 --seeds 3
-  python tools/glue_compare.py --task rte --seeds 3 --methods ce kd pesfkd ftkd dml --jobs 2
-  python tools/glue_compare.py --task sst2 --seeds 3 -table_only'''
+  pesf-glue-compare --task sst2 --seeds 3
+  pesf-glue-compare --task rte --seeds 3 --methods ce kd pesfkd ftkd dml --jobs 2
+  pesf-glue-compare --task sst2 --seeds 3 -table_only
+(in a clone, `python tools/glue_compare.py` takes the same options)'''
 
 
 def get_args(argv=None):
