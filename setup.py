@@ -46,6 +46,13 @@ setup(
         'pesf-image = pesf_ext.cli.image_classification:main',
         'pesf-quickstart = pesf_ext.cli.quickstart:main',
         'pesf-text-quickstart = pesf_ext.cli.text_quickstart:main',
+        'pesf-text = pesf_ext.cli.text_classification:main',
+        'pesf-causal-lm = pesf_ext.cli.causal_lm:main',
+        'pesf-compare = pesf_ext.cli.compare:main',
+        'pesf-analyze = pesf_ext.cli.analyze:main',
+        'pesf-glue-compare = pesf_ext.cli.glue_compare:main',
+        'pesf-benchmark = pesf_ext.cli.benchmark:main',
+        'pesf-gpu-check = pesf_ext.cli.gpu_check:main',
     ]},
     extras_require={
         # ruamel.yaml: tools/make_configs.py, its sync test; peft: the causal-LM tests; trl: GKD's JSD compared with ours

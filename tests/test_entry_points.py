@@ -6,6 +6,7 @@ which keeps this test under a minute) and ``--no-deps --no-build-isolation`` ins
 then runs from a folder outside the project, so it imports the installed copy (checked) and finds the configs packed
 into it.
 """
+import importlib
 import os
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ import venv
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ['pesf-image', 'pesf-quickstart', 'pesf-text-quickstart']
+SCRIPTS = ['pesf-image', 'pesf-quickstart', 'pesf-text-quickstart', 'pesf-text', 'pesf-causal-lm', 'pesf-compare',
+           'pesf-analyze', 'pesf-glue-compare', 'pesf-benchmark', 'pesf-gpu-check']
 SKIP = shutil.ignore_patterns('.git', 'runs', 'resource', 'build', 'dist', '*.egg-info', '__pycache__', '*.pyc',
                               '.pytest_cache')
 
@@ -66,10 +68,12 @@ def test_tools_scripts_stay_thin_and_share_the_package_module():
     """``python tools/<name>.py`` runs the package's main; ``import quickstart`` (other tools, tests) is the package
     module itself, so patching one patches the other."""
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import quickstart
-    import text_quickstart
-    from pesf_ext.cli import quickstart as package_quickstart, text_quickstart as package_text_quickstart
-    assert quickstart is package_quickstart and text_quickstart is package_text_quickstart
+    for name in ('quickstart', 'text_quickstart', 'text_classification', 'causal_lm', 'compare', 'analyze',
+                 'glue_compare', 'benchmark', 'gpu_check'):
+        module = importlib.import_module(name)
+        assert module is importlib.import_module(f'pesf_ext.cli.{name}'), name
+        with open(os.path.join(ROOT, 'tools', f'{name}.py')) as f:
+            assert len(f.read().splitlines()) < 25, f'tools/{name}.py is not a thin script'
     completed = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'image_classification.py'), '--help'],
                                capture_output=True, text=True)
     assert completed.returncode == 0 and 'examples:\n  pesf-image ' in completed.stdout

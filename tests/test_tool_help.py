@@ -4,8 +4,8 @@ import importlib
 
 import pytest
 
-TOOLS = ['analyze', 'bad_input_table', 'benchmark', 'compare', 'glue_compare', 'image_classification',
-         'quickstart', 'refresh_docs', 'text_classification', 'text_quickstart']
+TOOLS = ['analyze', 'bad_input_table', 'benchmark', 'causal_lm', 'compare', 'glue_compare', 'gpu_check',
+         'image_classification', 'quickstart', 'refresh_docs', 'text_classification', 'text_quickstart']
 ANALYZE_COMMANDS = ['metrics', 'figures', 'convergence', 'paired', 'pairs', 'zscore_bound']
 
 
@@ -30,7 +30,8 @@ def test_analyze_help_keeps_the_percent_sign(capsys):
     assert '95% CIs' in help_text('analyze', ['--help'], capsys)
 
 
-@pytest.mark.parametrize('tool', ['analyze', 'bad_input_table', 'glue_compare', 'image_classification', 'quickstart',
+@pytest.mark.parametrize('tool', ['analyze', 'bad_input_table', 'benchmark', 'causal_lm', 'compare', 'glue_compare',
+                                  'gpu_check', 'image_classification', 'quickstart', 'text_classification',
                                   'text_quickstart'])
 def test_tool_help_shows_an_example(tool, capsys):
     text = help_text(tool, ['--help'], capsys)

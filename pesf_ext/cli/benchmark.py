@@ -240,7 +240,8 @@ def report(entries, device, batch_size):
 EPILOG = '''examples:
   pesf-benchmark                      # Fashion-MNIST ResNet-56 -> ResNet-20: KD, PESF-KD, FT-KD, Z-score KD
   pesf-benchmark --configs configs/fashion_mnist/resnet56_resnet20_{kd,pesfkd}.yaml --batch_size 128
-  pesf-benchmark --configs configs/imagenet/r50_r18_{kd,pesfkd,ftkd}.yaml --batch_size 256 --variants fp32 bf16+channels_last
+  pesf-benchmark --configs configs/imagenet/r50_r18_{kd,pesfkd,ftkd}.yaml --batch_size 256 \\
+      --variants fp32 bf16+channels_last
 (in a clone, `python tools/benchmark.py` takes the same options)'''
 
 
