@@ -167,17 +167,20 @@ def test_versions_agree():
         assert f'version: "{pesf_ext.__version__}"' in f.read()
     with open(os.path.join(ROOT, 'CHANGELOG.md')) as f:
         assert f'## [{pesf_ext.__version__}]' in f.read()
+    with open(os.path.join(ROOT, 'CITATION.bib')) as f:
+        assert f'version = {{{pesf_ext.__version__}}}' in f.read()
 
 
-def test_readme_generated_blocks_are_current():
-    """The README's method tables and layout are what tools/readme_tables.py prints for today's repository."""
+@pytest.mark.parametrize('page', ['README.md', 'docs/layout.md'])
+def test_generated_blocks_are_current(page):
+    """The README's method tables and docs/layout.md are what tools/readme_tables.py prints for today's repository."""
     import sys
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     from refresh_docs import refresh
-    with open(os.path.join(ROOT, 'README.md')) as f:
+    with open(os.path.join(ROOT, page)) as f:
         text = f.read()
     _, count, changed = refresh(text)
-    assert count >= 2 and not changed, 'stale README blocks; run: python tools/refresh_docs.py README.md'
+    assert count >= 1 and not changed, f'stale blocks in {page}; run: python tools/refresh_docs.py {page}'
 
 
 def test_method_table_coverage_reads_the_configs(tmp_path):
