@@ -51,6 +51,7 @@ setup(
         'pesf-compare = pesf_ext.cli.compare:main',
         'pesf-analyze = pesf_ext.cli.analyze:main',
         'pesf-glue-compare = pesf_ext.cli.glue_compare:main',
+        'pesf-lm-compare = pesf_ext.cli.lm_compare:main',
         'pesf-benchmark = pesf_ext.cli.benchmark:main',
         'pesf-gpu-check = pesf_ext.cli.gpu_check:main',
     ]},

@@ -10,6 +10,7 @@ import compare
                                                                 'configs/cifar100/<config>.yaml'),
     ('configs/imagenet/r50_r18_pesfkd.yaml', 'imagenet', 'configs/imagenet/<config>.yaml'),
     ('configs/glue_offline/rte/minilm_l6_minilm_l3_kd.yaml', 'glue', 'tools/glue_compare.py'),
+    ('configs/causal_lm_offline/gpt2_4l_gpt2_2l_stdlib_kd.yaml', 'causal_lm', 'tools/lm_compare.py'),
 ])
 def test_another_family_is_refused_in_one_line(method, family, advice, tmp_path, capsys):
     with pytest.raises(SystemExit) as done:

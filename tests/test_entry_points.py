@@ -17,7 +17,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ['pesf-image', 'pesf-quickstart', 'pesf-text-quickstart', 'pesf-text', 'pesf-causal-lm', 'pesf-compare',
-           'pesf-analyze', 'pesf-glue-compare', 'pesf-benchmark', 'pesf-gpu-check']
+           'pesf-analyze', 'pesf-glue-compare', 'pesf-lm-compare', 'pesf-benchmark', 'pesf-gpu-check']
 SKIP = shutil.ignore_patterns('.git', 'runs', 'resource', 'build', 'dist', '*.egg-info', '__pycache__', '*.pyc',
                               '.pytest_cache')
 
@@ -69,7 +69,7 @@ def test_tools_scripts_stay_thin_and_share_the_package_module():
     module itself, so patching one patches the other."""
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     for name in ('quickstart', 'text_quickstart', 'text_classification', 'causal_lm', 'compare', 'analyze',
-                 'glue_compare', 'benchmark', 'gpu_check'):
+                 'glue_compare', 'lm_compare', 'benchmark', 'gpu_check'):
         module = importlib.import_module(name)
         assert module is importlib.import_module(f'pesf_ext.cli.{name}'), name
         with open(os.path.join(ROOT, 'tools', f'{name}.py')) as f:

@@ -14,7 +14,7 @@ import lm_quickstart  # noqa: E402
 
 def test_quickstart_smoke(tmp_path, capsys):
     rows = lm_quickstart.main(['--out_dir', str(tmp_path / 'qs'), '--max_steps', '1', '--teacher_blocks', '8',
-                               '--transfer_blocks', '8', '--eval_blocks', '4', '4', '--device', 'cpu',
+                               '--transfer_blocks', '8', '--epochs', '1', '--eval_blocks', '4', '4', '--device', 'cpu',
                                '--cache_dir', str(tmp_path / 'cache')])
     labels = [label for label, _ in rows]
     assert labels == ['teacher CE', 'student alone', 'KD', 'PESF-KD', 'FT-KD']

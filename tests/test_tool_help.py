@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 TOOLS = ['analyze', 'bad_input_table', 'benchmark', 'causal_lm', 'compare', 'glue_compare', 'gpu_check',
-         'image_classification', 'quickstart', 'refresh_docs', 'text_classification', 'text_quickstart']
+         'image_classification', 'lm_compare', 'quickstart', 'refresh_docs', 'text_classification', 'text_quickstart']
 ANALYZE_COMMANDS = ['metrics', 'figures', 'convergence', 'paired', 'pairs', 'zscore_bound']
 
 
@@ -31,8 +31,8 @@ def test_analyze_help_keeps_the_percent_sign(capsys):
 
 
 @pytest.mark.parametrize('tool', ['analyze', 'bad_input_table', 'benchmark', 'causal_lm', 'compare', 'glue_compare',
-                                  'gpu_check', 'image_classification', 'quickstart', 'text_classification',
-                                  'text_quickstart'])
+                                  'gpu_check', 'image_classification', 'lm_compare', 'quickstart',
+                                  'text_classification', 'text_quickstart'])
 def test_tool_help_shows_an_example(tool, capsys):
     text = help_text(tool, ['--help'], capsys)
     examples = text.split('examples:\n', 1)[1]

@@ -15,6 +15,7 @@ AdamW's two moments, fp32: 12 bytes per parameter), the CUDA allocator's peak on
 import argparse
 import contextlib
 import copy
+import json
 import os
 import sys
 import time
@@ -45,6 +46,9 @@ def get_args(argv=None):
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', choices=('bf16',), help='autocast the forward passes')
     parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS))
+    parser.add_argument('--record', metavar='JSON', help='also write the set-up, the machine and the figures here')
+    parser.add_argument('--from_record', metavar='JSON', help='measure nothing: print the table of a --record file')
+    parser.add_argument('--markdown', action='store_true', help='print a Markdown table (as in the README)')
     return parser.parse_args(argv)
 
 
@@ -166,10 +170,58 @@ def format_table(results, args):
     return '\n'.join(lines)
 
 
+SETUP_KEYS = ('arch', 'teacher_layers', 'student_layers', 'hidden', 'student_hidden', 'vocab', 'seq', 'batch', 'steps',
+              'lora_r', 'last_layers', 'device', 'amp')
+NAMES = {'kd': 'KD (frozen teacher)', 'pesfkd_lora_last': 'PESF-KD, LoRA on the last {last_layers} blocks',
+         'pesfkd_lora_all': 'PESF-KD, LoRA on every block', 'ftkd': 'FT-KD (whole teacher trained)'}
+
+
+def markdown_table(results, args, machine):
+    """The README's cost table: every figure with its ratio to KD, and the set-up and machine under it."""
+    base = next((r for r in results if r['method'] == 'kd'), results[0])
+    cuda = bool(base['cuda_peak_mib'])
+    lines = ['| method | tokens/s | × KD | saved activations (MiB) | × KD | teacher trainable parameters | '
+             'teacher training state (MiB) |' + (' CUDA peak (MiB) | × KD |' if cuda else ''),
+             '|' + '---|' * (9 if cuda else 7)]
+    for r in results:
+        line = (f'| {NAMES[r["method"]].format(last_layers=args.last_layers)} | {r["tokens_per_s"]:,.0f} | '
+                f'{r["tokens_per_s"] / base["tokens_per_s"]:.2f} | {r["saved_mib"]:.1f} | '
+                f'{r["saved_mib"] / max(base["saved_mib"], 1e-9):.2f} | {r["teacher_trainable"]:,} | '
+                f'{r["teacher_state_mib"]:.1f} |')
+        if cuda:
+            line += f' {r["cuda_peak_mib"]:,.0f} | {r["cuda_peak_mib"] / base["cuda_peak_mib"]:.2f} |'
+        lines.append(line)
+    lines.append('')
+    lines.append(f'{args.arch}-shaped models from configs: teacher {args.teacher_layers} blocks × {args.hidden}, '
+                 f'student {args.student_layers} × {args.student_hidden}, vocabulary {args.vocab:,}, '
+                 f'{args.batch} × {args.seq} '
+                 f'tokens per step, LoRA r = {args.lora_r}, mean of {args.steps} steps after a warm-up; {machine}'
+                 f'{", " + args.amp + " autocast" if args.amp else ""}. Saved activations: what autograd keeps for '
+                 'backward (weights excluded); training state: gradients and AdamW moments in fp32.')
+    return '\n'.join(lines)
+
+
+def machine_text(device):
+    if str(device).startswith('cuda'):
+        return torch.cuda.get_device_name(device)
+    from pesf_ext.engine.runner import cpu_model
+    return f'{cpu_model()}, {torch.get_num_threads()} threads'
+
+
 def main(argv=None):
     args = get_args(argv)
-    results = run(args)
-    print(format_table(results, args))
+    if args.from_record:
+        with open(args.from_record) as f:
+            record = json.load(f)
+        args = argparse.Namespace(**{**vars(args), **record['setup']})
+        results, machine = record['results'], record['machine']
+    else:
+        results, machine = run(args), machine_text(args.device)
+        if args.record:
+            with open(args.record, 'w') as f:
+                json.dump({'setup': {key: getattr(args, key) for key in SETUP_KEYS}, 'machine': machine,
+                           'results': results}, f, indent=2)
+    print(markdown_table(results, args, machine) if args.markdown else format_table(results, args))
     return results
 
 

@@ -58,7 +58,7 @@ STDLIB = {
     'max_samples': {'train': None, 'validation': 400, 'test': 400},
     'dataset_id_map': {'train': 'stdlib/train', 'validation': 'stdlib/val', 'test': 'stdlib/test'},
 }
-OFFLINE_TOKENIZER = import_call('pesf_ext.lm.data.offline_tokenizer_path', {'vocab_size': 4096})
+OFFLINE_TOKENIZER = import_call('pesf_ext.lm.data.offline_tokenizer_path', {'vocab_size': 1024})
 
 
 def hub_model(label, name, **extra):
@@ -91,9 +91,9 @@ PAIRS = {
     'causal_lm_offline/gpt2_4l_gpt2_2l_stdlib': dict(student_ce='gpt2_2l_stdlib_student_ce',
                                                      teacher_ce='gpt2_4l_stdlib_teacher_ce',
         teacher=offline_model('gpt2-4l-stdlib', 4, 256, 4), student=offline_model('gpt2-2l', 2, 128, 2),
-        data=STDLIB, body='transformer', ckpt_root='./resource/ckpt/causal_lm_offline/stdlib', epochs=2, batch=16,
+        data=STDLIB, body='transformer', ckpt_root='./resource/ckpt/causal_lm_offline/stdlib', epochs=10, batch=16,
         eval_batch=32, lr=1e-3, teacher_lr=1e-3, ft_teacher_lr=1e-4, amp=None, rouge_samples=0,
-        transfer_samples=4000, teacher_epochs=2,
+        teacher_samples=8000, teacher_epochs=1, transfer_samples=256,
         note='CPU, offline: Python standard library source as text; run gpt2_4l_stdlib_teacher_ce.yaml first'),
 }
 
@@ -142,8 +142,9 @@ def test_section(setup, ids):
 def ce_config(pair, setup, which):
     """Next-token CE alone: the teacher's fine-tuning (``which`` = 'teacher') or the student alone ('student')."""
     data = copy.deepcopy(setup['data'])
-    if which == 'student' and setup.get('transfer_samples'):
-        data['max_samples']['train'] = setup['transfer_samples']
+    samples = setup.get('teacher_samples' if which == 'teacher' else 'transfer_samples')
+    if samples:
+        data['max_samples']['train'] = samples
     config, ids = common(setup, data)
     model = copy.deepcopy(setup[which])
     model['src_ckpt'] = None

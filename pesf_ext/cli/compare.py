@@ -75,9 +75,9 @@ def method_names(methods):
     names = []
     for method in methods:
         stem = os.path.splitext(os.path.basename(method))[0]
-        family = next((f for f in ('cifar100', 'imagenet', 'glue') if f in method.lower()), None)
+        family = next((f for f in ('cifar100', 'imagenet', 'glue', 'causal_lm') if f in method.lower()), None)
         if family is not None:
-            other = 'tools/glue_compare.py' if family == 'glue' else \
+            other = {'glue': 'tools/glue_compare.py', 'causal_lm': 'tools/lm_compare.py'}.get(family) or \
                 f'tools/image_classification.py --config configs/{family}/<config>.yaml --seed <seed>'
             sys.exit(f'--methods {method}: tools/compare.py runs the Fashion-MNIST configs only '
                      f'(configs/fashion_mnist/resnet56_resnet20_<method>.yaml); for {family} use {other}')

@@ -29,7 +29,8 @@ ROOT = work_dir()  # a clone's root (its configs' ./resource paths), else the cu
 CONFIG_DIR = os.path.join(configs_dir(), 'fashion_mnist')
 # runners started as modules where the package has one (an installed copy has no tools/ folder)
 SCRIPT_MODULES = {'image_classification.py': 'pesf_ext.cli.image_classification',
-                  'text_classification.py': 'pesf_ext.cli.text_classification'}
+                  'text_classification.py': 'pesf_ext.cli.text_classification',
+                  'causal_lm.py': 'pesf_ext.cli.causal_lm'}
 TEACHER = 'resnet56_teacher_ce.yaml'
 METHODS = (('KD', 'resnet56_resnet20_kd.yaml'), ('PESF-KD', 'resnet56_resnet20_pesfkd.yaml'),
            ('FT-KD', 'resnet56_resnet20_ftkd.yaml'), ('Z-score KD', 'resnet56_resnet20_zscore.yaml'))
