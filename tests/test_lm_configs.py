@@ -146,16 +146,24 @@ def test_every_lm_config_trains_two_steps(path, tiny_dirs, tmp_path):
 
 
 def test_taid_total_steps_filled_from_the_data(tiny_dirs, tmp_path):
-    from pesf_ext.lm.runner import LMData
+    from pesf_ext.engine.config import fill_taid_total_steps
     path = os.path.join(ROOT, 'configs/causal_lm_offline/gpt2_4l_gpt2_2l_stdlib_taid.yaml')
-    stage = shrink(load_config(path), tiny_dirs, tmp_path)['train']
+    config = shrink(load_config(path), tiny_dirs, tmp_path)
+    stage = config['train']
     kwargs = stage['criterion']['kwargs']['sub_terms']['taid']['criterion']['kwargs']
     assert kwargs['taid']['total_steps'] is None
-    LMData(max_steps_per_epoch=None).fill_taid_steps(stage, num_samples=15, world_size=1)
+    config['datasets'] = {stage['train_data_loader']['dataset_id']: list(range(15))}
+    fill_taid_total_steps(config, world_size=1)
     assert kwargs['taid']['total_steps'] == 8  # 1 epoch x ceil(15 / batch 2)
     kwargs['taid']['total_steps'] = None
-    LMData(max_steps_per_epoch=2).fill_taid_steps(stage, num_samples=15, world_size=1)
+    fill_taid_total_steps(config, world_size=1, max_steps_per_epoch=2)
     assert kwargs['taid']['total_steps'] == 2
+    kwargs['taid']['total_steps'] = None
+    fill_taid_total_steps(config, world_size=2)  # 8 samples per process
+    assert kwargs['taid']['total_steps'] == 4
+    kwargs['taid']['total_steps'] = 5  # a YAML value stays
+    fill_taid_total_steps(config, world_size=1)
+    assert kwargs['taid']['total_steps'] == 5
 
 
 def test_pesfkd_adapter_directory_reloads_with_peft(tiny_dirs, tmp_path):

@@ -4,7 +4,7 @@ with LoRA on every teacher block and on the last blocks only, and FT-KD (whole t
 Models are built from configs with random weights (no download), so the figures are costs, not accuracies. For each
 method, on the same batches::
 
-    python tools/lm_benchmark.py                                   # GPT-2-shaped, CPU-sized
+    python tools/lm_benchmark.py                                   # the offline configs' shapes (CPU)
     python tools/lm_benchmark.py --arch qwen2 --teacher_layers 28 --student_layers 24 --hidden 1536 \\
         --student_hidden 896 --vocab 151936 --seq 512 --batch 8 --device cuda --amp bf16
 
@@ -33,16 +33,16 @@ METHODS = ('kd', 'pesfkd_lora_all', 'pesfkd_lora_last', 'ftkd')
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description='Teacher-side cost of KD, PESF-KD (LoRA) and FT-KD on causal LMs')
     parser.add_argument('--arch', choices=('gpt2', 'qwen2', 'llama'), default='gpt2')
-    parser.add_argument('--teacher_layers', type=int, default=6)
+    parser.add_argument('--teacher_layers', type=int, default=4)
     parser.add_argument('--student_layers', type=int, default=2)
     parser.add_argument('--hidden', type=int, default=256, help='teacher hidden size')
     parser.add_argument('--student_hidden', type=int, default=128)
-    parser.add_argument('--vocab', type=int, default=4096)
+    parser.add_argument('--vocab', type=int, default=1024)
     parser.add_argument('--seq', type=int, default=128, help='tokens per sequence')
-    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--steps', type=int, default=5, help='timed steps per method (after one warm-up step)')
     parser.add_argument('--lora_r', type=int, default=16)
-    parser.add_argument('--last_layers', type=int, default=2, help='blocks adapted by pesfkd_lora_last')
+    parser.add_argument('--last_layers', type=int, default=1, help='blocks adapted by pesfkd_lora_last')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', choices=('bf16',), help='autocast the forward passes')
     parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS))
@@ -172,7 +172,7 @@ def format_table(results, args):
 
 SETUP_KEYS = ('arch', 'teacher_layers', 'student_layers', 'hidden', 'student_hidden', 'vocab', 'seq', 'batch', 'steps',
               'lora_r', 'last_layers', 'device', 'amp')
-NAMES = {'kd': 'KD (frozen teacher)', 'pesfkd_lora_last': 'PESF-KD, LoRA on the last {last_layers} blocks',
+NAMES = {'kd': 'KD (frozen teacher)', 'pesfkd_lora_last': 'PESF-KD, LoRA on the last {blocks}',
          'pesfkd_lora_all': 'PESF-KD, LoRA on every block', 'ftkd': 'FT-KD (whole teacher trained)'}
 
 
@@ -180,11 +180,12 @@ def markdown_table(results, args, machine):
     """The README's cost table: every figure with its ratio to KD, and the set-up and machine under it."""
     base = next((r for r in results if r['method'] == 'kd'), results[0])
     cuda = bool(base['cuda_peak_mib'])
+    blocks = 'block' if args.last_layers == 1 else f'{args.last_layers} blocks'
     lines = ['| method | tokens/s | × KD | saved activations (MiB) | × KD | teacher trainable parameters | '
              'teacher training state (MiB) |' + (' CUDA peak (MiB) | × KD |' if cuda else ''),
              '|' + '---|' * (9 if cuda else 7)]
     for r in results:
-        line = (f'| {NAMES[r["method"]].format(last_layers=args.last_layers)} | {r["tokens_per_s"]:,.0f} | '
+        line = (f'| {NAMES[r["method"]].format(blocks=blocks)} | {r["tokens_per_s"]:,.0f} | '
                 f'{r["tokens_per_s"] / base["tokens_per_s"]:.2f} | {r["saved_mib"]:.1f} | '
                 f'{r["saved_mib"] / max(base["saved_mib"], 1e-9):.2f} | {r["teacher_trainable"]:,} | '
                 f'{r["teacher_state_mib"]:.1f} |')

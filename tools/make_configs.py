@@ -399,6 +399,30 @@ def zscore_term(ctx):
         reduction='batchmean'))
 
 
+DIVERGENCES = {   # the LM divergences of TokenKDLoss on [N, K] logits: name -> (divergence, its own options, source)
+    'rkl': ('reverse_kl', {}, 'MiniLLM (Gu et al., ICLR 2024), the reverse KL KL(p_s || p_t)'),
+    'jsd': ('jsd', {'jsd_beta': 0.5}, "GKD (Agarwal et al., ICLR 2024), generalized JSD, TRL's beta 0.5"),
+    'skew_kl': ('skew_forward_kl', {'skew': 0.1}, 'DistiLLM (Ko et al., ICML 2024), skew KL, lambda 0.1'),
+    'skew_rkl': ('skew_reverse_kl', {'skew': 0.1}, 'DistiLLM (Ko et al., ICML 2024), skew reverse KL, lambda 0.1'),
+    'tv': ('tv', {}, 'total variation distance'),
+    'taid': ('taid', {'taid': {'t_start': 0.4, 't_end': 1.0, 'rate': 0.0005, 'momentum_decay': 0.99,
+                               'total_steps': None}},
+             "TAID (Shing et al., ICLR 2025), SakanaAI/TAID's defaults; total_steps null: filled from the data"),
+}
+
+
+def divergence_term(name):
+    """KD with another divergence in place of KL(p_t || p_s): KD's temperature and weights, so the divergence is
+    the only change."""
+    divergence, options, source = DIVERGENCES[name]
+
+    def term(ctx):
+        return sub_term(name, 'TokenKDLoss', logits(
+            temperature=4.0, alpha=note(0.1, 'CE weight, as KD'), beta=0.9, divergence=divergence, **options),
+            about=source)
+    return term
+
+
 ONLINE_TEACHER_NOTE = (
     f'Online KD: the whole teacher trains with the student, from its pretrained checkpoint, at the FT-KD teacher lr '
     f'{FTKD_TEACHER_LR} (PESF-KD paper), so DML, KDCL and FT-KD differ only in the loss. (The DML and KDCL papers '
@@ -786,6 +810,7 @@ METHODS = {m.name: m for m in (
     Method('ttm_zscore', (ttm_term(weighted=False, zscore=True),)),
     Method('wttm_zscore', (ttm_term(weighted=True, zscore=True),)),
     Method('luminet', (luminet_term,)),
+    *(Method(name, (divergence_term(name),)) for name in DIVERGENCES),
     # representation methods as in CRD / RepDistiller: CE + weight * loss; with PESF-KD: the PESF-KD loss + the same
     Method('pkt', CE_ONLY + (pkt_term,), features='pkt'),
     Method('rkd', CE_ONLY + (rkd_term,), features='rkd'),

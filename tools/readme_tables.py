@@ -31,6 +31,8 @@ PAPERS = {
     'VID': ARXIV + '1904.05835', 'CC': ARXIV + '1904.01802', 'AB': ARXIV + '1811.03233', 'FT': ARXIV + '1802.04977',
     'FSP': CVF + 'content_cvpr_2017/html/Yim_A_Gift_From_CVPR_2017_paper.html', 'PKT': ARXIV + '1803.10837',
     'RKD': ARXIV + '1904.05068', 'CRD': 'https://openreview.net/forum?id=SkgpBJrtvS',
+    'MiniLLM': ARXIV + '2306.08543', 'GKD': ARXIV + '2306.13649', 'DistiLLM': ARXIV + '2402.03898',
+    'f-DISTILL': ARXIV + '2307.15190', 'TAID': ARXIV + '2501.16937',
 }
 FROZEN = 'frozen'
 # (name, paper key, loss key and options, teacher side, config suffixes)
@@ -52,6 +54,12 @@ TABLES = {
         ('TTM', 'TTM', '`TTMLoss`', FROZEN, ('ttm',)),
         ('WTTM', 'TTM', '`WTTMLoss`', FROZEN, ('wttm',)),
         ('LumiNet', 'LumiNet', '`LumiNetLoss`', FROZEN, ('luminet',)),
+        ('Reverse KL (MiniLLM)', 'MiniLLM', "`TokenKDLoss`, `divergence: 'reverse_kl'`", FROZEN, ('rkl',)),
+        ('Generalized JSD (GKD)', 'GKD', "`TokenKDLoss`, `divergence: 'jsd'`, `jsd_beta`", FROZEN, ('jsd',)),
+        ('Skew KL, skew reverse KL (DistiLLM)', 'DistiLLM',
+         "`TokenKDLoss`, `divergence: 'skew_forward_kl'` / `'skew_reverse_kl'`, `skew`", FROZEN, ('skew_kl', 'skew_rkl')),
+        ('Total variation', 'f-DISTILL', "`TokenKDLoss`, `divergence: 'tv'`", FROZEN, ('tv',)),
+        ('TAID', 'TAID', "`TokenKDLoss`, `divergence: 'taid'`, `taid: {t_start, ...}`", FROZEN, ('taid',)),
         ('TAKD', 'TAKD', '`KDLoss`, two chained configs', 'the assistant is the second config\'s teacher',
          ('takd_assistant', 'takd')),
         ('RCO', 'RCO', '`KDLoss` + `rco_pre_epoch_process`', 'stepped along a saved training route', ('rco',)),

@@ -59,7 +59,8 @@ LABELS = {
     'takd': 'TAKD', 'takd_assistant': 'TAKD assistant (ResNet-32)', 'rco': 'RCO', 'at': 'AT', 'sp': 'SP', 'fitnet': 'FitNet', 'vid': 'VID',
     'cc': 'CC', 'ab': 'AB', 'ft': 'FT', 'fsp': 'FSP',
     'ttm': 'TTM', 'wttm': 'WTTM', 'ttm_zscore': 'TTM + Z-score', 'wttm_zscore': 'WTTM + Z-score',
-    'luminet': 'LumiNet',
+    'luminet': 'LumiNet', 'rkl': 'Reverse KL', 'jsd': 'Generalized JSD', 'skew_kl': 'Skew KL',
+    'skew_rkl': 'Skew reverse KL', 'tv': 'Total variation', 'taid': 'TAID',
 }
 DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
                    'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')

@@ -8,6 +8,7 @@ else here runs before the models are built or a step is taken.
 import copy
 import difflib
 import inspect
+import math
 import os
 import re
 
@@ -152,6 +153,35 @@ def criterion_terms(criterion_config, yaml_key='train.criterion'):
     for name, term in ((criterion_config.get('kwargs') or {}).get('sub_terms') or {}).items():
         sub = term.get('criterion', {})
         yield f'{yaml_key}.kwargs.sub_terms.{name}', sub.get('key'), sub.get('kwargs') or {}, term
+
+
+def training_stages(config):
+    """(YAML key, stage dict) of every training stage: ``train.stageN`` of a multi-stage YAML, else ``train``."""
+    train = config.get('train') or {}
+    return [(f'train.{k}', v) for k, v in train.items() if k.startswith('stage')] or ([('train', train)] if train else [])
+
+
+def fill_taid_total_steps(config, world_size=1, max_steps_per_epoch=None):
+    """TAID's schedule (``TokenKDLoss`` with ``divergence: 'taid'``) needs the number of training steps: where the
+    YAML leaves ``taid.total_steps`` null it becomes epochs x steps per epoch of the stage's training data
+    (ceil(samples / batch size / processes), floor with ``drop_last``; capped by ``--max_steps_per_epoch``)."""
+    for prefix, stage in training_stages(config):
+        criterion = stage.get('criterion') or {}
+        terms = [kwargs for _, key, kwargs, _ in criterion_terms(criterion, f'{prefix}.criterion')
+                 if key == 'TokenKDLoss' and kwargs.get('divergence') == 'taid']
+        if not terms or not stage.get('train_data_loader'):
+            continue
+        loader = stage['train_data_loader']
+        per_process = len(config['datasets'][loader['dataset_id']]) / max(world_size, 1)
+        batch = loader['kwargs']['batch_size']
+        steps = int(per_process // batch) if loader['kwargs'].get('drop_last') else math.ceil(per_process / batch)
+        if max_steps_per_epoch is not None:
+            steps = min(steps, max_steps_per_epoch)
+        for kwargs in terms:
+            taid = kwargs.get('taid') or {}
+            kwargs['taid'] = taid
+            if taid.get('total_steps') is None:
+                taid['total_steps'] = max(steps * stage['num_epochs'], 1)
 
 
 def _validate_stage(stage, key_prefix, has_teacher, needs_training):

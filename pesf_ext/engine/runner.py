@@ -30,7 +30,7 @@ from ..adapters.inject import count_parameters
 from ..epoch_metrics import PROCESS_NAME, check_options, records_paths
 from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_best, save_last, unwrap
 from .cli import validate_args
-from .config import argument_error, load_config, validate_config, validate_model_paths
+from .config import argument_error, fill_taid_total_steps, load_config, validate_config, validate_model_paths
 from .distributed import (barrier, get_rank, init_distributed, is_main_process, resolve_device, shard_eval_loader,
                           wrap_box_models)
 from .errors import ConfigError
@@ -341,6 +341,7 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
     validate_model_paths(config, teacher, student)
     if prepare_data is not None:
         prepare_data(config, distributed, world_size)
+    fill_taid_total_steps(config, world_size, args.max_steps_per_epoch)
     results = {'config': args.config, 'seed': args.seed, 'seconds_per_step': None, 'counts': {},
                'machine': machine_description(device)}
     trained_teacher = None

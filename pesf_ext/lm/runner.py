@@ -5,7 +5,6 @@ directory. ``tools/causal_lm.py`` is its command line."""
 import copy
 import json
 import logging
-import math
 import os
 import resource
 
@@ -100,8 +99,8 @@ class LMData:
     """The causal-LM entry of a run: checked before the models are built (:meth:`check`), tokenized after
     (``__call__``) with the student's tokenizer once teacher and student are known to share it."""
 
-    def __init__(self, cache_dir=None, max_steps_per_epoch=None):
-        self.cache_dir, self.max_steps_per_epoch = cache_dir, max_steps_per_epoch
+    def __init__(self, cache_dir=None):
+        self.cache_dir = cache_dir
         self.key = self.spec = self.tokenizer = self.datasets = None
         self.teacher_config = self.student_config = None
 
@@ -123,21 +122,8 @@ class LMData:
         for stage in stages:
             num_samples = len(self.datasets[stage['train_data_loader']['dataset_id']])
             set_num_training_steps(stage, num_samples, world_size)
-            self.fill_taid_steps(stage, num_samples, world_size)
         for dataset_id, dataset in self.datasets.items():
             logger.info('%s: %d sequences', dataset_id, len(dataset))
-
-    def fill_taid_steps(self, stage, num_samples, world_size):
-        """TAID's schedule needs the number of training steps: filled from the data when the YAML leaves it null."""
-        steps = math.ceil(num_samples / stage['train_data_loader']['kwargs']['batch_size'] / world_size)
-        if self.max_steps_per_epoch is not None:
-            steps = min(steps, self.max_steps_per_epoch)
-        for _, kwargs, _ in token_kd_terms({'train': stage}):
-            if kwargs.get('divergence') == 'taid':
-                taid = kwargs.setdefault('taid', {}) or {}
-                kwargs['taid'] = taid
-                if taid.get('total_steps') is None:
-                    taid['total_steps'] = max(steps * stage['num_epochs'], 1)
 
     def mean_train_tokens(self, dataset_id, limit=2000):
         data = self.datasets[dataset_id]
@@ -209,7 +195,7 @@ def run_lm(args, config=None):
     register_hf_schedulers()
     config = copy.deepcopy(config) if config is not None else load_config(args.config)
     apply_command_line(config, args)
-    data = LMData(cache_dir=args.cache_dir, max_steps_per_epoch=args.max_steps_per_epoch)
+    data = LMData(cache_dir=args.cache_dir)
     results = run(args, build_causal_lm, default_log_freq=50, config=config, evaluation=LM_EVALUATION,
                   prepare_config=data.check, prepare_data=data)
     model = next(iter(results['_models'].values()))
