@@ -47,7 +47,7 @@ def test_table_from_finished_runs(tmp_path, capsys):
     assert f'{sum(rkl_diffs) / 3:+.2f}' in rkl_line.split(' | ')[3]
     assert 'test perplexity 9.00' in text and 'test cpu' in text
     assert rows['kd']['student'] == dict(enumerate(kd))
-    assert os.path.isfile(os.path.join(out, 'results', 'table.md'))
+    assert not os.path.isfile(os.path.join(out, 'results', 'table.md'))  # -table_only writes nothing
 
 
 def test_grid_labels_and_overrides(tmp_path):

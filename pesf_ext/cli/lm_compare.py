@@ -87,8 +87,6 @@ def summarize(seed_runs):
             'agreement': mean_of([t.get('agreement') for t in tests.values()]),
             'kl': mean_of([t.get('kl') for t in tests.values()]),
             'gap': mean_of([t.get('sharpness_gap') for t in tests.values()]),
-            'seconds_per_step': mean_of([r['seconds_per_step'] for r in seed_runs.values()]),
-            'tokens_per_second': mean_of([r.get('lm', {}).get('tokens_per_second') for r in seed_runs.values()]),
             'counts': first['counts'], 'machines': sorted({machine_name(r) for r in seed_runs.values()})}
 
 
@@ -100,24 +98,25 @@ def delta_text(row, other):
 
 
 def lm_table(rows, reference='kd', baseline='ce'):
-    """Markdown table; ``rows`` maps a row label (method or method@grid point) to :func:`summarize` output."""
+    """Markdown table; ``rows`` maps a row label (method or method@grid point) to :func:`summarize` output. No step
+    times: runs of a study share the machine with whatever else runs, so cost is measured side by side in one
+    process by tools/lm_benchmark.py instead."""
     ref, base = rows.get(reference), rows.get(baseline)
     ref_name = LABELS.get(reference, reference)
     fmt = lambda value, spec: '-' if value is None else format(value, spec)  # noqa: E731
     lines = ['| method | student test perplexity (mean ± std) | Δ vs student alone, paired 95% CI | '
              f'Δ vs {ref_name}, paired 95% CI | student top-1 % | teacher perplexity | agreement % | KL(p_t‖p_s) | '
-             f'sharpness gap | s/step | ratio to {ref_name} | trainable teacher params |', '|' + '---|' * 12]
+             'sharpness gap | trainable teacher params |', '|' + '---|' * 10]
     for label, row in rows.items():
         values = list(row['student'].values())
         std = f'{statistics.stdev(values):.2f}' if len(values) > 1 else 'n/a'
         method, _, point = label.partition('@')
         name = with_point(LABELS.get(method, method), point_text(point) if point else '')
-        ratio = row['seconds_per_step'] / ref['seconds_per_step'] if ref and row['seconds_per_step'] else None
         trainable = f'{row["counts"]["teacher"][0]:,}' if 'teacher' in row['counts'] else '-'
         lines.append(f'| {name} | {sum(values) / len(values):.2f} ± {std} (n={row["n"]}) | {delta_text(row, base)} | '
                      f'{delta_text(row, ref)} | {fmt(row["top1"], ".2f")} | {fmt(row["teacher"], ".2f")} | '
                      f'{fmt(row["agreement"], ".2f")} | {fmt(row["kl"], ".3f")} | {fmt(row["gap"], ".3f")} | '
-                     f'{fmt(row["seconds_per_step"], ".3f")} | {fmt(ratio, ".2f")} | {trainable} |')
+                     f'{trainable} |')
     return '\n'.join(lines)
 
 
@@ -176,7 +175,7 @@ def main(argv=None):
     rows = {label: summarize(seed_runs) for label, seed_runs in rows.items()}
     text = lm_table(rows, args.reference)
     for label, run_labels in failures.items():
-        text += f'\n| {label} | failed: {", ".join(run_labels)} (see logs/) |' + ' |' * 10
+        text += f'\n| {label} | failed: {", ".join(run_labels)} (see logs/) |' + ' |' * 8
     if os.path.isfile(summary_path(out_dir, 'teacher')):
         machines = sorted({m for row in rows.values() for m in row['machines']})
         text += (f'\n\nHeld-out perplexity on files of the Python standard library that no run trains on (lower is '
@@ -186,9 +185,10 @@ def main(argv=None):
                  'negative is better. Teacher perplexity: the teacher as used at test time (adapted for PESF-KD, '
                  f'fine-tuned online for FT-KD). Machine: {", ".join(machines) or "-"}.')
     print(text)
-    os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
-    with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
-        f.write(text + '\n')
+    if not args.table_only:  # -table_only writes nothing (it may read committed records)
+        os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
+        with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
+            f.write(text + '\n')
     if args.records_dir:
         copy_records(out_dir, os.path.abspath(args.records_dir))
     return rows
