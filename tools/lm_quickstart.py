@@ -14,6 +14,7 @@ import argparse
 import copy
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,9 +97,10 @@ def main(argv=None):
     teacher_ckpt = os.path.join(args.out_dir, 'teacher', 'gpt2-4l-stdlib.pt')
 
     def run_all():
+        start = time.time()
         rows = [(label, run_one(name, args, teacher_ckpt)) for label, name in RUNS]
         table = format_table(rows)
-        print(table, flush=True)
+        print(table + f'\n{len(rows)} runs in {(time.time() - start) / 60:.1f} min', flush=True)
         return rows
     return main_guard(run_all, args)
 
