@@ -37,3 +37,18 @@ def test_ratio_row_pairs_seconds_per_step_by_seed(tmp_path):
     row = claims.table((('cost', 'paper', 'runs', 'ftkd', 'kd', claims.RATIO + 'seconds_per_step', +1),),
                        root=str(tmp_path)).splitlines()[2]
     assert 'FT-KD / KD, seconds_per_step: 2.50× ± 6.35 (n=2, runs;' in row and row.endswith('| inconclusive |')
+
+
+def test_causal_lm_row_reads_perplexity_of_grid_points(tmp_path):
+    """LM rows read test.student.perplexity of tools/lm_compare.py's records; a grid point row reads its run labels;
+    lower perplexity is the claimed side."""
+    records = tmp_path / 'lm' / 'results'
+    records.mkdir(parents=True)
+    for label, ppl in {'kd_seed0': 130.0, 'kd_seed1': 140.0, 'pesfkd__lr-1e-3_seed0': 120.0,
+                       'pesfkd__lr-1e-3_seed1': 131.0, 'pesfkd__lr-1e-4_seed0': 999.0}.items():
+        (records / f'{label}.json').write_text(json.dumps({'test': {'student': {'perplexity': ppl}}}))
+    row = claims.table((('claim', 'paper', 'lm', 'pesfkd@lr=1e-3', 'kd', claims.LM_KEY + 'perplexity', -1),),
+                       root=str(tmp_path)).splitlines()[2]
+    # differences -10 and -9: mean -9.5, half 12.706 * 0.7071 / sqrt(2) = 6.35 -> reproduced (excludes 0, below)
+    assert 'PESF-KD (LoRA, lr=1e-3) − Forward KL (KD), test perplexity: -9.50 ± 6.35 (n=2' in row
+    assert row.endswith('| reproduced |')

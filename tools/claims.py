@@ -20,6 +20,8 @@ from analyze import label_of, seed_values  # noqa: E402
 from compare import paired_interval  # noqa: E402
 
 XEON, EPYC = 'docs/results/converged', 'docs/results/converged_epyc'
+LM = 'docs/results/causal_lm_epyc'   # the causal-LM study (tools/lm_compare.py records)
+LM_KEY = 'lm:'   # a key read from the causal-LM summaries' test.student (``lm:perplexity``), compared as a difference
 RATIO = 'ratio:'   # a key of the run summaries compared as the paired ratio METHOD / REFERENCE (per seed), not a difference
 PESF = 'PESF-KD paper (Rao et al., IEEE TMM 2023)'
 ZSCORE = 'Z-score paper (Sun et al., CVPR 2024)'
@@ -45,6 +47,12 @@ CLAIMS = (
      'ftkd', 'kd', RATIO + 'seconds_per_step', +1),
     ('PESF-KD costs less per step than FT-KD', f'PESF-KD 0.47 s/batch against FT-KD 1.44, ImageNet ({PESF}, Table II)',
      XEON, 'pesfkd', 'ftkd', RATIO + 'seconds_per_step', -1),
+    ('KD beats the student trained alone, causal LM (held-out perplexity)', 'the premise of LM distillation '
+     '(token-level KD: Kim & Rush 2016)', LM, 'kd', 'ce', LM_KEY + 'perplexity', -1),
+    ('PESF-KD (LoRA, adapter lr 1e-3) beats KD, causal LM (perplexity)', f'the idea of {PESF}, new at token level here',
+     LM, 'pesfkd@lr=1e-3', 'kd', LM_KEY + 'perplexity', -1),
+    ('Z-score on forward KL beats forward KL, causal LM (perplexity)', f'the plug-in claim of the {ZSCORE}, untested '
+     'on LMs there', LM, 'zscore', 'kd', LM_KEY + 'perplexity', -1),
     ('Z-score on DKD beats DKD', f'"other distillation variants can obtain considerable gain" ({ZSCORE}, '
      'abstract), DKD among them', XEON, 'dkd_zscore',
      'dkd', 'test_top1', +1),
@@ -65,6 +73,26 @@ def summary_values(records, key, methods):
     return values
 
 
+def lm_values(records, key, methods):
+    """``{row: {seed: test.student[key]}}`` of causal-LM study records; a row is a method or ``method@key=value``
+    (its run labels: ``method__key-value_seed<N>``)."""
+    values = {method: {} for method in methods}
+    for method in methods:
+        stem = method.replace('@', '__').replace('=', '-')
+        for path in glob.glob(os.path.join(records, 'results', f'{stem}_seed*.json')):
+            seed = os.path.basename(path)[len(stem) + len('_seed'):-len('.json')]
+            if seed.isdigit():
+                with open(path) as f:
+                    values[method][int(seed)] = json.load(f)['test']['student'][key]
+    return values
+
+
+def lm_label(row):
+    from lm_compare import LABELS, point_text, with_point
+    method, _, point = row.partition('@')
+    return with_point(LABELS.get(method, method), point_text(point) if point else '')
+
+
 def verdict(diff, half, n, sign):
     if n < 2 or half != half or abs(diff) <= half:
         return 'inconclusive'
@@ -72,14 +100,20 @@ def verdict(diff, half, n, sign):
 
 
 def machine(records):
-    return {XEON: 'Intel Xeon', EPYC: 'AMD EPYC'}.get(records, records)
+    return {XEON: 'Intel Xeon', EPYC: 'AMD EPYC', LM: 'AMD EPYC'}.get(records, records)
 
 
 def table(claims=CLAIMS, root=ROOT):
-    lines = ['| claim | the paper (other dataset and scale) | here: paired difference, 95% CI (Fashion-MNIST, '
-             'ResNet-56 → ResNet-20; CPU) | verdict |', '|---|---|---|---|']
+    lines = ['| claim | the paper (other dataset and scale) | here: paired difference, 95% CI (CPU; Fashion-MNIST, '
+             'ResNet-56 → ResNet-20 unless the row says otherwise) | verdict |', '|---|---|---|---|']
     for claim, paper, records, method, reference, key, sign in claims:
-        if key.startswith(RATIO):
+        if key.startswith(LM_KEY):
+            key = key[len(LM_KEY):]
+            values = lm_values(os.path.join(root, records), key, (method, reference))
+            diff, half, n = paired_interval({'student': values[method]}, {'student': values[reference]})
+            here = (f'{lm_label(method)} − {lm_label(reference)}, test {key}: {diff:+.2f} ± {half:.2f} (n={n}, '
+                    f'{machine(records)}; causal LM on Python source, 4-layer → 2-layer)') if n else 'not run'
+        elif key.startswith(RATIO):
             key = key[len(RATIO):]
             values = summary_values(os.path.join(root, records), key, (method, reference))
             seeds = sorted(set(values[method]) & set(values[reference]))
