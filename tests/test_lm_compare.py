@@ -100,3 +100,28 @@ def test_bad_seed_count_is_one_message():
     with pytest.raises(SystemExit) as error:
         lm_compare.get_args(['--seeds', '0'])
     assert error.value.code == 2
+
+
+def test_teacher_dir_reuses_a_trained_teacher_and_set_reaches_students_only(tmp_path):
+    main_study, variant = tmp_path / 'main', tmp_path / 'variant'
+    write_summary(str(main_study), 'teacher', 9.0)
+    (main_study / 'ckpt' / 'teacher').mkdir(parents=True)
+    (main_study / 'ckpt' / 'teacher' / 'teacher.pt').write_bytes(b'weights')
+    plans = []
+    original = lm_compare.run
+
+    def fake_run(config, out_dir, label, seed, overrides, **kwargs):
+        plans.append((label, overrides))
+        write_summary(out_dir, label, 20.0, teacher=9.0)
+    lm_compare.run = fake_run
+    try:
+        lm_compare.main(['--seeds', '1', '--methods', 'kd', '--out_dir', str(variant), '--teacher_dir',
+                         str(main_study), '--set', 'train.num_epochs=30'])
+    finally:
+        lm_compare.run = original
+    assert [label for label, _ in plans] == ['kd_seed0']  # no teacher trained again
+    assert 'train.num_epochs=30' in plans[0][1]
+    assert (variant / 'ckpt' / 'teacher' / 'teacher.pt').read_bytes() == b'weights'
+    with pytest.raises(SystemExit, match='--teacher_dir: .* does not exist'):
+        lm_compare.main(['--seeds', '1', '--methods', 'kd', '--out_dir', str(tmp_path / 'v2'), '--teacher_dir',
+                         str(tmp_path / 'nowhere')])

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 
@@ -55,7 +56,9 @@ def get_args(argv=None):
     parser.add_argument('--grid', nargs='+', action='extend', default=[], metavar='[METHOD:]KEY=V1,V2',
                         help='sweep a YAML key (one run per value and seed), as in pesf-compare')
     parser.add_argument('--set', nargs='+', action='extend', default=[], dest='overrides', metavar='KEY=VALUE',
-                        help='YAML overrides for every run (the teacher too)')
+                        help='YAML overrides for every student run (the teacher is trained by its own config)')
+    parser.add_argument('--teacher_dir', help="another --out_dir whose trained teacher to use (its checkpoint and "
+                                              "summary are copied here), e.g. the main study's for a variant of it")
     parser.add_argument('--out_dir', default=os.path.join(ROOT, 'runs', 'lm_compare'))
     parser.add_argument('--records_dir', default=None,
                         help='a folder that keeps the finished runs across machines (e.g. committed, '
@@ -120,6 +123,19 @@ def lm_table(rows, reference='kd', baseline='ce'):
     return '\n'.join(lines)
 
 
+def borrow_teacher(source, out_dir):
+    """Copies the teacher of the study in ``source`` (checkpoint and summary) into ``out_dir``, where missing."""
+    paths = [(os.path.join(source, 'ckpt', 'teacher', 'teacher.pt'), os.path.join(out_dir, 'ckpt', 'teacher',
+                                                                                   'teacher.pt')),
+             (summary_path(source, 'teacher'), summary_path(out_dir, 'teacher'))]
+    for src, dst in paths:
+        if not os.path.isfile(src):
+            sys.exit(f'--teacher_dir: {src} does not exist (run that study first)')
+        if not os.path.isfile(dst):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy2(src, dst)
+
+
 def main(argv=None):
     args = get_args(argv)
     out_dir = os.path.abspath(args.out_dir)
@@ -136,8 +152,9 @@ def main(argv=None):
             overrides.append(f'models.teacher_model.src_ckpt={teacher_ckpt}')
         return label, run_label, config_path(method), seed, overrides
 
-    teacher = ('teacher', 'teacher', config_path('teacher'), 0, [f'models.model.dst_ckpt={teacher_ckpt}',
-                                                                   *args.overrides])
+    teacher = ('teacher', 'teacher', config_path('teacher'), 0, [f'models.model.dst_ckpt={teacher_ckpt}'])
+    if args.teacher_dir and not args.table_only:
+        borrow_teacher(os.path.abspath(args.teacher_dir), out_dir)
     runs = [plan(method, point, overrides, seed) for seed in range(args.seeds) for method in args.methods
             for point, overrides in grid[method]]
     if args.records_dir:
