@@ -51,6 +51,8 @@ CLAIMS = (
      '(token-level KD: Kim & Rush 2016)', LM, 'kd', 'ce', LM_KEY + 'perplexity', -1),
     ('PESF-KD (LoRA, adapter lr 1e-3) beats KD, causal LM (perplexity)', f'the idea of {PESF}, new at token level here',
      LM, 'pesfkd@lr=1e-3', 'kd', LM_KEY + 'perplexity', -1),
+    ('PESF-KD (LoRA, adapter lr 1e-4) beats KD, causal LM (perplexity)', 'as above', LM, 'pesfkd@lr=1e-4', 'kd',
+     LM_KEY + 'perplexity', -1),
     ('Z-score on forward KL beats forward KL, causal LM (perplexity)', f'the plug-in claim of the {ZSCORE}, untested '
      'on LMs there', LM, 'zscore', 'kd', LM_KEY + 'perplexity', -1),
     ('Z-score on DKD beats DKD', f'"other distillation variants can obtain considerable gain" ({ZSCORE}, '
