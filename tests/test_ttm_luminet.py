@@ -282,3 +282,14 @@ def test_scatter_prints_each_methods_means_and_draws_them(tmp_path, capsys):
     assert '| KD | 2 | 0.300 ± 1.271 | 4.000 ± 0.000 | 81.000 ± 12.706 |' in text
     assert '| TTM | 2 | 2.000 ± 12.706 | 4.000 ± 0.000 | 83.000 ± 25.412 |' in text
     assert out.stat().st_size > 10000
+    # --symlog draws that panel on a symmetric log axis (collapsed runs' gaps span orders of magnitude)
+    import matplotlib.pyplot as plt
+    seen = []
+    original = plt.Axes.set_xscale
+    plt.Axes.set_xscale = lambda self, *a, **k: (seen.append(a[0]), original(self, *a, **k))[1]
+    try:
+        analyze.main(['scatter', '--runs', str(tmp_path), '--methods', 'kd', 'ttm', '--symlog', 'test_gap', '--out',
+                      str(tmp_path / 'symlog.png')])
+    finally:
+        plt.Axes.set_xscale = original
+    assert seen == ['symlog'] and (tmp_path / 'symlog.png').stat().st_size > 10000

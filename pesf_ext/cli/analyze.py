@@ -612,8 +612,11 @@ def scatter_main(args):
             for color, m in zip(colors, methods):
                 (x, xh), (y, yh) = stats[m][key], stats[m][args.y]
                 ax.errorbar(x, y, xerr=xh, yerr=yh, fmt='o', color=color, capsize=3, label=label_of(m))
-                ax.annotate(label_of(m), (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
-            ax.set_xlabel(f'{key} (mean over seeds)')
+                if len(methods) <= 5:  # more labels overlap; the legend names the colours
+                    ax.annotate(label_of(m), (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
+            ax.set_xlabel(f'{key} (mean over seeds)' + (', symmetric log scale' if key in args.symlog else ''))
+            if key in args.symlog:  # gaps of collapsed runs span orders of magnitude; linear near 0
+                ax.set_xscale('symlog', linthresh=1.0)
             ax.set_ylabel(f'{args.y} (mean over seeds)')
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8, loc='best')
@@ -744,6 +747,8 @@ def main(argv=None):
                          help='as paired --key, one panel each (default: %(default)s)')
     scatter.add_argument('--y', default='test_top1', help='as paired --key (default: %(default)s)')
     scatter.add_argument('--out', help='also write the figure to this PNG')
+    scatter.add_argument('--symlog', nargs='+', default=[], metavar='KEY',
+                         help='--x keys drawn on a symmetric log axis (linear within ±1)')
     for command in (figures, converge, paired, pairs, grid, scatter):
         command.add_argument('--seeds', type=int, default=None,
                              help='only seeds 0 .. SEEDS-1, as tools/compare.py --seeds (default: every seed recorded)')
