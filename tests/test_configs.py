@@ -141,3 +141,23 @@ def test_rco_student_follows_the_route_the_teacher_run_saved(family, tiny_world,
     assert [m.split(' (')[0] for m in loaded] == ['RCO: epoch 0 learns from anchor 1/2',
                                                   'RCO: epoch 1 learns from anchor 2/2']
     assert results['test']['teacher'] == teacher_results['test']['student']
+
+
+@pytest.mark.parametrize('name', sorted(make_configs.DIVERGENCES))
+def test_divergence_zscore_config_is_zscore_kd_with_another_divergence(name):
+    """<divergence>_zscore changes one thing from Z-score KD (the divergence), <divergence> one thing from KD."""
+    def criterion(method):
+        config = load_config(os.path.join(ROOT, 'configs', 'fashion_mnist', f'resnet56_resnet20_{method}.yaml'))
+        (term,) = config['train']['criterion']['kwargs']['sub_terms'].values()
+        return config, term['criterion']['kwargs']
+
+    divergence, options, _ = make_configs.DIVERGENCES[name]
+    for method, reference in ((f'{name}_zscore', 'zscore'), (name, 'kd')):
+        (config, kwargs), (reference_config, reference_kwargs) = criterion(method), criterion(reference)
+        assert kwargs.pop('divergence') == divergence
+        for option in options:
+            kwargs.pop(option)
+        reference_kwargs.pop('reduction', None)
+        assert kwargs.pop('logit_standardization', False) is method.endswith('_zscore')
+        assert kwargs == reference_kwargs, method
+        assert config['models']['student_model']['key'] == reference_config['models']['student_model']['key']

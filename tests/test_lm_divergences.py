@@ -267,6 +267,26 @@ def test_token_kd_loss_on_classification_logits():
     assert torch.allclose(run_loss(loss, z_s, z_t, y), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize('divergence', ['forward_kl', 'reverse_kl'])
+def test_token_kd_loss_with_zscore_is_zscore_kd_with_that_divergence(divergence):
+    """The *_zscore image configs: Z-score KD (Sun et al., CVPR 2024) with the divergence swapped. CE on the raw
+    student logits; the divergence on per-sample Z-scored logits (unbiased std) at temperature T, times T^2."""
+    from pesf_ext.losses.zscore import ZScoreKDLoss
+    gen = torch.Generator().manual_seed(7)
+    z_s, z_t, y = torch.randn(5, 4, generator=gen) * 3, torch.randn(5, 4, generator=gen), torch.tensor([0, 3, 1, 1, 2])
+    loss = TokenKDLoss(temperature=2.0, alpha=0.1, beta=9.0, divergence=divergence, logit_standardization=True)
+
+    def zscored(z):
+        return (z - z.mean(dim=1, keepdim=True)) / z.std(dim=1, keepdim=True)
+    p_t, p_s = probs(zscored(z_t), 2.0), probs(zscored(z_s), 2.0)
+    kl = kl_rows(p_t, p_s) if divergence == 'forward_kl' else kl_rows(p_s, p_t)
+    expected = 0.1 * torch.nn.functional.cross_entropy(z_s, y) + 9.0 * 4.0 * kl.mean()
+    assert torch.allclose(run_loss(loss, z_s, z_t, y), expected, atol=1e-5)
+    if divergence == 'forward_kl':
+        zscore_kd = ZScoreKDLoss('.', 'output', '.', 'output', temperature=2.0, alpha=0.1, beta=9.0)
+        assert torch.allclose(run_loss(zscore_kd, z_s, z_t, y), expected, atol=1e-5)
+
+
 def grads(loss, z_s, z_t, labels):
     z_s.grad = z_t.grad = None
     run_loss(loss, z_s, z_t, labels).backward()

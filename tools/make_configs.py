@@ -411,15 +411,19 @@ DIVERGENCES = {   # the LM divergences of TokenKDLoss on [N, K] logits: name -> 
 }
 
 
-def divergence_term(name):
+def divergence_term(name, zscore=False):
     """KD with another divergence in place of KL(p_t || p_s): KD's temperature and weights, so the divergence is
-    the only change."""
+    the only change. With ``zscore``: Z-score KD's standardization, temperature and weights, so the divergence is
+    the only change from Z-score KD."""
     divergence, options, source = DIVERGENCES[name]
 
     def term(ctx):
-        return sub_term(name, 'TokenKDLoss', logits(
-            temperature=4.0, alpha=note(0.1, 'CE weight, as KD'), beta=0.9, divergence=divergence, **options),
-            about=source)
+        if zscore:
+            weights = dict(temperature=zscore_temperature(ctx), alpha=note(*ctx.data.zscore_ce_weight),
+                           beta=note(*ctx.data.zscore_kd_weight), logit_standardization=True, std='unbiased')
+        else:
+            weights = dict(temperature=4.0, alpha=note(0.1, 'CE weight, as KD'), beta=0.9)
+        return sub_term(name, 'TokenKDLoss', logits(**weights, divergence=divergence, **options), about=source)
     return term
 
 
@@ -811,6 +815,7 @@ METHODS = {m.name: m for m in (
     Method('wttm_zscore', (ttm_term(weighted=True, zscore=True),)),
     Method('luminet', (luminet_term,)),
     *(Method(name, (divergence_term(name),)) for name in DIVERGENCES),
+    *(Method(f'{name}_zscore', (divergence_term(name, zscore=True),)) for name in DIVERGENCES),
     # representation methods as in CRD / RepDistiller: CE + weight * loss; with PESF-KD: the PESF-KD loss + the same
     Method('pkt', CE_ONLY + (pkt_term,), features='pkt'),
     Method('rkd', CE_ONLY + (rkd_term,), features='rkd'),

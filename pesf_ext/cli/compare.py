@@ -62,6 +62,7 @@ LABELS = {
     'luminet': 'LumiNet', 'rkl': 'Reverse KL', 'jsd': 'Generalized JSD', 'skew_kl': 'Skew KL',
     'skew_rkl': 'Skew reverse KL', 'tv': 'Total variation', 'taid': 'TAID',
 }
+LABELS.update({f'{name}_zscore': f'{LABELS[name]} + Z-score' for name in ('rkl', 'jsd', 'skew_kl', 'skew_rkl', 'tv', 'taid')})
 DEFAULT_METHODS = (STUDENT_CE, 'kd', 'pesfkd', 'ftkd', 'zscore', 'pesfkd_zscore', 'dml', 'kdcl', 'pkt', 'crd', 'rkd',
                    'pesfkd_pkt', 'pesfkd_crd', 'pesfkd_rkd', 'dkd', 'dkd_zscore')
 SPEED_NOTE = ('s/step: mean training step time of each run as it ran (with --jobs N, N runs shared the CPU), '
