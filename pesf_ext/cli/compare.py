@@ -161,6 +161,22 @@ def parse_grid(specs, methods):
     return {method: [point_of(values) for values in itertools.product(*axes[method])] for method in methods}
 
 
+def publish_table(text, out_dir, records_dir=None, write=True, summary=None):
+    """Print a study's table; with ``write``, save it as <out_dir>/results/table.md (and ``summary`` as
+    summary.json beside it); then copy the records to ``records_dir``. Table-only calls pass ``write=False``: they
+    read committed records and write nothing."""
+    print(text)
+    if write:
+        os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
+        with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
+            f.write(text + '\n')
+        if summary is not None:
+            with open(os.path.join(out_dir, 'results', 'summary.json'), 'w') as f:
+                json.dump(summary, f, indent=2)
+    if records_dir:
+        copy_records(out_dir, os.path.abspath(records_dir))
+
+
 def copy_records(source, target):
     """Copies the summaries and per-epoch records of the runs finished in ``source`` (their summary JSON exists) to
     ``target`` (each a run folder), where missing. An unfinished run's records stay behind: elsewhere it starts again."""
@@ -503,15 +519,8 @@ def main(argv=None):
              'logsumexp(z_t) - logsumexp(z_s); KL (at the '
              "loss's temperature, without tau^2) and top-1 agreement: validation set after the last epoch. "
              + SPEED_NOTE + (' ' + machines_note(rows) if rows else ''))
-    print(text)
-    if not args.table_only:  # a table-only call writes nothing: it reads committed records (docs/results/...)
-        os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
-        with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
-            f.write(text + '\n')
-        with open(os.path.join(out_dir, 'results', 'summary.json'), 'w') as f:
-            json.dump({'args': vars(args), 'rows': rows, 'failures': failures}, f, indent=2)
-    if records_dir:
-        copy_records(out_dir, records_dir)
+    publish_table(text, out_dir, records_dir, write=not args.table_only,
+                  summary={'args': vars(args), 'rows': rows, 'failures': failures})
     return rows
 
 

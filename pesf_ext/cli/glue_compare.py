@@ -18,7 +18,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from .compare import LABELS, SPEED_NOTE, alone, copy_records, last_record, summarize, table
+from .compare import LABELS, SPEED_NOTE, alone, copy_records, last_record, publish_table, summarize, table
 from .paths import configs_dir
 from .quickstart import EPOCH_METRICS_OVERRIDES, ROOT, RunFailed, records_path, run, summary_path
 
@@ -134,12 +134,7 @@ def main(argv=None):
              f'0..{args.seeds - 1} paired. Δ: mean over seeds of (method - {LABELS.get(args.reference)}) with the 95% '
              't-interval. Teacher column: the teacher as used at test time (adapted for PESF-KD, fine-tuned online '
              'for FT-KD and DML). ' + SPEED_NOTE)
-    print(text)
-    os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
-    with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
-        f.write(text + '\n')
-    if args.records_dir:
-        copy_records(out_dir, os.path.abspath(args.records_dir))
+    publish_table(text, out_dir, args.records_dir)
     return rows
 
 

@@ -21,7 +21,7 @@ import shutil
 import statistics
 import sys
 
-from .compare import copy_records, machine_name, paired_interval, parse_grid, point_text, with_point
+from .compare import copy_records, machine_name, paired_interval, parse_grid, point_text, publish_table, with_point
 from .paths import configs_dir
 from .quickstart import ROOT, RunFailed, run, summary_path
 
@@ -201,13 +201,7 @@ def main(argv=None):
                  f'0..{args.seeds - 1} paired. Δ: mean over seeds of (method - other) with the 95% t-interval; '
                  'negative is better. Teacher perplexity: the teacher as used at test time (adapted for PESF-KD, '
                  f'fine-tuned online for FT-KD). Machine: {", ".join(machines) or "-"}.')
-    print(text)
-    if not args.table_only:  # -table_only writes nothing (it may read committed records)
-        os.makedirs(os.path.join(out_dir, 'results'), exist_ok=True)
-        with open(os.path.join(out_dir, 'results', 'table.md'), 'w') as f:
-            f.write(text + '\n')
-    if args.records_dir:
-        copy_records(out_dir, os.path.abspath(args.records_dir))
+    publish_table(text, out_dir, args.records_dir, write=not args.table_only)
     return rows
 
 
