@@ -25,6 +25,7 @@ LM_KEY = 'lm:'   # a key read from the causal-LM summaries' test.student (``lm:p
 RATIO = 'ratio:'   # a key of the run summaries compared as the paired ratio METHOD / REFERENCE (per seed), not a difference
 PESF = 'PESF-KD paper (Rao et al., IEEE TMM 2023)'
 ZSCORE = 'Z-score paper (Sun et al., CVPR 2024)'
+TTM = 'TTM paper (Zheng & Yang, ICLR 2024), zkxufo/TTM README'
 # (claim, what the paper reports, records, method, reference, key, sign the paper claims: +1 larger, -1 smaller)
 CLAIMS = (
     ('KD beats a student trained on labels alone (the regime can test KD at all)', 'the premise of every method '
@@ -55,6 +56,13 @@ CLAIMS = (
      LM_KEY + 'perplexity', -1),
     ('Z-score on forward KL beats forward KL, causal LM (perplexity)', f'the plug-in claim of the {ZSCORE}, untested '
      'on LMs there', LM, 'zscore', 'kd', LM_KEY + 'perplexity', -1),
+    ('TTM beats KD (gamma 0.1, weight 45: the authors\' CIFAR-100 values)', f'TTM 71.83 against KD 70.66, CIFAR-100 '
+     f'ResNet-56 → ResNet-20 ({TTM})', EPYC, 'ttm', 'kd', 'test_top1', +1),
+    ('WTTM beats KD', f'WTTM 71.92 against KD 70.66, as above ({TTM})', EPYC, 'wttm', 'kd', 'test_top1', +1),
+    ('LumiNet beats KD', 'LumiNet 72.29 against KD 70.66, CIFAR-100 ResNet-56 → ResNet-20 (LumiNet (Hossain et al. '
+     '2023), ismail31416/LumiNet README)', EPYC, 'luminet', 'kd', 'test_top1', +1),
+    ('Z-score on TTM beats TTM', f'the plug-in claim of the {ZSCORE}; TTM is not among its methods', EPYC,
+     'ttm_zscore', 'ttm', 'test_top1', +1),
     ('Z-score on DKD beats DKD', f'"other distillation variants can obtain considerable gain" ({ZSCORE}, '
      'abstract), DKD among them', XEON, 'dkd_zscore',
      'dkd', 'test_top1', +1),
