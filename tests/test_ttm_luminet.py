@@ -293,3 +293,31 @@ def test_scatter_prints_each_methods_means_and_draws_them(tmp_path, capsys):
     finally:
         plt.Axes.set_xscale = original
     assert seen == ['symlog'] and (tmp_path / 'symlog.png').stat().st_size > 10000
+
+
+def test_scatter_with_many_methods_keeps_points_apart_and_the_legend_outside(tmp_path, monkeypatch):
+    """Past ten methods tab10's colours repeat, so the marker changes; past eight the legend goes beside the
+    panels (inside, it hid the collapsed runs' points)."""
+    import json
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import analyze
+    import matplotlib.pyplot as plt
+    (tmp_path / 'results').mkdir()
+    (tmp_path / 'logs').mkdir()
+    methods = [f'm{i}' for i in range(12)]
+    for i, method in enumerate(methods):
+        for seed in range(2):
+            label = f'{method}_seed{seed}'
+            (tmp_path / 'results' / f'{label}.json').write_text(json.dumps(
+                {'test': {'student': {'top1': 50.0 + i + seed}, 'sharpness_gap': 0.1 * i}}))
+            (tmp_path / 'logs' / f'{label}_epochs.jsonl').write_text(json.dumps({'epoch': 0, 'teacher_logit_std': 4.0}))
+    drawn, legends = [], []
+    errorbar, legend = plt.Axes.errorbar, plt.Figure.legend
+    monkeypatch.setattr(plt.Axes, 'errorbar', lambda self, *a, **k: (drawn.append((k['color'][:3].tolist(), k['fmt'])),
+                                                                   errorbar(self, *a, **k))[1])
+    monkeypatch.setattr(plt.Figure, 'legend', lambda self, *a, **k: (legends.append(k), legend(self, *a, **k))[1])
+    out = tmp_path / 'many.png'
+    analyze.main(['scatter', '--runs', str(tmp_path), '--methods', *methods, '--out', str(out)])
+    first_panel = drawn[:len(methods)]
+    assert len({(tuple(color), fmt) for color, fmt in first_panel}) == len(methods)
+    assert legends and legends[0]['loc'] == 'center left' and out.stat().st_size > 10000

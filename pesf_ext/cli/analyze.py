@@ -607,11 +607,14 @@ def scatter_main(args):
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, len(args.x), figsize=(5.2 * len(args.x), 4.2), squeeze=False)
+        # past ten methods, tab10's colours repeat: the marker tells the repeats apart
         colors = plt.get_cmap('tab10')(np.arange(len(methods)) % 10)
+        markers = ['o', 's', '^', 'D'][:1 + (len(methods) - 1) // 10]
         for ax, key in zip(axes[0], args.x):
-            for color, m in zip(colors, methods):
+            for i, (color, m) in enumerate(zip(colors, methods)):
                 (x, xh), (y, yh) = stats[m][key], stats[m][args.y]
-                ax.errorbar(x, y, xerr=xh, yerr=yh, fmt='o', color=color, capsize=3, label=label_of(m))
+                ax.errorbar(x, y, xerr=xh, yerr=yh, fmt=markers[i // 10 % len(markers)], color=color, capsize=3,
+                            label=label_of(m))
                 if len(methods) <= 5:  # more labels overlap; the legend names the colours
                     ax.annotate(label_of(m), (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
             ax.set_xlabel(f'{key} (mean over seeds)' + (', symmetric log scale' if key in args.symlog else ''))
@@ -619,11 +622,16 @@ def scatter_main(args):
                 ax.set_xscale('symlog', linthresh=1.0)
             ax.set_ylabel(f'{args.y} (mean over seeds)')
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8, loc='best')
         fig.suptitle('one point per method; bars: 95% t-interval of the mean over seeds', fontsize=9)
-        fig.tight_layout()
+        if len(methods) <= 8:
+            axes[0][0].legend(fontsize=8, loc='best')
+            fig.tight_layout()
+        else:  # a legend inside would hide points: beside the panels
+            fig.tight_layout(rect=(0, 0, 0.8, 1))
+            fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc='center left',
+                       bbox_to_anchor=(0.8, 0.5))
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        fig.savefig(args.out, dpi=120)
+        fig.savefig(args.out, dpi=120, bbox_inches='tight')  # the legend beside the panels included
         plt.close(fig)
         print(args.out)
     return text
