@@ -61,7 +61,7 @@ CLAIMS = (
     ('WTTM beats KD', f'WTTM 71.92 against KD 70.66, as above ({TTM})', EPYC, 'wttm', 'kd', 'test_top1', +1),
     ('LumiNet beats KD', 'LumiNet 72.29 against KD 70.66, CIFAR-100 ResNet-56 → ResNet-20 (LumiNet (Hossain et al. '
      '2023), ismail31416/LumiNet README)', EPYC, 'luminet', 'kd', 'test_top1', +1),
-    ('TTM at weight 4.5 (its gradient on KD\'s scale here; the weight fixed before the runs) beats KD', f'TTM above KD at the '
+    ('TTM at weight 4.5 (its gradient on KD\'s scale here; the weight fixed before the runs) beats KD', 'TTM above KD at the '
      f'authors\' weights, as in the TTM row ({TTM})',
      EPYC, 'ttm__beta-4.5', 'kd', 'test_top1', +1),
     ('TTM at weight 1 (the CE term\'s scale) beats KD', 'as in the row above', EPYC, 'ttm__beta-1', 'kd', 'test_top1', +1),
