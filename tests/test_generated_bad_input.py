@@ -309,3 +309,98 @@ def test_mutated_glue_config_ends_in_one_line(glue_world, monkeypatch):
     config = load_config(path)
     config['models']['teacher_model']['src_ckpt'] = truncated
     one_line(*dry_run_text(tmp, bert, data, config), ['models.teacher_model.src_ckpt', truncated])
+
+
+# ---------------------------------------------------------------- causal LMs (offline configs, one GPU config)
+
+try:  # tiny Qwen2 / GPT-2 folders and an offline tokenizer (module-scoped fixture), as test_lm_configs builds them
+    from test_lm_configs import shrink, tiny_dirs  # noqa: F401
+except pytest.skip.Exception:  # transformers, datasets or peft missing: the causal-LM cases skip
+    shrink = tiny_dirs = None
+LM_CONFIGS = sorted(os.path.join('configs', 'causal_lm_offline', name)
+                    for name in os.listdir(os.path.join(ROOT, 'configs', 'causal_lm_offline'))) + \
+    [os.path.join('configs', 'causal_lm', 'qwen2.5_1.5b_0.5b_dolly_pesfkd.yaml')]
+
+
+def lm_entry(config):
+    return config['datasets']['lm']
+
+
+def lm_data_file(tmp, name, text):
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+def lm_mutations(config, tmp):
+    """(description, edit, needles) of the causal-LM entry, the LoRA teacher and the token-level loss."""
+    entry = lm_entry(config)
+    length = 'max_length' if entry['kind'] == 'instruction' else 'block_size'
+    cut = lm_data_file(tmp, 'cut.jsonl', '{"instruction": "a", "context": "", "response": "b"}\n{"instruction": "a')
+    no_response = lm_data_file(tmp, 'no_response.jsonl', '{"instruction": "a", "context": ""}\n')
+    empty = lm_data_file(tmp, 'empty.txt', '')
+    mutations = [
+        (f'`datasets.lm.{length}x`', lambda c: lm_entry(c).update({f'{length}x': 8}),
+         [f'datasets.lm.{length}x: unknown key', f'Closest: {length}']),
+        (f'{length} past the context', lambda c: lm_entry(c).update({length: 100_000}),
+         [f'datasets.lm.{length}: 100000 tokens exceed the context of models.']),
+        (f'{length}: 0', lambda c: lm_entry(c).update({length: 0}), [f'datasets.lm.{length}: must be an integer']),
+        ('empty train file', lambda c: lm_entry(c)['data_files'].update(train=[empty]),
+         ['datasets.lm.data_files.train:', empty]),
+        ('max_samples not a mapping', lambda c: lm_entry(c).update(max_samples=10), ['datasets.lm.max_samples']),
+    ]
+    if entry['kind'] == 'instruction':
+        mutations += [
+            ('cut JSON line', lambda c: lm_entry(c)['data_files'].update(train=[cut]), [cut, 'line 2', 'not valid JSON']),
+            ('record without response', lambda c: lm_entry(c)['data_files'].update(train=[no_response]),
+             [no_response, 'line 1', '`response`']),
+        ]
+    else:
+        mutations.append(('prompt_template on text data', lambda c: lm_entry(c).update(prompt_template='{x}'),
+                          ["datasets.lm.prompt_template: applies to kind 'instruction' only"]))
+    wrapper = ((config['train'].get('teacher') or {}).get('auxiliary_model_wrapper') or {})
+    if wrapper.get('key') == 'LoRATeacher':
+        key = 'train.teacher.auxiliary_model_wrapper'
+        mutations += [
+            ('LoRA `lora_alpah`', lambda c: c['train']['teacher']['auxiliary_model_wrapper']['kwargs'].update(
+                lora_alpah=8), [f'{key}.kwargs.lora_alpah: not an argument of LoRATeacher', 'Closest: lora_alpha']),
+            ('LoRA target matching nothing', lambda c: c['train']['teacher']['auxiliary_model_wrapper'][
+                'kwargs'].update(target_modules=['qkv']), [f'{key}.kwargs.target_modules', 'linear layers are named']),
+            ("LoRA teacher with teacher_update 'frozen'", lambda c: first_term_kwargs(c)[1].update(
+                teacher_update='frozen'), [f"{key}: teacher_update 'frozen'"]),
+        ]
+    return mutations
+
+
+def lm_dry_run(config, tmp, argv=()):
+    """``-dry_run`` of the causal-LM runner (command line parsed inside the guard, as its options exit there)."""
+    from pesf_ext.lm.runner import get_lm_args, run_lm
+
+    def call():
+        args = get_lm_args(['--config', 'unused.yaml', '--device', 'cpu', '--seed', '0', '-dry_run',
+                            '--cache_dir', str(tmp / 'cache'), *argv])
+        return run_lm(args, config=config)
+    return guarded(call, None)
+
+
+@pytest.mark.parametrize('index, path', list(enumerate(LM_CONFIGS)))
+def test_mutated_lm_configs_end_in_one_line(index, path, request, tmp_path):
+    if shrink is None:
+        pytest.skip('transformers, datasets or peft not installed')
+    dirs = request.getfixturevalue('tiny_dirs')
+
+    def base():
+        return shrink(load_config(os.path.join(ROOT, path)), dirs, tmp_path)
+    status, stderr = lm_dry_run(base(), tmp_path)
+    assert status == 0, stderr[-2000:]  # the unmutated config passes
+    config = base()
+    values = value_mutations(config, index)
+    mutations = [(what, edit, [needle]) for what, edit, needle in values[index % 2::2]]  # every other key
+    mutations += [(what, edit, [needle]) for what, edit, needle in unknown_key_mutations(config)[:3]]
+    mutations += lm_mutations(config, tmp_path)
+    for what, edit, needles in mutations:
+        config = base()
+        edit(config)
+        one_line(*lm_dry_run(config, tmp_path), needles)
+    for option, value in (('--rouge_samples', '-1'), ('--max_new_tokens', '0')):
+        one_line(*lm_dry_run(base(), tmp_path, [option, value]), [f'{option}: must be an integer >='])

@@ -12,6 +12,7 @@ same cases and checks that docs/bad_input.md is what they print today.
 import argparse
 import contextlib
 import io
+import json
 import math
 import os
 import sys
@@ -197,7 +198,112 @@ def run_all(cases=CASES):
         return [(case, *run_case(case, base_path, tmp_dir)) for case in cases]
 
 
-def markdown(rows):
+LM_BASE = os.path.join(ROOT, 'configs', 'causal_lm_offline', 'gpt2_4l_gpt2_2l_stdlib_pesfkd.yaml')
+LM_RECORD = {'instruction': 'Name a colour.', 'response': 'Red.'}
+
+
+def lm_write(tmp_dir, name, text):
+    path = os.path.join(tmp_dir, name)
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def lm_instructions(text):
+    """An edit that turns the base config's text entry into an instruction entry reading ``text`` as its file."""
+    def edit(config, tmp_dir):
+        entry = config['datasets']['lm']
+        path = lm_write(tmp_dir, 'data.jsonl', text)
+        config['datasets']['lm'] = {'kind': 'instruction', 'data_files': {'train': [path]},
+                                    'prompt_template': '{instruction}\n', 'response_field': 'response',
+                                    'max_length': 64, 'held_out': {'validation': 2, 'test': 2},
+                                    'dataset_id_map': entry['dataset_id_map']}
+    return edit
+
+
+def lm_set(getter, **values):
+    def edit(config, tmp_dir):
+        getter(config).update(values)
+    return edit
+
+
+def lm_loss(config):
+    return config['train']['criterion']['kwargs']['sub_terms']['pesfkd']['criterion']['kwargs']
+
+
+def lm_lora(config):
+    return config['train']['teacher']['auxiliary_model_wrapper']['kwargs']
+
+
+def lm_weights_only(config, tmp_dir):
+    """A student folder with config.json and weights but no tokenizer (--student_model points at it)."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+    folder = os.path.join(tmp_dir, 'gpt2-2l-weights-only')
+    AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=128, n_head=2, n_positions=128,
+                                                vocab_size=1024)).save_pretrained(folder)
+    return ['--student_model', folder]
+
+
+LM_LINES = json.dumps(LM_RECORD) + '\n'
+LM_CASES = [
+    Case('a JSON-lines record without its `response`', lm_instructions(
+        LM_LINES * 3 + json.dumps({'instruction': 'Name a fruit.'}) + '\n')),
+    Case('a JSON-lines file cut in the middle of a line', lm_instructions(LM_LINES * 2 + '{"instruction": "Na')),
+    Case('an empty JSON-lines file', lm_instructions('')),
+    Case('`datasets.lm.block_sise: 64` (misspelt)', lm_set(lambda c: c['datasets']['lm'], block_sise=64)),
+    Case('`block_size: 512` past the models\' context (n_positions 128)',
+         lm_set(lambda c: c['datasets']['lm'], block_size=512)),
+    Case("`teacher_update: 'frozen'` with the `LoRATeacher` kept", lm_set(lm_loss, teacher_update='frozen')),
+    Case('LoRA `target_modules: [q_proj]` on GPT-2', lm_set(lm_lora, target_modules=['q_proj'])),
+    Case('LoRA `lora_alpah: 8` (misspelt)', lm_set(lm_lora, lora_alpah=8)),
+    Case('`TokenKDLoss` `temprature: 2.0` (misspelt)', lm_set(lm_loss, temprature=2.0)),
+    Case('`--rouge_samples -1`', argv=['--rouge_samples', '-1']),
+    Case('`--max_new_tokens 0`', argv=['--max_new_tokens', '0']),
+    Case('`--student_model` folder with weights but no tokenizer', text=lm_weights_only),
+]
+
+
+def run_lm_case(case, tmp_dir):
+    """One causal-LM case through the command line and guard of ``tools/causal_lm.py``; (status, last line)."""
+    from pesf_ext.lm.runner import get_lm_args, run_lm
+    config = load_config(LM_BASE)
+    config['models']['teacher_model']['src_ckpt'] = None  # a random teacher: every row stops before training
+    config['models']['student_model']['dst_ckpt'] = os.path.join(tmp_dir, 'ckpt', 'student.pt')
+    if case.edit is not None:
+        case.edit(config, tmp_dir)
+    argv = case.argv + (case.text(config, tmp_dir) if case.text is not None else [])
+    stderr, status = io.StringIO(), 0
+    with contextlib.redirect_stderr(stderr):
+        try:
+            main_guard(lambda: run_lm(get_lm_args(['--config', LM_BASE, '--device', 'cpu', '--seed', '0',
+                                                    '--cache_dir', os.path.join(tmp_dir, 'cache'), *argv]),
+                                      config=config), None)
+        except SystemExit as exit_:
+            status = exit_.code
+    lines = stderr.getvalue().strip().splitlines()
+    return status, (lines[-1] if lines else '').replace(tmp_dir, '<tmp>')
+
+
+def run_lm_all(cases=LM_CASES):
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp_dir = os.path.realpath(tmp_dir)
+        return [(case, *run_lm_case(case, tmp_dir)) for case in cases]
+
+
+def lm_markdown(rows):
+    """The causal-LM section: one row per case (what, the line); every case exits with status 1."""
+    lines = ['## Causal language models', '',
+             'Each row starts from `configs/causal_lm_offline/gpt2_4l_gpt2_2l_stdlib_pesfkd.yaml` (a random teacher),',
+             'changes one thing and runs it through the guard of `tools/causal_lm.py`. Every row exits with status 1',
+             'before any weights are trained: the data entry, its local files and the models\' `config.json` are',
+             'checked before a model is loaded, the tokenizers before any text is tokenized.', '',
+             '| what the user gave | the one line on stderr |', '|---|---|']
+    for case, status, line in rows:
+        lines.append(f'| {case.what} | {line.replace("|", "&#124;")} |')
+    return lines + ['']
+
+
+def markdown(rows, lm_rows=()):
     lines = ['# Bad input: what the user gets', '',
              'Written by `python tools/bad_input_table.py --write docs/bad_input.md`; tests/test_bad_input.py checks',
              'that this file matches what the runner prints today. Each row starts from',
@@ -209,7 +315,7 @@ def markdown(rows):
              '', '| what the user gave | exit status | the one line on stderr |', '|---|---|---|']
     for case, status, line in rows:
         lines.append(f'| {case.what} | {status} | {line.replace("|", "&#124;")} |')
-    return '\n'.join(lines + [''] + NOTES) + '\n'
+    return '\n'.join(lines + [''] + (lm_markdown(lm_rows) if lm_rows else []) + NOTES) + '\n'
 
 
 EPILOG = '''examples:
@@ -250,7 +356,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--write', help='write the Markdown table to this file')
     args = parser.parse_args(argv)
-    text = markdown(run_all())
+    text = markdown(run_all(), run_lm_all())
     if args.write:
         with open(args.write, 'w') as f:
             f.write(text)

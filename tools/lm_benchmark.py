@@ -5,8 +5,9 @@ Models are built from configs with random weights (no download), so the figures 
 method, on the same batches::
 
     python tools/lm_benchmark.py                                   # the offline configs' shapes (CPU)
-    python tools/lm_benchmark.py --arch qwen2 --teacher_layers 28 --student_layers 24 --hidden 1536 \\
-        --student_hidden 896 --vocab 151936 --seq 512 --batch 8 --device cuda --amp bf16
+    python tools/lm_benchmark.py --teacher_shape Qwen2.5-1.5B --student_shape Qwen2.5-0.5B --seq 512 --batch 8 \\
+        --device cuda --amp bf16                                   # the real shapes (pesf_ext.lm.memory.SHAPES)
+    python tools/lm_benchmark.py --memory --batch 4 --seq 512   # bytes at the real shapes, counted: no model built
 
 prints seconds per step, tokens/s, the activations autograd saves for backward (MiB; the tensors held between
 forward and backward, weights excluded), the teacher's trainable parameters and their training state (gradients and
@@ -24,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pesf_ext.lm import memory  # noqa: E402
 from pesf_ext.lm.lora import LoRATeacher  # noqa: E402
 from pesf_ext.losses.divergences import TokenKDLoss  # noqa: E402
 
@@ -49,12 +51,33 @@ def get_args(argv=None):
     parser.add_argument('--record', metavar='JSON', help='also write the set-up, the machine and the figures here')
     parser.add_argument('--from_record', metavar='JSON', help='measure nothing: print the table of a --record file')
     parser.add_argument('--markdown', action='store_true', help='print a Markdown table (as in the README)')
+    parser.add_argument('--teacher_shape', choices=sorted(memory.SHAPES),
+                        help='a real model\'s shape (replaces --arch, --teacher_layers, --hidden, --vocab)')
+    parser.add_argument('--student_shape', choices=sorted(memory.SHAPES),
+                        help='a real model\'s shape (replaces --student_layers, --student_hidden)')
+    parser.add_argument('--memory', action='store_true', help='measure nothing: print the analytic memory table at '
+                        'the real pairs\' shapes (--batch sequences x --seq tokens per GPU)')
+    parser.add_argument('--chunk_tokens', type=int, default=1024, help='--memory: tokens per chunk of the loss')
     return parser.parse_args(argv)
 
 
-def build(arch, layers, hidden, vocab, seq, seed):
+def shape_config(shape):
+    """A transformers config of a :class:`pesf_ext.lm.memory.Shape` (Qwen2 when it has q/k/v biases, else Llama)."""
+    from transformers import LlamaConfig, Qwen2Config
+    cls = Qwen2Config if shape.qkv_bias else LlamaConfig
+    return cls(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+               num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+               tie_word_embeddings=shape.tied)
+
+
+def build(arch, layers, hidden, vocab, seq, seed, shape=None):
+    """A random model: of ``shape`` (a real model's, :data:`pesf_ext.lm.memory.SHAPES`) when given; else of
+    ``arch`` with ``hidden // 64`` heads, a quarter as many key/value heads and a 4 x hidden MLP (a toy shape: Qwen2.5's
+    MLP is about 5.8 x hidden, its heads 128 wide from 1.5B up)."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
     torch.manual_seed(seed)
+    if shape is not None:
+        return AutoModelForCausalLM.from_config(shape_config(memory.SHAPES[shape]))
     heads = max(hidden // 64, 2)
     if arch == 'gpt2':
         config = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=hidden, n_layer=layers, n_head=heads)
@@ -144,8 +167,10 @@ def measure(method, args, teacher_base, student_base, batches, device):
 
 def run(args):
     device = torch.device(args.device)
-    teacher_base = build(args.arch, args.teacher_layers, args.hidden, args.vocab, args.seq, seed=0)
-    student_base = build(args.arch, args.student_layers, args.student_hidden, args.vocab, args.seq, seed=1)
+    teacher_base = build(args.arch, args.teacher_layers, args.hidden, args.vocab, args.seq, 0, args.teacher_shape)
+    student_base = build(args.arch, args.student_layers, args.student_hidden, args.vocab, args.seq, 1,
+                         args.student_shape)
+    args.vocab = min(teacher_base.config.vocab_size, student_base.config.vocab_size)  # ids both output layers have
     gen = torch.Generator().manual_seed(2)
     batches = [torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(device)
                for _ in range(args.steps + 1)]
@@ -211,6 +236,10 @@ def machine_text(device):
 
 def main(argv=None):
     args = get_args(argv)
+    if args.memory:
+        table = memory.memory_table(batch=args.batch, seq=args.seq, r=args.lora_r, chunk_tokens=args.chunk_tokens)
+        print(table)
+        return table
     if args.from_record:
         with open(args.from_record) as f:
             record = json.load(f)

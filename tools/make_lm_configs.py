@@ -4,6 +4,9 @@
   Qwen2.5-1.5B-Instruct -> Qwen2.5-0.5B and GPT-2 XL -> GPT-2 on databricks-dolly-15k (instruction data, loss on
   the response tokens, ROUGE-L of greedy generations on held-out prompts). GPT-2 XL is fine-tuned on the same data
   first (``gpt2_xl_dolly_teacher_sft.yaml``), as MiniLLM and DistiLLM do; the Qwen teacher is instruction-tuned already.
+  Two larger pairs for 8 GPUs with torchrun (FSDP on both models, gradient checkpointing, a chunked loss):
+  Llama-3.1-8B-Instruct -> Llama-3.2-1B-Instruct and Qwen2.5-7B-Instruct -> Qwen2.5-0.5B-Instruct, with KD, PESF-KD
+  (LoRA on every teacher block, ``_pesfkd``; on the last two, ``_pesfkd_last2``) and FT-KD.
 - ``configs/causal_lm_offline/``: what runs anywhere without internet: the Python standard library's source as
   text (split by file), a byte-level BPE tokenizer trained on it, a 4-layer GPT-2-style teacher trained first
   (``gpt2_4l_stdlib_teacher_ce.yaml``) and a 2-layer student distilled on a smaller transfer set.
@@ -34,7 +37,11 @@ METHODS = {
                {'divergence': 'forward_kl', 'logit_standardization': True, 'temperature': 2.0}, 'frozen'),
     'pesfkd': ('PESF-KD: LoRA on the frozen teacher, eqs. 7-8 at token level', {'teacher_update': 'adapters'}, 'lora'),
     'ftkd': ('FT-KD: the whole teacher fine-tuned online', {'teacher_update': 'full'}, 'full'),
+    'pesfkd_last2': ('PESF-KD: LoRA on the last 2 teacher blocks, eqs. 7-8 at token level', {
+        'teacher_update': 'adapters'}, 'lora_last2'),
 }
+DEFAULT_METHODS = ('kd', 'rkl', 'jsd', 'skew_kl', 'skew_rkl', 'taid', 'zscore', 'pesfkd', 'ftkd')
+BIG_METHODS = ('kd', 'pesfkd', 'pesfkd_last2', 'ftkd')
 DOLLY = {
     'kind': 'instruction',
     'hub_name': 'databricks/databricks-dolly-15k',
@@ -96,6 +103,30 @@ PAIRS = {
         teacher_samples=8000, teacher_epochs=1, transfer_samples=256,
         note='CPU, offline: Python standard library source as text; run gpt2_4l_stdlib_teacher_ce.yaml first'),
 }
+# 8 GPUs (80 GB) with torchrun: both models sharded by FSDP, activations recomputed in backward, the loss over chunks
+# of tokens (the bytes behind these choices: the Memory section of docs/causal_lm.md, tools/lm_benchmark.py --memory)
+FSDP8 = {'fsdp': ['student', 'teacher'], 'loss_chunk_tokens': 1024, 'nproc': 8}
+BIG_NOTE = ('8 GPUs of 80 GB (H100/A100) with torchrun, FSDP over both models; downloads the models and the data'
+            '{gated}')
+BIG_PAIRS = {
+    # one tokenizer and one 128,256-row output layer for both (Llama 3 vocabulary)
+    'causal_lm/llama3.1_8b_3.2_1b_dolly': dict(
+        teacher=hub_model('Llama-3.1-8B-Instruct', 'meta-llama/Llama-3.1-8B-Instruct'),
+        student=hub_model('Llama-3.2-1B-Instruct', 'meta-llama/Llama-3.2-1B-Instruct'),
+        ckpt_root='./resource/ckpt/causal_lm/llama3_dolly', lr=1e-5, ft_teacher_lr=5e-6,
+        note=BIG_NOTE.format(gated=' (gated: accept the Llama license on the hub, then `huggingface-cli login`)')),
+    # one tokenizer of 151,665 ids; output rows padded past it: 152,064 (7B), 151,936 (0.5B)
+    'causal_lm/qwen2.5_7b_0.5b_dolly': dict(
+        teacher=hub_model('Qwen2.5-7B-Instruct', 'Qwen/Qwen2.5-7B-Instruct'),
+        student=hub_model('Qwen2.5-0.5B-Instruct', 'Qwen/Qwen2.5-0.5B-Instruct'),
+        ckpt_root='./resource/ckpt/causal_lm/qwen2.5_7b_dolly', lr=2e-5, ft_teacher_lr=5e-6,
+        note=BIG_NOTE.format(gated='')),
+}
+for _pair, _setup in BIG_PAIRS.items():
+    _setup.update(student_ce=None, teacher_ce=None, data=DOLLY, body='model', epochs=3, batch=4, eval_batch=8,
+                  teacher_lr=1e-4, amp='bf16', rouge_samples=200, methods=BIG_METHODS, speed=FSDP8,
+                  teacher_untied=['lm_head'])  # the 7B/8B teachers' output layers are untied, the students' tied
+PAIRS.update(BIG_PAIRS)
 
 
 def loader(dataset_id, batch, shuffle):
@@ -120,6 +151,15 @@ def common(setup, data):
     if setup['amp']:
         result['speed'] = {'amp': setup['amp']}
     return result, ids
+
+
+def multi_gpu_speed(setup, teacher_side):
+    """``speed`` of a pair run over several GPUs: FSDP on both models, gradient checkpointing on each model that
+    backpropagates (the student; the teacher too unless it is frozen), the loss over chunks of tokens."""
+    fsdp = setup['speed']
+    return {'amp': setup['amp'], 'fsdp': list(fsdp['fsdp']),
+            'gradient_checkpointing': ['student'] + ([] if teacher_side == 'frozen' else ['teacher']),
+            'loss_chunk_tokens': fsdp['loss_chunk_tokens']}
 
 
 def schedule(setup, epochs, module_wise, lr):
@@ -182,14 +222,18 @@ def kd_config(pair, setup, method):
     config['models'] = {'teacher_model': teacher, 'student_model': student}
     teacher_train = side()
     module_wise = [{'module': setup['body'], 'is_teacher': False, 'kwargs': {'lr': setup['lr']}}]
+    if setup.get('speed'):
+        config['speed'] = multi_gpu_speed(setup, teacher_side)
     if teacher_side == 'frozen':
         teacher_train['requires_grad'] = False
-    elif teacher_side == 'lora':
+    elif teacher_side.startswith('lora'):
+        last_layers = int(teacher_side[len('lora_last'):]) if teacher_side.startswith('lora_last') else None
         teacher_train['auxiliary_model_wrapper'] = {'key': 'LoRATeacher', 'kwargs': {
-            'r': 16, 'lora_alpha': 32, 'lora_dropout': 0.0, 'target_modules': None, 'last_layers': None}}
+            'r': 16, 'lora_alpha': 32, 'lora_dropout': 0.0, 'target_modules': None, 'last_layers': last_layers}}
         module_wise.append({'module': 'model', 'is_teacher': True, 'kwargs': {'lr': setup['teacher_lr']}})
     else:
-        module_wise.append({'module': setup['body'], 'is_teacher': True, 'kwargs': {'lr': setup['ft_teacher_lr']}})
+        for module in [setup['body']] + setup.get('teacher_untied', []):  # an untied output layer is outside the body
+            module_wise.append({'module': module, 'is_teacher': True, 'kwargs': {'lr': setup['ft_teacher_lr']}})
     train = {'log_freq': 50, 'num_epochs': setup['epochs'],
              'train_data_loader': loader(ids['train'], setup['batch'], True),
              'val_data_loader': loader(ids['validation'], setup['eval_batch'], False),
@@ -206,9 +250,10 @@ def kd_config(pair, setup, method):
     return config, title
 
 
-def header(path, title, note):
+def header(path, title, note, nproc=None):
+    launcher = f'torchrun --nproc_per_node={nproc}' if nproc else 'python'
     return [title, 'Generated by tools/make_lm_configs.py; run with',
-            f'  python tools/causal_lm.py --config {path} --seed 0', note + '.']
+            f'  {launcher} tools/causal_lm.py --config {path} --seed 0', note + '.']
 
 
 def all_configs():
@@ -217,10 +262,13 @@ def all_configs():
     for pair, setup in PAIRS.items():
         folder, prefix = pair.split('/')
         teacher_label, student_label = setup['teacher']['key'], setup['student']['key']
-        for method in METHODS:
+        nproc = (setup.get('speed') or {}).get('nproc')
+        for method in setup.get('methods', DEFAULT_METHODS):
             path = f'configs/{folder}/{prefix}_{method}.yaml'
             config, title = kd_config(pair, setup, method)
-            files[path] = (config, header(path, f'{title}: {teacher_label} -> {student_label}', setup['note']))
+            files[path] = (config, header(path, f'{title}: {teacher_label} -> {student_label}', setup['note'], nproc))
+        if not setup['student_ce']:
+            continue
         path = f'configs/{folder}/{setup["student_ce"]}.yaml'
         files[path] = (ce_config(pair, setup, 'student'), header(
             path, f'{student_label} trained alone (next-token CE) on the same data', setup['note']))

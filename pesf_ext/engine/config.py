@@ -184,6 +184,25 @@ def fill_taid_total_steps(config, world_size=1, max_steps_per_epoch=None):
                 taid['total_steps'] = max(steps * stage['num_epochs'], 1)
 
 
+def fill_vocab_size(config, vocab_size):
+    """Every ``TokenKDLoss`` term whose YAML leaves ``vocab_size`` null (or out) gets the shared tokenizer's size V,
+    so its losses compare the first V logit columns of models whose output layers are padded past the tokenizer
+    (as :func:`fill_taid_total_steps` fills TAID's steps). A value in the YAML is kept. Returns the terms' keys."""
+    filled = []
+    for prefix, stage in training_stages(config):
+        criterion = stage.get('criterion') or {}
+        for term_key, key, _, term in criterion_terms(criterion, f'{prefix}.criterion'):
+            if key != 'TokenKDLoss':
+                continue
+            sub = term['criterion']
+            if sub.get('kwargs') is None:
+                sub['kwargs'] = {}
+            if sub['kwargs'].get('vocab_size') is None:
+                sub['kwargs']['vocab_size'] = int(vocab_size)
+                filled.append(term_key)
+    return filled
+
+
 def _validate_stage(stage, key_prefix, has_teacher, needs_training):
     criterion = stage.get('criterion')
     if criterion is None:

@@ -8,6 +8,8 @@ the device, and every model with trainable parameters that torchdistill left unw
 import inspect
 import logging
 import os
+import socket
+from contextlib import contextmanager
 
 import torch
 from torch import distributed as dist
@@ -91,7 +93,8 @@ def wrap_for_distributed(model, device_ids=None, broadcast_buffers=True):
     ``wrap_if_distributed``) are excluded, so nothing is reduced twice; a model whose trainable parameters are all
     under such inner DDPs is left alone.
     """
-    if check_if_wrapped(model) or not has_trainable_params(model):
+    from .fsdp import is_sharded  # FSDP2 (speed.fsdp) synchronises a sharded model itself
+    if check_if_wrapped(model) or is_sharded(model) or not has_trainable_params(model):
         return model
     already_synced = _params_under_ddp(model)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -232,3 +235,55 @@ def is_main_process():
 def barrier():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def get_local_rank():
+    """This process's rank on its own machine: torchrun's ``LOCAL_RANK``, else SLURM's ``SLURM_LOCALID``, else the
+    global rank (one machine); 0 in a single process."""
+    for name in ('LOCAL_RANK', 'SLURM_LOCALID'):
+        if name in os.environ:
+            return int(os.environ[name])
+    return get_rank()
+
+
+@contextmanager
+def main_process_first(local=True):
+    """Runs the block on the first process of each machine (``local=True``: local rank 0) or of the whole run
+    (``local=False``: global rank 0) while the others wait at a barrier, then on the others, which find that
+    process's caches (tokenized data, downloads) instead of building them again at the same time::
+
+        with main_process_first(local=True):
+            datasets = build_datasets(...)   # node-local caches: each node's local rank 0 fills its own
+
+    Every rank must enter it. A no-op in a single process."""
+    if not is_distributed():
+        yield
+        return
+    first = (get_local_rank() if local else get_rank()) == 0
+    if not first:
+        barrier()
+    try:
+        yield
+    finally:
+        if first:
+            barrier()
+
+
+def check_visible_on_all_ranks(path, yaml_key):
+    """True if ``path`` (a file rank 0 may have written) exists. In a distributed run every rank looks after a
+    barrier and the answers are gathered: when rank 0 sees the file and another rank does not, every rank stops
+    with a :class:`ConfigError` naming the path, the ranks and their hosts (checkpoints are written by rank 0 and
+    read by every rank, so ``yaml_key`` must be on a filesystem that all nodes share)."""
+    exists = os.path.isfile(path)
+    if not is_distributed():
+        return exists
+    barrier()
+    exists = os.path.isfile(path)
+    views = [None] * dist.get_world_size()
+    dist.all_gather_object(views, (exists, socket.gethostname()))
+    missing = [f'{rank} ({host})' for rank, (seen, host) in enumerate(views) if not seen]
+    if views[0][0] and missing:
+        raise ConfigError(f'{yaml_key}: {path} was written by rank 0 ({views[0][1]}) but rank(s) {", ".join(missing)} '
+                          'cannot see it; checkpoints are read on every rank, so put them on a filesystem shared by '
+                          'all nodes')
+    return views[0][0]

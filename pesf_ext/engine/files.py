@@ -149,8 +149,9 @@ def load_state(model, state_dict, yaml_key, path, strict=True):
     """``model.load_state_dict(state_dict, strict)``; a mismatch raises :class:`ConfigError` naming the file."""
     if not isinstance(state_dict, dict):
         raise ConfigError(f'{yaml_key}: {path}: holds a {type(state_dict).__name__}, not a state dict')
+    from .fsdp import load_full_state  # a model sharded by FSDP2 (speed.fsdp) takes the full state on every rank
     try:
-        return model.load_state_dict(state_dict, strict=strict)
+        return load_full_state(model, state_dict, strict=strict)
     except (RuntimeError, KeyError, TypeError) as error:
         summary = mismatch_summary(model, state_dict) or first_sentence(error)
         raise ConfigError(f'{yaml_key}: {path}: does not fit {type(model).__name__}: {summary}. Is it a checkpoint '

@@ -221,7 +221,7 @@ WRAPPED_NETWORK_NAMES = ('model', 'student_model', 'teacher_model')  # Linear4CR
 def inference_model(model):
     """The network to evaluate: DDP and auxiliary wrappers removed (their forward may need a supp_dict, as
     torchdistill's ``Linear4CRD`` does), adapter hooks kept (they live on the base model's modules)."""
-    if check_if_wrapped(model):
+    if check_if_wrapped(model) and hasattr(model, 'module'):  # DDP; torchdistill counts FSDP2 modules too (no .module)
         model = model.module
     if isinstance(model, AuxiliaryModelWrapper):  # torchdistill's wrappers keep the network as one of these
         inner = next((getattr(model, name) for name in WRAPPED_NETWORK_NAMES

@@ -31,10 +31,11 @@ from ..epoch_metrics import PROCESS_NAME, check_options, records_paths
 from .checkpoint import checkpoint_paths, load_last, load_teacher_side, save_best, save_last, unwrap
 from .cli import validate_args
 from .config import argument_error, fill_taid_total_steps, load_config, validate_config, validate_model_paths
-from .distributed import (barrier, get_rank, init_distributed, is_main_process, resolve_device, shard_eval_loader,
-                          wrap_box_models)
+from .distributed import (barrier, check_visible_on_all_ranks, get_rank, init_distributed, is_main_process,
+                          main_process_first, resolve_device, shard_eval_loader, wrap_box_models)
 from .errors import ConfigError
 from .files import load_model_checkpoint, reading
+from .fsdp import shard_box_models
 from .optimizer_groups import prepare_box, take_rest_entries
 from .overrides import apply_overrides
 from .loop import evaluate, inference_model, train_one_epoch
@@ -203,7 +204,9 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
         raise ConfigError('train.stage1: multi-stage training is not supported with torchrun here (each stage '
                           'builds its models anew, unwrapped); run it in one process')
     prepare_for_wrapping(box, speed, device, distributed)  # channels_last, SyncBatchNorm: before DDP
-    if distributed:  # a model whose buffers cannot change (an adapted teacher's frozen BatchNorm): no broadcast
+    if distributed:  # speed.fsdp models: FSDP2 (optimizer re-pointed), the others DDP
+        shard_box_models(box, speed.fsdp, device, lockstep_evaluation=evaluation.evaluate_fn is not None)
+        # a model whose buffers cannot change (an adapted teacher's frozen BatchNorm): no broadcast
         wrap_box_models(box, device_ids, broadcast_buffers=lambda model: not buffers_frozen(model))
     apply_speed(box, speed, device)
     counts = parameter_counts(box)
@@ -213,7 +216,8 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     timing = {'steps': 0, 'step_seconds': 0.0}
     if args.resume:
         with reading(checkpoint_paths(dst_ckpt)[2], '-resume'):  # a truncated/mismatched file: one line
-            resumed = load_last(box, dst_ckpt, before_load=advance_to_epoch, seed=args.seed)
+            resumed = load_last(box, dst_ckpt, before_load=advance_to_epoch, seed=args.seed,
+                                max_steps_per_epoch=args.max_steps_per_epoch)
         if resumed is None:
             logger.info('-resume: no %s yet, starting from scratch', checkpoint_paths(dst_ckpt)[2])
         else:
@@ -295,7 +299,7 @@ def format_summary(results):
 
 
 def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_EVALUATION, prepare_config=None,
-        prepare_data=None):
+        prepare_data=None, after_test=None):
     """Runs one YAML: validate, build, train (unless ``-test_only``), test, summarise. Returns the results dict.
 
     ``config`` (an already loaded YAML dict) replaces reading ``args.config``; tests use it to shrink a run.
@@ -303,7 +307,9 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
     called once the ``--set`` overrides are applied, before the checks (the text runner checks its GLUE entry
     there). ``prepare_data(config, distributed,
     world_size)``, when given, is called once the models are built and fills ``config['datasets']`` (the text
-    runner tokenizes there, with the student's tokenizer).
+    runner tokenizes there, with the student's tokenizer). ``after_test(results)``, when given, runs on every rank
+    once the models are tested, while the process group still exists (the causal-LM runner's ROUGE-L generations
+    are split over ranks there), and returns the results.
     """
     set_basic_log_config()
     validate_args(args)
@@ -340,7 +346,8 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
         student = build_model(student_config, device, distributed, student_key)
     validate_model_paths(config, teacher, student)
     if prepare_data is not None:
-        prepare_data(config, distributed, world_size)
+        with main_process_first(local=True):  # each node's local rank 0 tokenizes/downloads, the others read its cache
+            prepare_data(config, distributed, world_size)
     fill_taid_total_steps(config, world_size, args.max_steps_per_epoch)
     results = {'config': args.config, 'seed': args.seed, 'seconds_per_step': None, 'counts': {},
                'machine': machine_description(device)}
@@ -358,7 +365,7 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
         trained_teacher = train_results.pop('trained_teacher')
         results.update(train_results)
     dst_ckpt = student_config.get('dst_ckpt')
-    if dst_ckpt and os.path.isfile(dst_ckpt):
+    if dst_ckpt and check_visible_on_all_ranks(dst_ckpt, f'{student_key}.dst_ckpt'):  # rank 0 wrote it: all read it
         load_model_checkpoint(dst_ckpt, unwrap(student), f'{student_key}.dst_ckpt')
     test_config = config['test']['test_data_loader']
     test_loader = build_data_loader(config['datasets'][test_config['dataset_id']], test_config, distributed)
@@ -377,7 +384,9 @@ def run(args, build_model, default_log_freq=1000, config=None, evaluation=IMAGE_
             os.makedirs(os.path.dirname(os.path.abspath(args.summary_json)), exist_ok=True)
             with open(args.summary_json, 'w') as f:
                 json.dump(results, f, indent=2, default=str)
+    results['_models'] = models  # the evaluated networks, for callers that inspect them (not written to JSON)
+    if after_test is not None:
+        results = after_test(results)
     if distributed:
         torch.distributed.destroy_process_group()
-    results['_models'] = models  # the evaluated networks, for callers that inspect them (not written to JSON)
     return results

@@ -10,6 +10,9 @@ In a YAML (top level, beside ``models``/``train``), every key optional::
       compile_mode: null           # e.g. 'max-autotune'
       teacher_no_grad: True        # default
       deterministic: False         # True: deterministic algorithms (pesf_ext.engine.rng.apply_determinism)
+      loss_chunk_tokens: 1024      # token-level losses N tokens at a time (memory O(N x vocabulary)); null: off
+      fsdp: ['student', 'teacher']                    # torchrun: FSDP2 sharding instead of DDP (pesf_ext.engine.fsdp)
+      gradient_checkpointing: ['student', 'teacher']  # recompute block activations in the backward (same module)
 
 or on the command line of the runners and ``tools/benchmark.py`` (which win over the YAML)::
 
@@ -49,7 +52,9 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, ReduceLROnPlateau
 
+from ..procs import criterion_modules
 from .errors import ConfigError
+from .fsdp import enable_gradient_checkpointing
 
 logger = logging.getLogger(__name__)
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -69,12 +74,18 @@ class SpeedOptions:
     tf32: bool = True
     sync_batchnorm: bool = False
     persistent_workers: bool = False
+    fsdp: tuple = ()  # pesf_ext.engine.fsdp: shard these models with FSDP2 under torchrun
+    gradient_checkpointing: tuple = ()  # pesf_ext.engine.fsdp.enable_gradient_checkpointing
+    loss_chunk_tokens: int = None  # TokenKDLoss / NextTokenLoss chunk_tokens (set_loss_chunk_tokens)
 
     def describe(self):
         parts = [f'amp={self.amp or "off (fp32)"}', f'channels_last={self.channels_last}',
                  f'compile={",".join(self.compile) or "off"}', f'teacher_no_grad={self.teacher_no_grad}']
         if self.compile:
             parts.append(f'compile_backend={self.compile_backend}')
+        for name in ('fsdp', 'gradient_checkpointing'):
+            if getattr(self, name):
+                parts.append(f'{name}={",".join(getattr(self, name))}')
         return ', '.join(parts)
 
 
@@ -87,6 +98,10 @@ def add_speed_args(parser):
     group.add_argument('--compile', nargs='+', choices=COMPILE_TARGETS, help='torch.compile these models')
     group.add_argument('--compile_backend', help='torch.compile backend (default inductor)')
     group.add_argument('--compile_mode', help='torch.compile mode (e.g. max-autotune)')
+    group.add_argument('--fsdp', nargs='+', choices=COMPILE_TARGETS,
+                       help='with torchrun: shard these models with FSDP2 (per transformer block) instead of DDP')
+    group.add_argument('--gradient_checkpointing', nargs='+', choices=COMPILE_TARGETS,
+                       help='recompute these models\' block activations in the backward (Hugging Face models)')
     group.add_argument('-deterministic', action='store_const', const=True, default=None,
                        help='deterministic algorithms, cudnn.benchmark off (same seed, same GPU: same result)')
     group.add_argument('-no_tf32', dest='tf32', action='store_const', const=False, default=None,
@@ -114,7 +129,8 @@ def speed_options(config, args=None):
         raise ConfigError(f'speed.{unknown[0]}: unknown switch; known: {", ".join(sorted(known))}')
     values = dict(section)
     sources = {name: f'speed.{name}' for name in values}
-    for name in ('amp', 'channels_last', 'compile', 'compile_backend', 'compile_mode', 'deterministic'):
+    for name in ('amp', 'channels_last', 'compile', 'compile_backend', 'compile_mode', 'deterministic', 'fsdp',
+                 'gradient_checkpointing'):
         value = getattr(args, name, None) if args is not None else None
         if value is not None:
             values[name] = value
@@ -132,23 +148,37 @@ def speed_options(config, args=None):
     for name in ('channels_last', 'teacher_no_grad', 'deterministic'):
         if name in values and not isinstance(values[name], bool):
             raise ConfigError(f'{sources[name]}: must be True or False, got {values[name]!r}')
-    targets = values.get('compile') or ()
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    for target in targets:
-        if target not in COMPILE_TARGETS:
-            raise ConfigError(f'{sources["compile"]}: unknown model `{target}`; choose from '
-                              f'{", ".join(COMPILE_TARGETS)}')
-    values['compile'] = targets
+    for name in ('compile', 'fsdp', 'gradient_checkpointing'):
+        values[name] = model_targets(values.get(name), sources.get(name))
     for name in ('compile_backend', 'compile_mode'):
         if values.get(name) is not None and not isinstance(values[name], str):
             raise ConfigError(f'{sources[name]}: must be a string, got {values[name]!r}')
     if values.get('compile_backend') is None:
         values.pop('compile_backend', None)
+    chunk = values.get('loss_chunk_tokens')
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ConfigError(f'speed.loss_chunk_tokens: must be an integer >= 1 (tokens per chunk) or null (off), '
+                          f'got {chunk!r}')
     return SpeedOptions(**values)
 
 
+def model_targets(value, source):
+    """A list of models (``compile``, ``fsdp``, ``gradient_checkpointing``) as a tuple; each must be a model name."""
+    targets = value or ()
+    if not isinstance(targets, (str, list, tuple)):
+        raise ConfigError(f'{source}: a list of models ({", ".join(COMPILE_TARGETS)}), got {value!r}')
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    for target in targets:
+        if target not in COMPILE_TARGETS:
+            raise ConfigError(f'{source}: unknown model `{target}`; choose from {", ".join(COMPILE_TARGETS)}')
+    return targets
+
+
 def check_speed_fits(options, config):
-    """Checks that need the whole YAML: fp16's gradient scaling replaces torchdistill's post-forward process."""
+    """Checks that need the whole YAML: fp16's gradient scaling replaces torchdistill's post-forward process (and
+    does not run on FSDP's sharded gradients)."""
+    if options.fsdp and options.amp == 'fp16':
+        raise ConfigError('speed.fsdp: cannot be combined with speed.amp: fp16 (gradient scaling); use amp: bf16')
     if options.amp != 'fp16':
         return
     train = config.get('train') or {}
@@ -319,6 +349,25 @@ def teacher_needs_graph(box):
     return teacher is not None and any(p.requires_grad for p in teacher.parameters())
 
 
+def set_loss_chunk_tokens(criterion, chunk_tokens):
+    """Sets ``chunk_tokens`` on every loss of ``criterion`` that has one (``TokenKDLoss``, ``NextTokenLoss``; sub-terms
+    of torchdistill's ``WeightedSumLoss`` included); returns how many."""
+    losses = [module for module in criterion_modules(criterion) if hasattr(module, 'chunk_tokens')]
+    for loss in losses:
+        loss.chunk_tokens = chunk_tokens
+    return len(losses)
+
+
+def chunked_loss_forward_process(box, forward_process, chunk_tokens):
+    """``forward_process`` that first gives the current stage's criterion ``speed.loss_chunk_tokens`` (a multi-stage
+    box builds a new criterion per stage)."""
+    @functools.wraps(forward_process)
+    def forward_process_with_chunks(*args, **kwargs):
+        set_loss_chunk_tokens(box.criterion, chunk_tokens)
+        return forward_process(*args, **kwargs)
+    return forward_process_with_chunks
+
+
 def apply_speed(box, options, device):
     """Applies ``options`` to a built torchdistill ``DistillationBox``/``TrainingBox`` in place; returns the box."""
     models = _models(box)
@@ -353,9 +402,17 @@ def apply_speed(box, options, device):
 
     if options.channels_last or dtype is not None:
         box.forward_process = fast_forward_process
+    if options.loss_chunk_tokens is not None:
+        if not set_loss_chunk_tokens(box.criterion, options.loss_chunk_tokens):
+            logger.warning('speed.loss_chunk_tokens: the criterion has no TokenKDLoss or NextTokenLoss; nothing chunked')
+        box.forward_process = chunked_loss_forward_process(box, box.forward_process, options.loss_chunk_tokens)
     if options.amp == 'fp16':
         box.grad_scaler = torch.amp.GradScaler(device.type)
         box.post_forward_process = functools.partial(scaled_post_forward_process, box)
+    for name in options.gradient_checkpointing:  # a trained model's blocks recompute in the backward (fsdp.py)
+        if models[name] is None:
+            raise ConfigError(f'speed.gradient_checkpointing: `{name}` given, but this config has no {name} model')
+        enable_gradient_checkpointing(models[name], name)
     for name in options.compile:
         if models[name] is None:
             raise ConfigError(f'speed.compile: `{name}` given, but this config has no {name} model')

@@ -25,18 +25,20 @@ One entry of ``datasets`` in the YAML (``kind``):
 Offline real text that every machine has: :func:`stdlib_source_files` (the Python standard library's source,
 split by file) and :func:`offline_tokenizer_path` (a byte-level BPE tokenizer trained on it once, then cached).
 """
+import json
 import logging
 import os
 import sysconfig
 import zlib
+from collections.abc import Mapping
 
 import torch
 
 from ..engine.errors import ConfigError
+from .schema import DEFAULTS, SPLITS, check_lm_entry, template_fields
 
 logger = logging.getLogger(__name__)
 KINDS = ('text', 'instruction')
-SPLITS = ('train', 'validation', 'test')
 SKIPPED_DIRS = {'site-packages', 'dist-packages', 'test', 'tests', 'idle_test', '__pycache__'}
 IGNORE_INDEX = -100
 
@@ -93,27 +95,122 @@ def offline_tokenizer_path(vocab_size=4096, cache_dir=None, max_bytes=4_000_000)
 
 
 def lm_spec(config):
-    """The one causal-LM entry of ``datasets`` (a dict with ``kind`` and ``dataset_id_map``), with its YAML key."""
+    """The one causal-LM entry of ``datasets`` (a dict with ``kind`` and ``dataset_id_map``), with its YAML key; its
+    keys and values checked (:func:`~pesf_ext.lm.schema.check_lm_entry`) and its local files read once
+    (:func:`check_data_files`), so bad data stops the run before any model is loaded."""
     entries = [(name, spec) for name, spec in (config.get('datasets') or {}).items()
-               if isinstance(spec, dict) and 'dataset_id_map' in spec]
+               if isinstance(spec, dict) and ('dataset_id_map' in spec or 'kind' in spec)]
     if len(entries) != 1:
         raise ConfigError(f'datasets: expected one entry with kind and dataset_id_map (found {len(entries)})')
     key, spec = entries[0]
-    if spec.get('kind') not in KINDS:
-        raise ConfigError(f'datasets.{key}.kind: must be one of {KINDS}, got {spec.get("kind")!r}')
-    unknown = set(spec['dataset_id_map']) - set(SPLITS)
-    if unknown or 'train' not in spec['dataset_id_map']:
+    check_lm_entry(key, spec)
+    if not isinstance(spec.get('dataset_id_map'), dict) or set(spec['dataset_id_map']) - set(SPLITS) \
+            or 'train' not in spec['dataset_id_map']:
         raise ConfigError(f'datasets.{key}.dataset_id_map: keys are {SPLITS} (train required), got '
-                          f'{sorted(spec["dataset_id_map"])}')
+                          f'{spec.get("dataset_id_map")!r}')
     if not spec.get('hub_name') and not spec.get('data_files'):
         raise ConfigError(f'datasets.{key}: give data_files ({{train: [...], ...}}) or hub_name')
     for split, files in (spec.get('data_files') or {}).items():
-        if split not in SPLITS:
-            raise ConfigError(f'datasets.{key}.data_files.{split}: splits are {SPLITS}')
         for path in [files] if isinstance(files, str) else files:
             if not os.path.isfile(os.path.expanduser(path)):
                 raise ConfigError(f'datasets.{key}.data_files.{split}: file not found: {path}')
+    if not spec.get('hub_name'):
+        check_data_files(spec, key)
     return key, spec
+
+
+def split_files(spec):
+    """{split: [paths]} of ``data_files`` (a single path may be written without a list)."""
+    return {split: [os.path.expanduser(f) for f in ([v] if isinstance(v, str) else v)]
+            for split, v in (spec.get('data_files') or {}).items()}
+
+
+def json_records(path, yaml_key):
+    """Yields (where, record) of a JSON-lines file (blank lines skipped) or of a file holding one JSON array of
+    records, as the ``datasets`` json builder reads them; a line that does not parse is a :class:`ConfigError`
+    naming the file and line."""
+    with open(path, encoding='utf-8', errors='strict') as f:
+        try:
+            head = f.read(4096).lstrip()
+            f.seek(0)
+            if head.startswith('['):
+                try:
+                    records = json.load(f)
+                except json.JSONDecodeError as error:
+                    raise ConfigError(f'{yaml_key}: {path}, line {error.lineno}: not valid JSON ({error.msg}); is the '
+                                      'file cut short?') from error
+                for i, record in enumerate(records if isinstance(records, list) else [records]):
+                    yield f'record {i + 1}', record
+                return
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line.rstrip('\r\n'))
+                    except json.JSONDecodeError as error:
+                        raise ConfigError(f'{yaml_key}: {path}, line {number}: not valid JSON ({error.msg}); is the '
+                                          'file cut short? (JSON lines: one record per line, or one JSON array of '
+                                          'records)') from error
+                    yield f'line {number}', record
+        except UnicodeDecodeError as error:
+            raise ConfigError(f'{yaml_key}: {path}: not UTF-8 text ({error.reason} at byte {error.start})') from error
+
+
+def choose_template(record, spec):
+    """(YAML key under the entry, template) that formats ``record``'s prompt: ``prompt_template``, or the
+    ``empty_field_templates`` one of the (last listed) field that is missing or blank in the record."""
+    chosen = ('prompt_template', spec.get('prompt_template', DEFAULTS['prompt_template']))
+    for field, alternative in (spec.get('empty_field_templates') or {}).items():
+        if not str(record.get(field) or '').strip():
+            chosen = (f'empty_field_templates.{field}', alternative)
+    return chosen
+
+
+def record_problem(record, spec, key):
+    """Why ``record`` cannot make an instruction example (None when it can): not a mapping, no (or null) response
+    field, or no (or null) field that its prompt template reads (str.format would write 'None')."""
+    if not isinstance(record, Mapping):
+        return f'a record must be a JSON object, got {type(record).__name__}'
+    response_field = spec.get('response_field', DEFAULTS['response_field'])
+    if record.get(response_field) is None:
+        return (f'no `{response_field}` (datasets.{key}.response_field) in this record (fields: '
+                f'{sorted(k for k, v in record.items() if v is not None)})')
+    template_key, template = choose_template(record, spec)
+    for field in sorted(template_fields(f'datasets.{key}.{template_key}', template)):
+        if record.get(field) is None:
+            return (f'no `{field}`, which datasets.{key}.{template_key} reads, in this record (fields: '
+                    f'{sorted(k for k, v in record.items() if v is not None)}; a field that may be empty needs '
+                    f'an empty_field_templates entry)')
+    return None
+
+
+def check_data_files(spec, key):
+    """Reads the local ``data_files`` once before anything is tokenized: instruction files must parse and every
+    record must have the fields the templates read and the response field; no split may be empty."""
+    for split, paths in split_files(spec).items():
+        yaml_key = f'datasets.{key}.data_files.{split}'
+        if spec['kind'] == 'text':
+            if not any(os.path.getsize(path) for path in paths):
+                raise ConfigError(f'{yaml_key}: no text in {", ".join(paths)} (empty files)')
+            continue
+        count = 0
+        for path in paths:
+            for where, record in json_records(path, yaml_key):
+                problem = record_problem(record, spec, key)
+                if problem:
+                    raise ConfigError(f'{yaml_key}: {path}, {where}: {problem}')
+                count += 1
+        if count == 0:
+            raise ConfigError(f'{yaml_key}: no records in {", ".join(paths)} (empty file)')
+
+
+def check_hub_records(raw, spec, key):
+    """The records of a hub dataset, as :func:`check_data_files` checks local ones (before tokenization)."""
+    for split, data in raw.items():
+        for row, record in enumerate(data):
+            problem = record_problem(record, spec, key)
+            if problem:
+                raise ConfigError(f'datasets.{key}.hub_name: `{spec["hub_name"]}` split {split!r}, row {row}: '
+                                  f'{problem}')
 
 
 def load_raw(spec, key, cache_dir=None):
@@ -123,8 +220,7 @@ def load_raw(spec, key, cache_dir=None):
         if spec.get('hub_name'):
             raw = datasets.load_dataset(spec['hub_name'], spec.get('hub_config'), cache_dir=cache_dir)
         else:
-            files = {split: [os.path.expanduser(f) for f in ([v] if isinstance(v, str) else v)]
-                     for split, v in spec['data_files'].items()}
+            files = split_files(spec)
             builder = 'text' if spec['kind'] == 'text' else 'json'
             extra = {'sample_by': 'document'} if builder == 'text' else {}
             raw = datasets.load_dataset(builder, data_files=files, cache_dir=cache_dir, **extra)
@@ -135,6 +231,8 @@ def load_raw(spec, key, cache_dir=None):
         raise ConfigError(f'datasets.{key}: could not load {where} ({type(error).__name__}: '
                           f'{str(error).splitlines()[0] if str(error) else ""}). Without internet, give local files '
                           f'with datasets.{key}.data_files (JSON lines for instructions, text files for text)') from error
+    if spec.get('hub_name') and spec['kind'] == 'instruction':
+        check_hub_records(raw, spec, key)
     return carve_held_out(raw, spec.get('held_out') or {}, key)
 
 
@@ -149,6 +247,9 @@ def carve_held_out(raw, held_out, key):
         size = held_out[split]
         if not isinstance(size, (int, float)) or size <= 0:
             raise ConfigError(f'datasets.{key}.held_out.{split}: must be a count or a fraction > 0, got {size!r}')
+        if isinstance(size, int) and size >= len(splits['train']):
+            raise ConfigError(f'datasets.{key}.held_out.{split}: {size} records asked of the {len(splits["train"])} '
+                              'left in train; give fewer (or a fraction)')
         parts = splits['train'].train_test_split(test_size=size, seed=seed, shuffle=True)
         splits['train'], splits[split] = parts['train'], parts['test']
     return datasets.DatasetDict(splits)
@@ -165,21 +266,16 @@ def fill_template(template, record, key):
 def tokenize_instructions(dataset, tokenizer, spec, key):
     """input_ids = prompt + response + end-of-text (cut to ``max_length``), labels = -100 on the prompt;
     ``prompt_length`` and ``reference`` (the response text) kept for generation metrics."""
-    template = spec.get('prompt_template', '{prompt}')
-    empty_templates = spec.get('empty_field_templates') or {}
-    response_field = spec.get('response_field', 'response')
-    max_length = spec.get('max_length', 512)
+    response_field = spec.get('response_field', DEFAULTS['response_field'])
+    max_length = spec.get('max_length', DEFAULTS['max_length'])
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(record):
-        if response_field not in record:
-            raise ConfigError(f'datasets.{key}.response_field: `{response_field}` is not in the records (fields: '
-                              f'{sorted(record)})')
-        chosen = template
-        for field, alternative in empty_templates.items():
-            if not str(record.get(field) or '').strip():
-                chosen = alternative
-        prompt = tokenizer(fill_template(chosen, record, key), add_special_tokens=False)['input_ids']
+        problem = record_problem(record, spec, key)  # checked per file and line before; kept for direct callers
+        if problem:
+            raise ConfigError(f'datasets.{key}: {problem}')
+        prompt = tokenizer(fill_template(choose_template(record, spec)[1], record, key),
+                           add_special_tokens=False)['input_ids']
         response = tokenizer(str(record[response_field]), add_special_tokens=False)['input_ids'] + eos
         prompt = prompt[:max(max_length - 1, 1)]  # keep at least one response token
         ids = (prompt + response)[:max_length]
@@ -192,7 +288,7 @@ def tokenize_instructions(dataset, tokenizer, spec, key):
 def tokenize_and_pack(dataset, tokenizer, spec):
     """Documents tokenized with an end-of-text token after each, concatenated and cut into ``block_size`` blocks
     (the remainder is dropped); labels = input_ids."""
-    block_size = spec.get('block_size', 128)
+    block_size = spec.get('block_size', DEFAULTS['block_size'])
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(batch):
@@ -248,4 +344,4 @@ class CausalLMCollator:
 
 
 __all__ = ['stdlib_source_files', 'offline_tokenizer_path', 'lm_spec', 'build_lm_datasets', 'CausalLMCollator',
-           'carve_held_out']
+           'carve_held_out', 'check_data_files', 'json_records', 'record_problem', 'choose_template']

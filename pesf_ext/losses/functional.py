@@ -8,6 +8,7 @@ References
 - Rao et al., "Parameter-Efficient and Student-Friendly Knowledge Distillation", IEEE TMM 2023
   (PESF-KD, eq. 2: sharpness, eq. 3: sharpness gap).
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -261,12 +262,17 @@ def position_mean(values):
     return values.sum() / max(values.shape[0], 1)
 
 
-def softened_row_log_probs(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
+def softened_log_probs(teacher_rows, student_rows, temperature=1.0, standardization=None):
     """:math:`\\log \\mathrm{softmax}(z / \\tau)` (with a :class:`LogitStandardization`, of :math:`Z(z) / \\tau`) of
-    the teacher's and the student's unmasked rows (:func:`unmasked_rows`), each (M, V)."""
-    teacher_rows, student_rows = unmasked_rows(teacher_logits, student_logits, mask)
+    the teacher's and the student's rows, each (..., V)."""
     return (torch.log_softmax(soften(teacher_rows, temperature, standardization), dim=-1),
             torch.log_softmax(soften(student_rows, temperature, standardization), dim=-1))
+
+
+def softened_row_log_probs(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
+    """:func:`softened_log_probs` of the teacher's and the student's unmasked rows (:func:`unmasked_rows`), (M, V)."""
+    teacher_rows, student_rows = unmasked_rows(teacher_logits, student_logits, mask)
+    return softened_log_probs(teacher_rows, student_rows, temperature, standardization)
 
 
 def position_kl(target_log_probs, input_log_probs):
@@ -285,26 +291,103 @@ def mixture_log_probs(log_p, log_q, weight_p):
     return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
 
 
-def forward_kl(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
+# Per-token values: (..., V) teacher and student rows -> (...) divergences, tau^2 included. The public functions
+# below average them over the counted tokens, all at once or chunk by chunk (``chunk_tokens``).
+
+def forward_kl_tokens(teacher_rows, student_rows, temperature=1.0, standardization=None):
+    """:math:`\\tau^2 KL(p^\\tau_t \\| p^\\tau_s)` per token."""
+    log_t, log_s = softened_log_probs(teacher_rows, student_rows, temperature, standardization)
+    return temperature ** 2 * position_kl(log_t, log_s)
+
+
+def reverse_kl_tokens(teacher_rows, student_rows, temperature=1.0, standardization=None):
+    """:math:`\\tau^2 KL(p^\\tau_s \\| p^\\tau_t)` per token."""
+    return forward_kl_tokens(student_rows, teacher_rows, temperature, standardization)
+
+
+def generalized_jsd_tokens(teacher_rows, student_rows, beta=0.5, temperature=1.0, standardization=None):
+    """:math:`\\tau^2 JSD_\\beta` per token (see :func:`generalized_jsd`; 0: forward KL, 1: reverse KL)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f'beta (JSD) must be in [0, 1], got {beta!r}')
+    if beta == 0:
+        return forward_kl_tokens(teacher_rows, student_rows, temperature, standardization)
+    if beta == 1:
+        return reverse_kl_tokens(teacher_rows, student_rows, temperature, standardization)
+    log_t, log_s = softened_log_probs(teacher_rows, student_rows, temperature, standardization)
+    log_m = mixture_log_probs(log_t, log_s, beta)
+    return temperature ** 2 * (beta * position_kl(log_t, log_m) + (1 - beta) * position_kl(log_s, log_m))
+
+
+def skew_forward_kl_tokens(teacher_rows, student_rows, skew=0.1, temperature=1.0, standardization=None):
+    """:math:`\\tau^2 KL(p_t \\| \\lambda p_t + (1 - \\lambda) p_s)` per token (see :func:`skew_forward_kl`)."""
+    log_t, log_s = softened_log_probs(teacher_rows, student_rows, temperature, standardization)
+    return temperature ** 2 * position_kl(log_t, mixture_log_probs(log_t, log_s, skew))
+
+
+def skew_reverse_kl_tokens(teacher_rows, student_rows, skew=0.1, temperature=1.0, standardization=None):
+    """:math:`\\tau^2 KL(p_s \\| (1 - \\lambda) p_t + \\lambda p_s)` per token (see :func:`skew_reverse_kl`)."""
+    log_t, log_s = softened_log_probs(teacher_rows, student_rows, temperature, standardization)
+    return temperature ** 2 * position_kl(log_s, mixture_log_probs(log_s, log_t, skew))
+
+
+def total_variation_tokens(teacher_rows, student_rows, temperature=1.0, standardization=None):
+    """:math:`\\tau^2 \\tfrac12 \\sum_v |p^\\tau_{t,v} - p^\\tau_{s,v}|` per token."""
+    log_t, log_s = softened_log_probs(teacher_rows, student_rows, temperature, standardization)
+    return temperature ** 2 * 0.5 * (log_t.exp() - log_s.exp()).abs().sum(dim=-1)
+
+
+def taid_kl_tokens(teacher_rows, student_rows, t, temperature=1.0, standardization=None):
+    """TAID's :math:`\\tau^2 KL(\\mathrm{softmax}((1 - t)\\,\\mathrm{sg}(z_s) + t z_t) \\| p^\\tau_s)` per token (logits
+    softened first; the student's share of the target is detached, see :func:`taid_kl`)."""
+    if not 0.0 <= float(t) <= 1.0:
+        raise ValueError(f'TAID interpolation t must be in [0, 1], got {float(t)!r}')
+    z_s = soften(student_rows, temperature, standardization)
+    target = (1 - t) * z_s.detach() + t * soften(teacher_rows, temperature, standardization)
+    return temperature ** 2 * position_kl(torch.log_softmax(target, dim=-1), torch.log_softmax(z_s, dim=-1))
+
+
+def cross_entropy_tokens(logits, labels, ignore_index=-100):
+    """Next-token CE per token, :math:`-\\log \\mathrm{softmax}(z)_y` in float32; 0 where ``labels`` is
+    ``ignore_index``."""
+    return F.cross_entropy(at_least_float32(logits), labels, ignore_index=ignore_index, reduction='none')
+
+
+def token_mean(token_values, teacher_logits, student_logits, mask=None, chunk_tokens=None):
+    """:math:`\\mathrm{mean}_{i \\in mask}` ``token_values(teacher_rows, student_rows)`` over the positions of two
+    (..., V) logit tensors (token-weighted; 0 when no position counts). ``chunk_tokens`` None: all unmasked rows at
+    once (:func:`unmasked_rows`); an integer: :func:`chunked_token_means`, whose memory is O(chunk_tokens x V)."""
+    if chunk_tokens is None:
+        return position_mean(token_values(*unmasked_rows(teacher_logits, student_logits, mask)))
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f'teacher logits {tuple(teacher_logits.shape)} and student logits '
+                         f'{tuple(student_logits.shape)} differ in shape')
+    total, _ = chunked_token_means([(1.0, lambda rows, labels: token_values(*rows))],
+                                   (teacher_logits, student_logits), mask, chunk_tokens=chunk_tokens)
+    return total
+
+
+def forward_kl(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None, chunk_tokens=None):
     """Token-level KD (Hinton et al., 2014): :math:`\\tau^2 \\cdot \\mathrm{mean}_{i \\in mask}
     KL(p^\\tau_t \\| p^\\tau_s)_i` over the positions of (..., V) logits.
 
     On (N, K) logits without a mask this equals :func:`softened_kl` with 'batchmean' (a test checks it); it sums per
-    row itself so that a batch without any counted token gives 0.
+    row itself so that a batch without any counted token gives 0. ``chunk_tokens``: see :func:`token_mean` (the same
+    for every divergence below).
     """
-    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
-    return temperature ** 2 * position_mean(position_kl(log_t, log_s))
+    return token_mean(functools.partial(forward_kl_tokens, temperature=temperature, standardization=standardization),
+                      teacher_logits, student_logits, mask, chunk_tokens)
 
 
-def reverse_kl(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
+def reverse_kl(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None, chunk_tokens=None):
     """Reverse KL (MiniLLM, Gu et al., ICLR 2024, token level): :math:`\\tau^2 \\cdot \\mathrm{mean}_{i \\in mask}
     KL(p^\\tau_s \\| p^\\tau_t)_i`. Mode-seeking: the student is penalised where it puts mass the teacher does not.
     (MiniLLM optimises the sequence-level reverse KL with policy gradients; this is its per-token, exact form, as
     DistiLLM's and TAID's ``reverse_kl`` losses compute it.)"""
-    return forward_kl(student_logits, teacher_logits, mask, temperature, standardization)
+    return forward_kl(student_logits, teacher_logits, mask, temperature, standardization, chunk_tokens)
 
 
-def generalized_jsd(teacher_logits, student_logits, beta=0.5, mask=None, temperature=1.0, standardization=None):
+def generalized_jsd(teacher_logits, student_logits, beta=0.5, mask=None, temperature=1.0, standardization=None,
+                    chunk_tokens=None):
     """Generalized Jensen-Shannon divergence of GKD (Agarwal et al., ICLR 2024, eq. 1), in TRL's convention
     (``GKDTrainer.generalized_jsd_loss``): with the mixture :math:`m = \\beta p_t + (1 - \\beta) p_s`,
 
@@ -317,40 +400,40 @@ def generalized_jsd(teacher_logits, student_logits, beta=0.5, mask=None, tempera
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f'beta (JSD) must be in [0, 1], got {beta!r}')
-    if beta == 0:
-        return forward_kl(teacher_logits, student_logits, mask, temperature, standardization)
-    if beta == 1:
-        return reverse_kl(teacher_logits, student_logits, mask, temperature, standardization)
-    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
-    log_m = mixture_log_probs(log_t, log_s, beta)
-    positions = beta * position_kl(log_t, log_m) + (1 - beta) * position_kl(log_s, log_m)
-    return temperature ** 2 * position_mean(positions)
+    values = functools.partial(generalized_jsd_tokens, beta=beta, temperature=temperature,
+                               standardization=standardization)
+    return token_mean(values, teacher_logits, student_logits, mask, chunk_tokens)
 
 
-def skew_forward_kl(teacher_logits, student_logits, skew=0.1, mask=None, temperature=1.0, standardization=None):
+def skew_forward_kl(teacher_logits, student_logits, skew=0.1, mask=None, temperature=1.0, standardization=None,
+                    chunk_tokens=None):
     """Skew KL of DistiLLM (Ko et al., ICML 2024, eq. 2): :math:`\\tau^2 KL(p_t \\| \\lambda p_t + (1 - \\lambda) p_s)`,
     ``skew`` = :math:`\\lambda` in [0, 1] (0: forward KL; authors' default 0.1). Gradient flows into the student
     through the mixture. DistiLLM's ``skewed_forward_kl`` returns the cross-entropy
     :math:`-\\sum p_t \\log m`, which differs from this KL by the teacher's entropy (same student gradient)."""
-    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
-    return temperature ** 2 * position_mean(position_kl(log_t, mixture_log_probs(log_t, log_s, skew)))
+    values = functools.partial(skew_forward_kl_tokens, skew=skew, temperature=temperature,
+                               standardization=standardization)
+    return token_mean(values, teacher_logits, student_logits, mask, chunk_tokens)
 
 
-def skew_reverse_kl(teacher_logits, student_logits, skew=0.1, mask=None, temperature=1.0, standardization=None):
+def skew_reverse_kl(teacher_logits, student_logits, skew=0.1, mask=None, temperature=1.0, standardization=None,
+                    chunk_tokens=None):
     """Skew reverse KL of DistiLLM (Ko et al., ICML 2024): :math:`\\tau^2 KL(p_s \\| (1 - \\lambda) p_t + \\lambda p_s)`,
     ``skew`` = :math:`\\lambda` in [0, 1] (0: reverse KL; authors' default 0.1), as their ``skewed_reverse_kl``."""
-    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
-    return temperature ** 2 * position_mean(position_kl(log_s, mixture_log_probs(log_s, log_t, skew)))
+    values = functools.partial(skew_reverse_kl_tokens, skew=skew, temperature=temperature,
+                               standardization=standardization)
+    return token_mean(values, teacher_logits, student_logits, mask, chunk_tokens)
 
 
-def total_variation(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
+def total_variation(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None,
+                    chunk_tokens=None):
     """Total variation distance (DistiLLM's ``tv_distance``; Wen et al., ACL 2023):
     :math:`\\tau^2 \\cdot \\mathrm{mean}_i \\tfrac12 \\sum_v |p^\\tau_{t,v} - p^\\tau_{s,v}|`."""
-    log_t, log_s = softened_row_log_probs(teacher_logits, student_logits, mask, temperature, standardization)
-    return temperature ** 2 * position_mean(0.5 * (log_t.exp() - log_s.exp()).abs().sum(dim=-1))
+    values = functools.partial(total_variation_tokens, temperature=temperature, standardization=standardization)
+    return token_mean(values, teacher_logits, student_logits, mask, chunk_tokens)
 
 
-def taid_kl(teacher_logits, student_logits, t, mask=None, temperature=1.0, standardization=None):
+def taid_kl(teacher_logits, student_logits, t, mask=None, temperature=1.0, standardization=None, chunk_tokens=None):
     """TAID (Shing et al., ICLR 2025, eq. 3): forward KL to the interpolated target
     :math:`p_t^{(t)} = \\mathrm{softmax}((1 - t)\\, \\mathrm{sg}(z_s) + t\\, z_t)` (logits softened first),
 
@@ -361,11 +444,152 @@ def taid_kl(teacher_logits, student_logits, t, mask=None, temperature=1.0, stand
     """
     if not 0.0 <= float(t) <= 1.0:
         raise ValueError(f'TAID interpolation t must be in [0, 1], got {float(t)!r}')
-    teacher_rows, student_rows = unmasked_rows(teacher_logits, student_logits, mask)
-    z_s = soften(student_rows, temperature, standardization)
-    target = (1 - t) * z_s.detach() + t * soften(teacher_rows, temperature, standardization)
-    positions = position_kl(torch.log_softmax(target, dim=-1), torch.log_softmax(z_s, dim=-1))
-    return temperature ** 2 * position_mean(positions)
+    values = functools.partial(taid_kl_tokens, t=t, temperature=temperature, standardization=standardization)
+    return token_mean(values, teacher_logits, student_logits, mask, chunk_tokens)
+
+
+# ---- chunked token means: O(chunk x V) memory in forward and backward ----
+
+def check_chunk_tokens(chunk_tokens, name='chunk_tokens'):
+    """``chunk_tokens`` unchanged when it is None or an integer >= 1; a ValueError naming ``name`` otherwise."""
+    if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int)
+                                     or chunk_tokens < 1):
+        raise ValueError(f'{name} must be an integer >= 1 or null (off), got {chunk_tokens!r}')
+    return chunk_tokens
+
+
+def as_row_grid(tensor, trailing):
+    """``tensor`` (leading positions, then ``trailing`` dims) as (R, C, ...) with C its last position dim: a view for
+    (C, ...) and (R, C, ...) tensors, whatever their strides (a causal shift ``z[:, :-1]`` or a vocabulary slice)."""
+    positions = tensor.shape[:tensor.dim() - trailing]
+    rest = tensor.shape[tensor.dim() - trailing:]
+    if len(positions) == 2:
+        return tensor
+    if len(positions) < 2:
+        return tensor.reshape(1, positions[0] if positions else 1, *rest)
+    return tensor.reshape(-1, positions[-1], *rest)  # more position dims: a copy when they cannot merge
+
+
+def grid_segments(start, stop, columns):
+    """(row, first, last) column ranges covering the flat positions [start, stop) of an (R, ``columns``) grid."""
+    return [(row, max(start - row * columns, 0), min(stop - row * columns, columns))
+            for row in range(start // columns, (stop - 1) // columns + 1)]
+
+
+def take_segments(grid, segments):
+    """The positions of ``segments`` of a grid (:func:`as_row_grid`), one after another: a view for one segment."""
+    pieces = [grid[row, first:last] for row, first, last in segments]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def put_segments(grid, segments, values):
+    """Writes ``values`` (the positions of ``segments`` one after another) into ``grid`` in place."""
+    offset = 0
+    for row, first, last in segments:
+        grid[row, first:last] = values[offset:offset + last - first]
+        offset += last - first
+
+
+@dataclass
+class ChunkPlan:
+    """What :class:`ChunkedTokenMeans` computes: ``terms`` (weight, fn) pairs, ``fn(rows, labels)`` -> (c,) values per
+    token; ``mask`` and ``labels`` (R, C) grids or None; ``count`` the number of counted tokens (a tensor, >= 1)."""
+    terms: list
+    mask: torch.Tensor
+    labels: torch.Tensor
+    count: torch.Tensor
+    chunk_tokens: int
+
+
+class ChunkedTokenMeans(torch.autograd.Function):
+    """Token means of several per-token terms over (..., V) logit tensors, chunk by chunk, with each chunk's
+    gradient computed in the forward pass (Liger-Kernel's fused-loss pattern; torch.autograd.grad on the chunk).
+
+    Forward, per chunk of ``chunk_tokens`` positions: the chunk's rows are taken (a view, or a chunk-sized copy where
+    a chunk spans two sequences), upcast to float32 with masked rows set to 0 (so whatever they hold, they add
+    nothing to the value or the gradient), every term evaluated, masked tokens zeroed and summed, and the gradient
+    of :math:`\\sum_k w_k \\cdot \\mathrm{chunk\\ sum}_k / \\mathrm{count}` with respect to the chunk of every input
+    that needs one written into that input's gradient buffer (its shape and dtype). The chunk's graph is then freed.
+    Backward multiplies the buffers by the incoming gradient in place and returns them.
+
+    Why this and not ``torch.utils.checkpoint`` per chunk: checkpointing keeps the inputs for a second forward in
+    backward (one more pass over the vocabulary, about a third more loss time) and its per-chunk gradients meet in a
+    split/cat of the whole input; here nothing is recomputed, and what lives from forward to backward is exactly the
+    gradient each differentiated input will receive anyway (one N x V tensor in its dtype), so every transient is
+    O(chunk x V). The cost: the gradient is computed even when no backward follows (only under grad mode, with an
+    input requiring grad), and the result cannot be differentiated twice (``retain_graph`` re-use raises).
+    """
+    @staticmethod
+    def forward(ctx, plan, *logits):
+        needs = ctx.needs_input_grad[1:]
+        grids = [as_row_grid(x, 1) for x in logits]
+        buffers = [None] * len(logits)
+        columns = grids[0].shape[1]
+        positions = grids[0].shape[0] * columns
+        dtype = torch.promote_types(torch.float32, logits[0].dtype)  # float32, or float64 for float64 logits
+        weights = torch.tensor([w for w, _ in plan.terms], dtype=dtype, device=logits[0].device)
+        sums = torch.zeros(len(plan.terms), dtype=dtype, device=logits[0].device)
+        for start in range(0, positions, plan.chunk_tokens):
+            segments = grid_segments(start, min(start + plan.chunk_tokens, positions), columns)
+            chunk_sums, grads = chunk_terms_and_grads(plan, grids, needs, segments, weights)
+            sums += chunk_sums
+            for index, grad in enumerate(grads):
+                if grad is not None:
+                    if buffers[index] is None:
+                        buffers[index] = torch.zeros_like(logits[index], memory_format=torch.contiguous_format)
+                    put_segments(as_row_grid(buffers[index], 1), segments, grad)
+        ctx.save_for_backward(*buffers)
+        means = sums / plan.count
+        ctx.mark_non_differentiable(means)
+        return (weights * means).sum(), means
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_means):
+        return (None,) + tuple(None if buffer is None else buffer.mul_(grad_total) for buffer in ctx.saved_tensors)
+
+
+def chunk_terms_and_grads(plan, grids, needs, segments, weights):
+    """One chunk of :class:`ChunkedTokenMeans`: the (K,) sums of the terms over its counted tokens and the gradient
+    of the weighted sum / count with respect to each input's chunk (None where not needed or not reached)."""
+    mask = take_segments(plan.mask, segments)
+    labels = None if plan.labels is None else take_segments(plan.labels, segments)
+    leaves = [take_segments(grid, segments).detach().requires_grad_(need) for grid, need in zip(grids, needs)]
+    with torch.enable_grad(), torch.autocast(grids[0].device.type, enabled=False):
+        rows = tuple(torch.where(mask.unsqueeze(-1), at_least_float32(leaf), 0.0) for leaf in leaves)
+        chunk_sums = torch.stack([torch.where(mask, fn(rows, labels), 0.0).sum() for _, fn in plan.terms])
+        wanted = [leaf for leaf, need in zip(leaves, needs) if need]
+        if not wanted or not chunk_sums.requires_grad:
+            return chunk_sums.detach(), [None] * len(leaves)
+        grads = iter(torch.autograd.grad((weights * chunk_sums).sum() / plan.count, wanted, allow_unused=True))
+    return chunk_sums.detach(), [next(grads) if need else None for need in needs]
+
+
+def chunked_token_means(terms, logits, mask=None, labels=None, chunk_tokens=1024):
+    """``(total, means)``: the token mean of each per-token term over the positions where ``mask`` is True, in chunks
+    of ``chunk_tokens`` positions, and :math:`\\sum_k w_k \\cdot \\mathrm{mean}_k` differentiable with respect to
+    every tensor of ``logits`` that requires a gradient (:class:`ChunkedTokenMeans`).
+
+    ``terms``: (weight, fn) pairs, ``fn(rows, labels)`` giving the (c,) per-token values of one chunk from ``rows``,
+    the chunk of each tensor of ``logits`` in order, (c, V) float32; detach inside ``fn`` what a term must not
+    differentiate. ``logits``: (..., V) tensors with the same positions; ``mask``/``labels``: (...) or None. Every
+    counted token weighs the same, whichever chunk it falls in; ``means`` (K,) is detached; 0 when none counts.
+    The token count stays on the device (no host synchronisation).
+    """
+    check_chunk_tokens(chunk_tokens)
+    positions = logits[0].shape[:-1]
+    for tensor in logits[1:]:
+        if tensor.shape[:-1] != positions:
+            raise ValueError(f'logit tensors of shapes {tuple(logits[0].shape)} and {tuple(tensor.shape)} differ in '
+                             'positions')
+    if mask is None:
+        mask = torch.ones(positions, dtype=torch.bool, device=logits[0].device)
+    mask = mask.to(torch.bool)
+    if mask.shape != positions:
+        raise ValueError(f'mask of shape {tuple(mask.shape)} does not match logit positions of shape '
+                         f'{tuple(positions)}')
+    plan = ChunkPlan(list(terms), as_row_grid(mask, 0), None if labels is None else as_row_grid(labels, 0),
+                     mask.sum().clamp_min(1), chunk_tokens)
+    return ChunkedTokenMeans.apply(plan, *logits)
 
 
 def taid_next_t(t, momentum, previous_loss, loss, progress, t_start=0.4, t_end=1.0, rate=5e-4, momentum_decay=0.99):

@@ -59,13 +59,28 @@ def pretrained_error(yaml_key, name, error):
 
 
 def load_tokenizer(model_config, yaml_key='models.student_model'):
+    """``AutoTokenizer`` from ``tokenizer_kwargs``. A local folder without tokenizer files is an error naming the
+    key: transformers 5 would build an empty tokenizer from ``config.json`` alone (one token)."""
     from transformers import AutoTokenizer
+    vocabulary_files = ('tokenizer.json', 'vocab.json', 'tokenizer.model', 'vocab.txt', 'spiece.model',
+                        'sentencepiece.bpe.model', 'tokenizer.tiktoken', 'merges.txt')  # BPE, WordPiece, SentencePiece
     kwargs = dict(model_config.get('tokenizer_kwargs') or {})
     kwargs.pop('do_lower', None)  # torchdistill's configs carry it; current tokenizers take it from their files
+    name = kwargs.get('pretrained_model_name_or_path')
+    key = f'{yaml_key}.tokenizer_kwargs.pretrained_model_name_or_path'
+    fix = ('save the tokenizer into it (tokenizer.save_pretrained(folder)) or point tokenizer_kwargs.'
+           'pretrained_model_name_or_path at a folder or hub name that has one (e.g. the model the weights came from)')
+    if isinstance(name, str) and os.path.isdir(os.path.expanduser(name)) and not any(
+            os.path.isfile(os.path.join(os.path.expanduser(name), f)) for f in vocabulary_files):
+        raise ConfigError(f'{key}: {name} has no tokenizer files ({", ".join(vocabulary_files[:4])}, ...); {fix}')
     try:
-        return AutoTokenizer.from_pretrained(**kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(**kwargs)
     except (OSError, ValueError) as error:
-        raise pretrained_error(yaml_key, kwargs.get('pretrained_model_name_or_path'), error) from error
+        raise pretrained_error(yaml_key, name, error) from error
+    if len(tokenizer) < 2:
+        raise ConfigError(f'{key}: `{name}` gave a tokenizer of {len(tokenizer)} token(s), so it holds no '
+                          f'vocabulary; {fix}')
+    return tokenizer
 
 
 def encoder_layers(model):

@@ -118,15 +118,22 @@ def apply_command_line(config, args):
 
 
 def set_num_training_steps(train_config, num_samples, world_size):
-    """Fills ``scheduler.kwargs.num_training_steps`` (Hugging Face schedules need it) from the data size."""
+    """Fills ``scheduler.kwargs.num_training_steps`` (Hugging Face schedules need it) from the data size: the
+    optimizer steps of the whole run on ``world_size`` processes,
+    ``floor(num_epochs * batches / grad_accum_step)`` with ``batches = ceil(ceil(N / world_size) / batch_size)``
+    (``floor`` with ``drop_last``), since each rank's sampler gets ``ceil(N / world_size)`` examples and torchdistill
+    counts accumulation across epochs. A run resumed on another number of processes gets its own value; ``-resume``
+    moves the scheduler's step to the same fraction of training (:mod:`pesf_ext.engine.checkpoint`)."""
     scheduler = train_config.get('scheduler') or {}
     kwargs = scheduler.get('kwargs')
     if kwargs is None or 'num_training_steps' not in kwargs or kwargs['num_training_steps']:
         return
     loader = train_config['train_data_loader']['kwargs']
-    accumulation = (train_config.get('optimizer') or {}).get('grad_accum_step', 1)
-    steps = math.ceil(num_samples / loader['batch_size'] / world_size / accumulation)
-    kwargs['num_training_steps'] = steps * train_config['num_epochs']
+    accumulation = (train_config.get('optimizer') or {}).get('grad_accum_step', 1) or 1
+    per_rank = math.ceil(num_samples / max(world_size, 1))
+    batch = loader['batch_size']
+    batches = per_rank // batch if loader.get('drop_last') else math.ceil(per_rank / batch)
+    kwargs['num_training_steps'] = max(train_config['num_epochs'] * batches // accumulation, 1)
 
 
 class GlueData:
