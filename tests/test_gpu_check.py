@@ -1,22 +1,34 @@
-"""tools/gpu_check.py in its CPU mode (tiny sizes, gloo, fp16 autocast on the CPU): every section of the report is
-there and every row passed. The CUDA run (full sizes, NCCL) is the same code with bigger numbers."""
+"""tools/gpu_check.py: the CPU mode's report (tiny sizes, gloo, fp16 autocast on the CPU) with every section there
+and every row passed; a report that survives a section that raises, one that hangs past its limit and a run killed
+mid-way; every config's two steps through the runner's own ``setup_box``; honest labels (fp32 is TF32 off, the
+teacher's BatchNorm calibrated at the config's input size). The CUDA run is the same code with bigger numbers."""
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+
+import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# a CIFAR-100 pair, a multi-stage feature method and GLUE (ImageNet ResNet-50 -> ResNet-18 runs in the throughput
-# section); the full list is the default on a GPU
-ONLY = ['resnet56_resnet20_kd', 'resnet56_resnet20_fsp', 'bert_base_uncased_bert_6l_pesfkd']
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+import gpu_check  # noqa: E402
+
+# a CIFAR-100 pair, a multi-stage feature method, RCO and GLUE (ImageNet ResNet-50 -> ResNet-18 runs in the
+# throughput section); the full list is the default
+ONLY = ['resnet56_resnet20_kd', 'resnet56_resnet20_fsp', 'resnet56_resnet20_rco', 'bert_base_uncased_bert_6l_pesfkd']
 
 
 def test_gpu_check_cpu_mode_report(tmp_path):
     report_path = tmp_path / 'report.md'
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'tools', 'gpu_check.py'), '--device', 'cpu', '--only', *ONLY,
-         '--output', str(report_path)],
-        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'), cwd=ROOT, timeout=600)
+         '--output', str(report_path), '--budget_s', '600'],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'), cwd=ROOT, timeout=900)
     report = report_path.read_text() if report_path.exists() else ''
     assert result.returncode == 0, f'{report}\n{result.stderr[-3000:]}'
     for heading in ('# pesf_ext GPU check', '## Device', '## Two training steps of every config family',
@@ -24,8 +36,7 @@ def test_gpu_check_cpu_mode_report(tmp_path):
                     '## torchrun, 1 process (gloo), then -resume', '## Summary'):
         assert heading in report, heading
     rows = [line for line in report.splitlines() if line.startswith('| ') and not line.startswith('| config |')]
-    steps = [row for row in rows if row.startswith('| cifar100/') or row.startswith('| imagenet/')
-             or row.startswith('| glue/')]
+    steps = [row for row in rows if row.startswith('| cifar100/') or row.startswith('| glue/')]
     # fp32, bf16 + channels_last, fp16 for each config; the first also compiled
     assert len(steps) == 3 * len(ONLY) + 1
     assert all('| passed |' in row for row in steps), steps
@@ -33,25 +44,176 @@ def test_gpu_check_cpu_mode_report(tmp_path):
     assert 'stage1:' in next(row for row in steps if 'fsp' in row)   # both stages of a multi-stage config ran
     assert re.search(r'\| epochs 2 -resume \| 0 \| [\d.]+ \| yes \|', report)
     assert "skipped: torchdistill's examples/torchvision/image_classification.py not found" in report
-    assert '| kd |' in report and '| dml |' in report   # the throughput summary table
+    # the throughput summary: fp32 (TF32 off) and bf16 measured, TF32 a CUDA-only column
+    assert re.search(r'\| kd \| \d+ \| n/a \(CUDA only\) \| \d+ \|', report) and '| dml |' in report
     assert report.count('result: passed') == 2           # throughput and torchrun
     assert 'RESULT: PASSED' in report and ' 0 failed' in report
     assert result.stdout.strip() == report.strip()       # one markdown report on stdout
+    assert re.search(r'gpu_check: steps done in \d+ s so far; \d+ s of 600 s left', result.stderr)
+    logs = tmp_path / 'report_logs'                       # the sections' logs stay beside the report
+    assert (logs / 'steps.log').is_file() and (logs / 'torchrun_2.out').is_file()
 
 
-def test_gpu_check_exit_status_follows_failures(tmp_path, monkeypatch):
-    """A failing row makes the exit status 1 (here: a config whose loss is NaN, through the runner's own step)."""
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import gpu_check
+# sections for run_report, imported by name in the section processes (tests/ is on their PYTHONPATH)
+def ok_section(ctx):
+    return ['## Fine', '', 'result: passed'], ['passed']
 
-    def fail(*args, **kwargs):
-        raise RuntimeError('non-finite loss [nan, nan]')
 
-    monkeypatch.setattr(gpu_check, 'two_steps', fail)
-    monkeypatch.setattr(gpu_check, 'write_tiny_bert', lambda path: path)
-    code = gpu_check.main(['--device', 'cpu', '--only', 'resnet56_resnet20_kd', '--skip', 'throughput', 'torchrun',
-                           '--output', str(tmp_path / 'r.md')])
+def raising_section(ctx):
+    ctx.emit(['## Raises', '', '| row | result |', '|---|---|', '| first | passed |'], ['passed'])
+    raise RuntimeError('non-finite loss [nan, nan]')
+
+
+def hanging_section(ctx):
+    with open(os.path.join(ctx.work, 'hang.pid'), 'w') as f:
+        f.write(str(os.getpid()))
+    ctx.emit(['## Hangs', '', '| row | result |', '|---|---|', '| first | passed |'], ['passed'])
+    ctx.current('second row')
+    time.sleep(600)
+
+
+def run(sections, output, budget_s=60, min_section_s=0):
+    return gpu_check.run_report([(name, f'test_gpu_check:{name}_section', share) for name, share in sections],
+                                str(output), budget_s, {'device': 'cpu'}, min_section_s=min_section_s)
+
+
+@pytest.fixture
+def tests_importable(monkeypatch):
+    monkeypatch.setenv('PYTHONPATH', TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
+
+
+def test_a_section_that_raises_is_a_failed_row_and_the_next_runs(tmp_path, tests_importable, capsys):
+    code = run([('raising', 1), ('ok', 1)], tmp_path / 'r.md')
     report = (tmp_path / 'r.md').read_text()
     assert code == 1
-    assert '| cifar100/resnet56_resnet20_kd | fp32 | FAILED | RuntimeError: non-finite loss [nan, nan] |' in report
-    assert 'RESULT: FAILED' in report
+    assert '| first | passed |' in report   # what the section finished before raising
+    assert 'result: FAILED (RuntimeError: non-finite loss [nan, nan])' in report
+    assert '## Fine' in report and '2 passed, 1 failed, 0 skipped' in report and 'RESULT: FAILED' in report
+    assert 'non-finite loss' in (tmp_path / 'r_logs' / 'raising.log').read_text()   # its traceback, kept
+    assert capsys.readouterr().out.strip() == report.strip()
+
+
+def test_a_section_that_hangs_is_stopped_at_its_limit(tmp_path, tests_importable):
+    start = time.monotonic()
+    code = run([('hanging', 1), ('ok', 3)], tmp_path / 'r.md', budget_s=40)   # limits: 10 s, then what is left
+    elapsed = time.monotonic() - start
+    report = (tmp_path / 'r.md').read_text()
+    assert code == 1 and elapsed < 45, elapsed
+    assert '| first | passed |' in report
+    assert re.search(r'result: FAILED \(hanging timed out after 10 s while running second row; log: '
+                     r'r_logs/hanging.log\)', report), report
+    assert '## Fine' in report and 'RESULT: FAILED' in report
+    assert_gone(int((tmp_path / 'r_logs' / 'hang.pid').read_text()))
+
+
+def assert_gone(pid, wait_s=10):
+    for _ in range(int(wait_s * 10)):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f'process {pid} still runs')
+
+
+def test_a_run_killed_midway_leaves_the_finished_sections(tmp_path, tests_importable):
+    """SIGKILL the process running the check while its second section hangs: the report holds the first
+    section, readable, and the hanging section's process ends with it."""
+    output = tmp_path / 'r.md'
+    script = ('import sys; sys.path[:0] = [%r, %r]; import test_gpu_check as t; '
+              't.run([("ok", 1), ("hanging", 1)], %r, budget_s=300)') % (TESTS, os.path.join(ROOT, 'tools'),
+                                                                           str(output))
+    process = subprocess.Popen([sys.executable, '-c', script], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    pid_file = tmp_path / 'r_logs' / 'hang.pid'
+    try:
+        for _ in range(1200):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.1)
+        assert pid_file.exists(), 'the hanging section never started'
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    report = output.read_text()
+    assert report.startswith('# pesf_ext GPU check')
+    assert '## Fine\n\nresult: passed' in report and '## Hangs' not in report   # the finished section only
+    assert_gone(int(pid_file.read_text()))
+    lines = [json.loads(line) for line in (tmp_path / 'r_logs' / 'hanging.jsonl').read_text().splitlines()]
+    assert lines[-1] == {'current': 'second row'}   # the killed section's finished rows stay in its record file
+
+
+@pytest.fixture(scope='module')
+def work(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('gpu_check_work'))
+
+
+@pytest.mark.parametrize('label,path,backend', gpu_check.check_configs(), ids=lambda v: str(v).split('/')[-1])
+def test_every_config_two_steps_through_the_runner_setup(label, path, backend, work):
+    """Every config of the check, two fp32 steps on the CPU at the smallest sizes, built by the runner's own
+    setup_box (RCO's schedule included); both losses finite."""
+    import pesf_ext  # noqa: F401
+    device = torch.device('cpu')
+    out = gpu_check.two_steps(path, 'fp32', device, gpu_check.Sizes(device), backend, work)
+    assert out and all(len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses))) for _, losses, _ in out)
+
+
+def test_rco_box_has_its_schedule(work, monkeypatch):
+    """The check's RCO box is the runner's: its schedule set (the old harness's box had none and failed with
+    AttributeError), pointed at the random teacher as its only anchor."""
+    import pesf_ext  # noqa: F401
+    from pesf_ext.engine import runner
+    calls = []
+    original = runner.setup_box
+
+    def recording(*args, **kwargs):
+        box = original(*args, **kwargs)
+        calls.append(box)
+        return box
+    monkeypatch.setattr(runner, 'setup_box', recording)
+    device = torch.device('cpu')
+    gpu_check.two_steps(gpu_check.cifar('resnet56_resnet20_rco'), 'fp32', device, gpu_check.Sizes(device), None, work)
+    assert len(calls) == 1 and calls[0].rco_schedule.anchors == [os.path.join(work, 'rco_anchor.pt')]
+
+
+def test_input_size_read_from_the_config_transforms():
+    assert gpu_check.config_input_size(os.path.join(ROOT, 'configs', 'imagenet', 'r50_r18_kd.yaml')) == 224
+    assert gpu_check.config_input_size(gpu_check.cifar('resnet56_resnet20_kd')) == 32
+    cpu, cuda = gpu_check.Sizes(torch.device('cpu')), gpu_check.Sizes(torch.device('cuda'))
+    imagenet = os.path.join(ROOT, 'configs', 'imagenet', 'r50_r18_kd.yaml')
+    assert (cuda.image_size(imagenet), cpu.image_size(imagenet)) == (224, 32)
+
+
+def test_imagenet_teacher_calibrated_at_its_input_size(work, monkeypatch):
+    """At full sizes the ImageNet teacher's BatchNorm statistics are estimated on 224 x 224 images, the size its
+    batches have (the old check used 32 px: its test for 'imagenet' never matched the config)."""
+    import pesf_ext  # noqa: F401
+    from pesf_ext.engine.config import load_config
+    from pesf_ext.engine.synthetic import synthetic_data
+    sizes = gpu_check.Sizes(torch.device('cuda'))   # full sizes, built on the CPU
+    sizes.batch = 2
+    calls = []
+    monkeypatch.setattr(gpu_check, 'calibrate_batch_norm', lambda model, size, device: calls.append(size))
+    path = os.path.join(ROOT, 'configs', 'imagenet', 'r50_r18_kd.yaml')
+    size = sizes.image_size(path)
+    with synthetic_data(num_samples=2, imagenet_size=size):
+        config = load_config(path)
+    gpu_check.shrink_train(config, sizes)
+    box = gpu_check.build_box(config, torch.device('cpu'), sizes, gpu_check.variant_options('fp32', torch.device(
+        'cpu'), None), work, size)
+    images = next(iter(box.train_data_loader))[0]
+    assert calls == [224] and images.shape[-1] == 224
+
+
+def test_fp32_means_tf32_off():
+    from pesf_ext.engine.speed import SpeedOptions
+    cuda = torch.device('cuda')
+    assert gpu_check.variant_options('fp32', cuda, None).tf32 is False
+    assert gpu_check.variant_options('bf16+channels_last', cuda, None).amp == 'bf16'
+    variants = dict(gpu_check.throughput_variants(cuda))
+    assert list(variants) == ['fp32', 'TF32', 'bf16+channels_last']
+    assert variants['fp32'] == SpeedOptions(tf32=False) and variants['TF32'] == SpeedOptions(tf32=True)
+    assert variants['bf16+channels_last'].channels_last and variants['bf16+channels_last'].amp == 'bf16'
+    assert [v for v, _ in gpu_check.throughput_variants(torch.device('cpu'))] == ['fp32', 'bf16+channels_last']

@@ -1,37 +1,44 @@
-"""One command that checks the project on a GPU and prints one markdown report (exit status 1 if any check failed;
+"""One command that checks the project on a GPU and writes one markdown report (exit status 1 if any check failed;
 ``pesf-gpu-check``, in a clone also ``python tools/gpu_check.py``).
 
-    python tools/gpu_check.py                    # one CUDA GPU: about 5-8 minutes on an H100/H200
+    python tools/gpu_check.py                    # one CUDA GPU: under 8 minutes on an H100 (--budget_s 450)
     python tools/gpu_check.py --device cpu       # tiny sizes, gloo, fp16 autocast on the CPU (a CI smoke run)
     python tools/gpu_check.py --torchdistill_repo ~/torchdistill   # also time torchdistill's own example script
 
-Everything runs on random data and random weights (no download): configs are built as the runners build them, with
-the datasets swapped for random images or token ids (pesf_ext/engine/synthetic.py) and pretrained weights replaced
-by fresh ones. The report's sections:
+Everything runs on random data and random weights (no download): configs are built as the runners build them
+(the runner's own :func:`pesf_ext.engine.runner.setup_box`), with the datasets swapped for random images or token
+ids (pesf_ext/engine/synthetic.py) and pretrained weights replaced by fresh ones. The report's sections:
 
 1. the device;
 2. two training steps of every config family (each CIFAR-100 pair's KD and PESF-KD, ImageNet ResNet-50 -> ResNet-18,
    GLUE KD / PESF-KD with a tiny BERT, every CIFAR-100 method on ResNet-56 -> ResNet-20, each stage of multi-stage
-   configs), each in fp32, bf16 + channels_last and fp16 with the GradScaler; the pairs, ImageNet and GLUE also
-   compiled (``torch.compile``: inductor for ResNet-56 -> ResNet-20 KD, ``aot_eager`` for the others, the same
-   tracing of forward and backward with hooks without code generation; on the CPU ``eager``, first config only);
-   a row passes when both losses are finite;
+   configs), each in fp32 (TF32 off), bf16 + channels_last and fp16 with the GradScaler; the pairs, ImageNet and
+   GLUE also compiled (``torch.compile``: inductor for ResNet-56 -> ResNet-20 KD, ``aot_eager`` for the others, the
+   same tracing of forward and backward with hooks without code generation; on the CPU ``eager``, first config
+   only); a row passes when both losses are finite;
 3. the README's "Speed switches" throughput table: ResNet-50 -> ResNet-18 KD, PESF-KD, FT-KD and DML on random
-   224 x 224 batches, images/s in fp32 and in bf16 + channels_last, timed round-robin in one process
-   (tools/benchmark.py's ``measure`` and ``report``);
+   224 x 224 batches, images/s in fp32 (TF32 off), TF32 and bf16 + channels_last (tools/benchmark.py's ``measure``
+   and ``report``; one precision at a time, the methods round-robin);
 4. the same KD config through torchdistill's own example script (``examples/torchvision/image_classification.py``,
    not in its wheel: give a clone with --torchdistill_repo) and through this project's runner, side by side;
 5. a one-process ``torchrun`` run (NCCL on CUDA, gloo on the CPU) for one epoch, then resumed with ``-resume`` for a
    second one.
+
+A report that survives: each section runs in its own process with a time limit (its share of ``--budget_s`` plus
+what earlier sections left), is appended to ``--output`` and flushed as soon as it finishes, and a section that
+raises, crashes or runs past its limit becomes a FAILED line while the next one starts. The sections' logs, their
+row records and the files their runs write stay in ``<output stem>_logs/`` beside the report.
 """
 import argparse
-import contextlib
 import glob
+import importlib
+import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import traceback
 
@@ -41,12 +48,21 @@ ROOT = work_dir()  # where the subprocesses run: a clone's root, else the curren
 IMPORT_ROOT = os.path.dirname(PACKAGE_DIR)  # the folder that holds pesf_ext (the clone, or site-packages)
 # the runner the torchdistill and torchrun sections start by path: the clone's script, else the package's module file
 RUNNER = os.path.join(tools_dir() or os.path.join(PACKAGE_DIR, 'cli'), 'image_classification.py')
-WORKER = ['-m', 'pesf_ext.cli.gpu_check']  # this module's ``--_run_script`` worker (-m: its package imports resolve)
+WORKER = ['-m', 'pesf_ext.cli.gpu_check']  # this module's worker modes (-m: its package imports resolve)
 
 VARIANTS = ('fp32', 'bf16+channels_last', 'fp16', 'compile')
 CIFAR_PAIRS = ('resnet56_resnet20', 'resnet110_resnet32', 'vgg13_vgg8', 'resnet56_vgg8')
 THROUGHPUT_METHODS = ('kd', 'pesfkd', 'ftkd', 'dml')
 TORCHDISTILL_SCRIPT = os.path.join('examples', 'torchvision', 'image_classification.py')
+DEFAULT_BUDGET_S = 450  # the whole run on one H100, compile included
+# (name, target, share of the budget): each section's time limit is its share plus what earlier sections left over
+SECTIONS = (('device', 'pesf_ext.cli.gpu_check:section_device', 0.02),
+            ('steps', 'pesf_ext.cli.gpu_check:section_steps', 0.55),
+            ('throughput', 'pesf_ext.cli.gpu_check:section_throughput', 0.2),
+            ('torchdistill', 'pesf_ext.cli.gpu_check:section_torchdistill', 0.08),
+            ('torchrun', 'pesf_ext.cli.gpu_check:section_torchrun', 0.15))
+MIN_SECTION_S = 60  # at least this (or what is left): a section process's start-up alone takes seconds
+CROP_TRANSFORMS = ('RandomResizedCrop', 'CenterCrop', 'RandomCrop')  # the last size an image takes
 
 
 def cifar(name):
@@ -73,17 +89,78 @@ def check_configs():
     return rows
 
 
+def select_configs(only):
+    """:func:`check_configs` restricted to ``only`` (labels or file stems; None: all)."""
+    return [c for c in check_configs() if not only or c[0] in only or c[0].split('/')[-1] in only]
+
+
 class Sizes:
-    """Batch and input sizes: full on CUDA, tiny on the CPU."""
+    """Batch and input sizes: full on CUDA, tiny on the CPU (images at most 32 x 32)."""
 
     def __init__(self, device):
         cpu = device.type == 'cpu'
         self.batch = 2 if cpu else 32
-        self.imagenet = 32 if cpu else 224
+        self.max_image = 32 if cpu else None
         self.throughput_size = 32 if cpu else 224
         self.seq_len = 16 if cpu else 64
         self.throughput_batch = 4 if cpu else 128
         self.throughput_steps, self.throughput_rounds, self.warmup = (1, 1, 1) if cpu else (5, 3, 3)
+
+    def image_size(self, path):
+        """The size the check feeds ``path``'s models: the config's own input size (:func:`config_input_size`),
+        capped at 32 on the CPU."""
+        size = config_input_size(path) or 32
+        return size if self.max_image is None else min(size, self.max_image)
+
+
+def _tagged(loader, suffix, node):
+    """Any ``!tag`` of a torchdistill YAML read as the plain mapping, list or scalar under it."""
+    import yaml
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+def raw_yaml(path):
+    """The YAML of ``path`` as plain data, its tags (``!import_call``, ``!join`` ...) not run."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor('!', _tagged)
+    with open(path) as f:
+        return yaml.load(f, Loader=Loader)
+
+
+def config_input_size(path):
+    """The side of the images ``path``'s training set yields: the ``size`` of the first RandomResizedCrop,
+    CenterCrop or RandomCrop of the dataset ``train.train_data_loader.dataset_id`` names (224 for
+    configs/imagenet, 32 for CIFAR-100); None when it has none."""
+    raw = raw_yaml(path)
+    train = raw.get('train') or {}
+    stage = train if 'train_data_loader' in train else train.get('stage1') or {}
+    dataset = (raw.get('datasets') or {}).get((stage.get('train_data_loader') or {}).get('dataset_id'))
+
+    def find(node):
+        if isinstance(node, dict):
+            if str(node.get('key', '')).rsplit('.', 1)[-1] in CROP_TRANSFORMS:
+                size = ((node.get('init') or {}).get('kwargs') or {}).get('size')
+                if size is not None:
+                    return int(size[0] if isinstance(size, list) else size)
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            return None
+        for child in children:
+            found = find(child)
+            if found is not None:
+                return found
+        return None
+    return find(dataset)
 
 
 def write_tiny_bert(path):
@@ -95,6 +172,14 @@ def write_tiny_bert(path):
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=1105, hidden_size=32, num_hidden_layers=12, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+    return path
+
+
+def tiny_bert(work):
+    """``work``/tiny_bert, written on first use."""
+    path = os.path.join(work, 'tiny_bert')
+    if not os.path.isfile(os.path.join(path, 'config.json')):
+        write_tiny_bert(path)
     return path
 
 
@@ -121,33 +206,45 @@ def shrink_train(config, sizes):
                 loader['kwargs'].update(batch_size=sizes.batch, num_workers=0, pin_memory=False, drop_last=True)
 
 
-def build_box(config, device, sizes, options, tiny_bert):
-    """The runner's box of ``config`` (every stage) with the speed ``options``, as tools/benchmark.py builds it."""
-    from . import benchmark
+def random_rco_route(config, teacher, work):
+    """An RCO config's ``train.rco`` pointed at one anchor, the random teacher itself, from epoch 0 (the check
+    runs one epoch; the route's real anchors are files of a trained teacher)."""
+    import torch
+    if config['train'].get('rco') is None:
+        return
+    path = os.path.join(work, 'rco_anchor.pt')
+    torch.save({'model': teacher.state_dict()}, path)
+    config['train']['rco'] = {'anchors': [path], 'switch_epochs': [0]}
+
+
+def build_box(config, device, sizes, options, work, image_size=32):
+    """The runner's box of ``config`` (every stage) with the speed ``options``, built by the runner's own
+    :func:`~pesf_ext.engine.runner.setup_box`; ``image_size``: the side of the random images (the teacher's
+    BatchNorm statistics are estimated at it)."""
     from pesf_ext.engine.models import build_model
-    from pesf_ext.engine.runner import build_box as runner_box
-    from pesf_ext.engine.speed import apply_speed
+    from pesf_ext.engine.runner import setup_box
     from pesf_ext.engine.synthetic import synthetic_data
     models = config['models']
     if 'model_kwargs' in (models.get('student_model') or {}):
-        text_overrides(config, tiny_bert)
+        from . import benchmark
+        text_overrides(config, tiny_bert(work))
         teacher, student = benchmark.build_text_models(config, sizes.batch, device, sizes.seq_len)
     else:
         with synthetic_data():
             teacher = build_model({**models['teacher_model'], 'src_ckpt': None}, device, False,
                                   'models.teacher_model').eval() if 'teacher_model' in models else None
         if teacher is not None:
-            calibrate_batch_norm(teacher, sizes.imagenet if 'imagenet' in str(models['teacher_model']) else 32, device)
+            calibrate_batch_norm(teacher, image_size, device)
+            random_rco_route(config, teacher, work)
         student_config = models.get('student_model') or models['model']
         student = build_model({**student_config, 'src_ckpt': None}, device, False, 'models.student_model')
-    box = runner_box(teacher, student, config, device, None, False, 1)
-    return apply_speed(box, options, device)
+    return setup_box(teacher, student, config, device, None, False, 1, options, seed=0)
 
 
 def calibrate_batch_norm(model, size, device):
-    """BatchNorm statistics of a randomly initialised teacher estimated on one random batch: with the initial ones
-    (mean 0, variance 1) a deep random ResNet's features grow through the blocks in eval mode, and losses on them
-    (FT's reconstruction) overflow even in fp32, which says nothing about the code."""
+    """BatchNorm statistics of a randomly initialised teacher estimated on one random batch of ``size`` x ``size``
+    images: with the initial ones (mean 0, variance 1) a deep random ResNet's features grow through the blocks in
+    eval mode, and losses on them (FT's reconstruction) overflow even in fp32, which says nothing about the code."""
     import torch
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -165,27 +262,29 @@ def calibrate_batch_norm(model, size, device):
 
 
 def variant_options(variant, device, backend):
+    """Speed options of a two-step row: ``fp32`` with TF32 off (full fp32), the AMP variants as tools/benchmark.py
+    builds them, ``compile`` with ``backend`` (``eager`` on the CPU)."""
     from . import benchmark
     from pesf_ext.engine.speed import SpeedOptions
-    options = benchmark.variant_options(variant, SpeedOptions())
     if variant == 'compile':
-        options = SpeedOptions(compile=('student', 'teacher'), compile_backend='eager' if device.type == 'cpu'
-                               else backend)
-    return options
+        return SpeedOptions(compile=('student', 'teacher'), compile_backend='eager' if device.type == 'cpu'
+                            else backend)
+    return benchmark.variant_options(variant, SpeedOptions(tf32=variant != 'fp32'))
 
 
-def two_steps(path, variant, device, sizes, backend, tiny_bert):
-    """[(stage, losses of two steps)] of one config in one variant (a multi-stage config: two steps of each stage,
-    the box moving on to the next stage as the runner's does after an epoch); raises on a non-finite loss (the
-    runner's step stops there) or any other error."""
+def two_steps(path, variant, device, sizes, backend, work):
+    """[(stage, losses of two steps, options)] of one config in one variant (a multi-stage config: two steps of each
+    stage, the box moving on to the next stage as the runner's does after an epoch); raises on a non-finite loss
+    (the runner's step stops there) or any other error."""
     from pesf_ext.engine.config import load_config
     from pesf_ext.engine.loop import TrainStep
     from pesf_ext.engine.synthetic import synthetic_data
-    with synthetic_data(num_samples=sizes.batch * 2, imagenet_size=sizes.imagenet):
+    image_size = sizes.image_size(path)
+    with synthetic_data(num_samples=sizes.batch * 2, imagenet_size=image_size):
         config = load_config(path)
     shrink_train(config, sizes)
     options = variant_options(variant, device, backend)
-    box = build_box(config, device, sizes, options, tiny_bert)
+    box = build_box(config, device, sizes, options, work, image_size)
     out = []
     for epoch, stage in enumerate(stage_names(config) or [None]):
         if epoch:
@@ -201,8 +300,65 @@ def two_steps(path, variant, device, sizes, backend, tiny_bert):
     return out
 
 
-def section_device(device):
+class Context:
+    """What a section process knows: the run's options (``--device``, ``--only``, ...), ``work`` (the logs folder
+    beside the report), its ``deadline`` (``time.time()``), and its record file, to which :meth:`emit` appends
+    finished report lines at once (a section killed later keeps them)."""
+
+    def __init__(self, options, name, deadline):
+        self.options, self.name, self.deadline = options, name, deadline
+        self.work = options['work']
+        self.records = os.path.join(self.work, f'{name}.jsonl')
+        self._device = None
+
+    @property
+    def device(self):
+        if self._device is None:
+            from pesf_ext.engine.distributed import resolve_device
+            self._device = resolve_device(self.options.get('device'))
+        return self._device
+
+    @property
+    def sizes(self):
+        return Sizes(self.device)
+
+    def left(self):
+        return self.deadline - time.time()
+
+    def _append(self, record):
+        with open(self.records, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+
+    def emit(self, lines, results=()):
+        self._append({'lines': list(lines), 'results': list(results)})
+
+    def current(self, what):
+        """Says what runs now (named in the report if the section is killed)."""
+        self._append({'current': what})
+
+
+def read_records(path):
+    """(lines, results, what ran last, finished) of a section's record file."""
+    lines, results, current, done = [], [], None, False
+    if os.path.isfile(path):
+        with open(path) as f:
+            for text in f:
+                try:
+                    record = json.loads(text)
+                except ValueError:
+                    break   # a line cut by a kill
+                lines += record.get('lines', [])
+                results += record.get('results', [])
+                current = record.get('current', current)
+                done = done or record.get('done', False)
+    return lines, results, current, done
+
+
+def section_device(ctx):
     import torch
+    device = ctx.device
     lines = ['## Device', '']
     if device.type == 'cuda':
         props = torch.cuda.get_device_properties(device)
@@ -214,45 +370,63 @@ def section_device(device):
     import torchdistill
     lines.append(f'- torch {torch.__version__}, torchdistill {torchdistill.__version__}, Python '
                  f'{sys.version.split()[0]}')
-    return lines
+    return lines, []
 
 
-def section_steps(device, sizes, budget_s, tiny_bert, only=None):
-    """Rows: (config, variant, result, detail)."""
+def steps_row(path, variant, ctx, backend):
+    """(variant label, result, detail) of one two-step row."""
+    t0 = time.monotonic()
+    try:
+        results = two_steps(path, variant, ctx.device, ctx.sizes, backend, ctx.work)
+    except Exception as error:  # noqa: BLE001  (every failure is a row of the report)
+        traceback.print_exc()
+        message = str(error).splitlines()[0] if str(error) else ''
+        return variant, 'FAILED', f'{type(error).__name__}: {message[:200]}'
+    detail = '; '.join(f'{stage + ": " if stage else ""}{a:.4g} -> {b:.4g}' for stage, (a, b), _ in results)
+    used = results[0][2].compile_backend if variant == 'compile' else None
+    return variant + (f' ({used})' if used else ''), 'passed', f'{detail} ({time.monotonic() - t0:.1f} s)'
+
+
+def section_steps(ctx):
+    """Rows (config, variant, result, losses), each written as it finishes; a row is skipped when the slowest row
+    of its variant so far would not fit in the time left."""
     import torch
-    rows, start = [], time.monotonic()
-    configs = [c for c in check_configs() if not only or c[0] in only or c[0].split('/')[-1] in only]
+    device, sizes = ctx.device, ctx.sizes
+    configs = select_configs(ctx.options.get('only'))
+    ctx.emit(['## Two training steps of every config family', '',
+              f'batch {sizes.batch}, images at the config\'s input size{" (at most 32 px on the CPU)" if sizes.max_image else ""}, '
+              f'GLUE {sizes.seq_len} tokens (a tiny BERT); fp32 with TF32 off; loss of step 1 -> step 2 (a '
+              'multi-stage config: each stage)', '', '| config | variant | result | losses |', '|---|---|---|---|'])
+    slowest = {}
     for label, path, backend in configs:
         for variant in VARIANTS:
             if variant == 'compile' and (backend is None or device.type == 'cpu' and label != configs[0][0]):
                 continue   # the pairs, ImageNet and GLUE (CPU: dynamo takes ~30 s a config, the first one only)
-            if time.monotonic() - start > budget_s:
-                rows.append((label, variant, 'skipped', f'time budget of {budget_s:.0f} s spent'))
+            if ctx.left() < slowest.get(variant, 0) * 1.2 + 1:
+                ctx.emit([f'| {label} | {variant} | skipped | time budget spent ({ctx.left():.0f} s left) |'],
+                         ['skipped'])
                 continue
-            try:
-                t0 = time.monotonic()
-                results = two_steps(path, variant, device, sizes, backend, tiny_bert)
-                detail = '; '.join(f'{stage + ": " if stage else ""}{a:.4g} -> {b:.4g}'
-                                   for stage, (a, b), _ in results)
-                used = results[0][2].compile_backend if variant == 'compile' else None
-                rows.append((label, variant + (f' ({used})' if used else ''), 'passed',
-                             f'{detail} ({time.monotonic() - t0:.1f} s)'))
-            except Exception as error:  # noqa: BLE001  (every failure is a row of the report)
-                message = str(error).splitlines()[0] if str(error) else ''
-                rows.append((label, variant, 'FAILED', f'{type(error).__name__}: {message[:200]}'))
-                traceback.print_exc(file=sys.stderr)
-            finally:
-                if device.type == 'cuda':
-                    torch.cuda.empty_cache()
-    lines = ['## Two training steps of every config family', '',
-             f'batch {sizes.batch}, ImageNet {sizes.imagenet} px, GLUE {sizes.seq_len} tokens (a tiny BERT); loss of '
-             'step 1 -> step 2 (a multi-stage config: each stage)', '',
-             '| config | variant | result | losses |', '|---|---|---|---|']
-    lines += [f'| {c} | {v} | {r} | {d} |' for c, v, r, d in rows]
-    return lines, [r for _, _, r, _ in rows]
+            ctx.current(f'{label} [{variant}]')
+            print(f'{label} [{variant}] ...', flush=True)
+            t0 = time.monotonic()
+            shown, result, detail = steps_row(path, variant, ctx, backend)
+            slowest[variant] = max(slowest.get(variant, 0), time.monotonic() - t0)
+            ctx.emit([f'| {label} | {shown} | {result} | {detail} |'], [result])
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
 
 
-@contextlib.contextmanager
+def throughput_variants(device):
+    """(label, SpeedOptions) of the throughput columns: fp32 (TF32 off), TF32 (CUDA only) and bf16 +
+    channels_last."""
+    from . import benchmark
+    from pesf_ext.engine.speed import SpeedOptions
+    variants = [('fp32', SpeedOptions(tf32=False))]
+    if device.type == 'cuda':
+        variants.append(('TF32', SpeedOptions(tf32=True)))
+    return variants + [('bf16+channels_last', benchmark.variant_options('bf16+channels_last', SpeedOptions()))]
+
+
 def calibrated_teachers(benchmark, size, device):
     """tools/benchmark.py's ``build`` with :func:`calibrate_batch_norm` applied to a teacher in eval mode (the timing
     is unchanged; a random ResNet-50's eval-mode logits would otherwise reach ~1e4 and can overflow)."""
@@ -265,38 +439,142 @@ def calibrated_teachers(benchmark, size, device):
         if teacher is not None and not teacher.training:
             calibrate_batch_norm(unwrap(teacher), size, device)
         return box, batches
+    return original, build
 
+
+def section_throughput(ctx):
+    """Images/s of ResNet-50 -> ResNet-18 methods: each precision measured on its own (TF32 is a process-wide
+    switch, set when a box is built), the methods round-robin within it."""
+    import statistics
+    from . import benchmark
+    device, sizes = ctx.device, ctx.sizes
+    configs = [os.path.join(configs_dir(), 'imagenet', f'r50_r18_{m}.yaml') for m in THROUGHPUT_METHODS]
+    variants = throughput_variants(device)
+    ctx.emit(['## Throughput: ResNet-50 -> ResNet-18 on random images (README "Speed switches")', '',
+              f'{sizes.throughput_size} x {sizes.throughput_size} images, batch {sizes.throughput_batch}; fp32 is '
+              'full fp32 (TF32 off), TF32 the runner\'s default for fp32 on CUDA (speed.tf32)', ''])
+    original, build = calibrated_teachers(benchmark, sizes.throughput_size, device)
     benchmark.build = build
     try:
-        yield
+        entries = []
+        for variant in variants:
+            entries += benchmark.measure(configs, sizes.throughput_batch, sizes.throughput_steps, sizes.warmup,
+                                         sizes.throughput_rounds, device, sizes.throughput_size, variants=[variant])
     finally:
         benchmark.build = original
+    lines = [benchmark.report(entries, device, sizes.throughput_batch)]
+    by_name = {e['name']: e for e in entries}
+    names = ('fp32', 'TF32', 'bf16+channels_last')
+    lines += ['', '| method | ' + ' | '.join(f'{v} images/s' for v in names) + ' | bf16 + channels_last vs fp32 |',
+              '|---|---|---|---|---|']
+    measured = [v for v, _ in variants]
+    for method in THROUGHPUT_METHODS:
+        seconds = {v: statistics.median(by_name[f'r50_r18_{method}.yaml [{v}]']['times']) for v in measured}
+        cells = [f'{sizes.throughput_batch / seconds[v]:.0f}' if v in seconds else 'n/a (CUDA only)' for v in names]
+        lines.append(f'| {method} | {" | ".join(cells)} | {seconds["fp32"] / seconds["bf16+channels_last"]:.2f}x |')
+    return lines + ['', 'result: passed'], ['passed']
 
 
-def section_throughput(device, sizes):
-    from . import benchmark
-    from pesf_ext.engine.speed import SpeedOptions
-    configs = [os.path.join(configs_dir(), 'imagenet', f'r50_r18_{m}.yaml') for m in THROUGHPUT_METHODS]
-    variants = [(v, benchmark.variant_options(v, SpeedOptions())) for v in ('fp32', 'bf16+channels_last')]
-    lines = ['## Throughput: ResNet-50 -> ResNet-18 on random images (README "Speed switches")', '',
-             f'{sizes.throughput_size} x {sizes.throughput_size} images, batch {sizes.throughput_batch}', '']
+CHILDREN = set()  # process groups a section started (killed with it)
+
+
+def kill_group(pid):
     try:
-        with calibrated_teachers(benchmark, sizes.throughput_size, device):
-            entries = benchmark.measure(configs, sizes.throughput_batch, sizes.throughput_steps, sizes.warmup,
-                                        sizes.throughput_rounds, device, sizes.throughput_size, variants=variants)
-        lines.append(benchmark.report(entries, device, sizes.throughput_batch))
-        by_name = {e['name']: e for e in entries}
-        import statistics
-        lines += ['', '| method | fp32 images/s | bf16 + channels_last images/s | speed-up |', '|---|---|---|---|']
-        for method in THROUGHPUT_METHODS:
-            name = f'r50_r18_{method}.yaml'
-            fp32, amp = (statistics.median(by_name[f'{name} [{v}]']['times']) for v, _ in variants)
-            lines.append(f'| {method} | {sizes.throughput_batch / fp32:.0f} | {sizes.throughput_batch / amp:.0f} | '
-                         f'{fp32 / amp:.2f}x |')
-        return lines + ['', 'result: passed'], ['passed']
-    except Exception as error:  # noqa: BLE001
-        traceback.print_exc(file=sys.stderr)
-        return lines + [f'result: FAILED ({type(error).__name__}: {str(error)[:200]})'], ['FAILED']
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def subprocess_run(args, log_path, timeout, env_extra=None):
+    """(exit status, or None when it ran past ``timeout`` seconds and was killed with its children; seconds)."""
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=IMPORT_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), **(env_extra or {}))
+    start = time.monotonic()
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                   start_new_session=True)
+        CHILDREN.add(process.pid)
+        try:
+            code = process.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            kill_group(process.pid)
+            process.wait()
+            code = None
+        finally:
+            CHILDREN.discard(process.pid)
+    return code, time.monotonic() - start
+
+
+def tail(path, lines=3):
+    with open(path) as f:
+        return ' / '.join(line.strip() for line in f.read().strip().splitlines()[-lines:])[-300:].replace('|', '/')
+
+
+def exit_cell(code, timeout):
+    return f'timed out ({timeout:.0f} s)' if code is None else str(code)
+
+
+def kd_config_args(work, device, epochs, sizes):
+    dst = os.path.join(work, 'ckpt', 'kd.pt')
+    return ['--config', cifar('resnet56_resnet20_kd'), '--device', device.type, '--seed', '0',
+            '--set', f'train.num_epochs={epochs}', f'models.student_model.dst_ckpt={dst}',
+            'models.teacher_model.src_ckpt=null',   # a random teacher
+            f'train.train_data_loader.kwargs.batch_size={sizes.batch}', 'train.train_data_loader.kwargs.num_workers=0',
+            'train.val_data_loader.kwargs.num_workers=0', 'test.test_data_loader.kwargs.num_workers=0']
+
+
+def section_torchdistill(ctx):
+    device, sizes, work, repo = ctx.device, ctx.sizes, ctx.work, ctx.options.get('torchdistill_repo')
+    lines = ["## The same KD config through torchdistill's own example script", '']
+    script = os.path.join(os.path.expanduser(repo), TORCHDISTILL_SCRIPT) if repo else None
+    if not script or not os.path.isfile(script):
+        where = script or f'<clone>/{TORCHDISTILL_SCRIPT}'
+        lines.append(f"result: skipped: torchdistill's {TORCHDISTILL_SCRIPT} not found ({where}; the torchdistill "
+                     'wheel does not ship its examples). Get it with `git clone https://github.com/yoshitomo-matsubara/'
+                     'torchdistill` and pass `--torchdistill_repo <the clone>`.')
+        return lines, ['skipped']
+    num_samples = sizes.batch * 4
+    runs = {'torchdistill example': [script, '--config', cifar('resnet56_resnet20_kd'), '--device', device.type,
+                                     '--run_log', os.path.join(work, 'td.log')],
+            'pesf_ext runner': [RUNNER] + kd_config_args(work, device, 1, sizes)}
+    results = {}
+    for i, (name, argv) in enumerate(runs.items()):
+        log = os.path.join(work, name.replace(' ', '_') + '.out')
+        timeout = ctx.left() / (len(runs) - i)
+        code, seconds = subprocess_run([sys.executable, *WORKER, '--_run_script', argv[0],
+                                        str(num_samples)] + argv[1:], log, timeout)
+        results[name] = (code, seconds, log, timeout)
+    lines += [f'one epoch of {num_samples} random CIFAR-100 images, resnet56_resnet20_kd.yaml, wall seconds including '
+              'start-up and evaluation', '', '| script | exit | seconds | last lines |', '|---|---|---|---|']
+    lines += [f'| {name} | {exit_cell(code, timeout)} | {seconds:.1f} | {tail(log)} |'
+              for name, (code, seconds, log, timeout) in results.items()]
+    ok = all(code == 0 for code, _, _, _ in results.values())
+    return lines + ['', f'result: {"passed" if ok else "FAILED"}'], ['passed' if ok else 'FAILED']
+
+
+def section_torchrun(ctx):
+    device, sizes, work = ctx.device, ctx.sizes, ctx.work
+    backend = 'NCCL' if device.type == 'cuda' else 'gloo'
+    ctx.emit([f'## torchrun, 1 process ({backend}), then -resume', '',
+              '| run | exit | seconds | resumed | last lines |', '|---|---|---|---|---|'])
+    num_samples = sizes.batch * 4
+    base = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1',
+            *WORKER, '--_run_script', RUNNER, str(num_samples)]
+    ok = True
+    for i, (epochs, extra) in enumerate(((1, []), (2, ['-resume']))):
+        log = os.path.join(work, f'torchrun_{epochs}.out')
+        summary = os.path.join(work, f'summary_{epochs}.json')
+        ctx.current(f'torchrun epochs {epochs} {" ".join(extra)}')
+        timeout = ctx.left() / (2 - i)
+        code, seconds = subprocess_run(base + kd_config_args(work, device, epochs, sizes) + extra
+                                       + ['--summary_json', summary], log, timeout)
+        with open(log) as f:
+            text = f.read()
+        resumed = '-resume' not in extra or 'Resumed from' in text
+        ok = ok and code == 0 and resumed
+        ctx.emit([f'| {" ".join(["epochs " + str(epochs)] + extra)} | {exit_cell(code, timeout)} | {seconds:.1f} | '
+                  f'{"yes" if extra and resumed else ("n/a" if not extra else "NO")} | {tail(log)} |'])
+    return ['', f'result: {"passed" if ok else "FAILED"}'], ['passed' if ok else 'FAILED']
 
 
 def run_script(argv):
@@ -309,80 +587,134 @@ def run_script(argv):
         runpy.run_path(script, run_name='__main__')
 
 
-def subprocess_run(args, log_path, env_extra=None, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS='1',
-               PYTHONPATH=IMPORT_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), **(env_extra or {}))
-    start = time.monotonic()
-    with open(log_path, 'w') as log:
-        code = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout).returncode
-    return code, time.monotonic() - start
+def watch_parent(parent):
+    """Ends this section process and the runs it started when the process that started it is gone (a killed
+    check leaves no section running on)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        for pid in list(CHILDREN):
+            kill_group(pid)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
-def tail(path, lines=3):
-    with open(path) as f:
-        return ' / '.join(line.strip() for line in f.read().strip().splitlines()[-lines:])[-300:]
+def resolve_target(target):
+    module, _, name = target.partition(':')
+    return getattr(importlib.import_module(module), name)
 
 
-def kd_config_args(work, device, epochs, sizes):
-    dst = os.path.join(work, 'ckpt', 'kd.pt')
-    return ['--config', cifar('resnet56_resnet20_kd'), '--device', device.type, '--seed', '0',
-            '--set', f'train.num_epochs={epochs}', f'models.student_model.dst_ckpt={dst}',
-            'models.teacher_model.src_ckpt=null',   # a random teacher
-            f'train.train_data_loader.kwargs.batch_size={sizes.batch}', 'train.train_data_loader.kwargs.num_workers=0',
-            'train.val_data_loader.kwargs.num_workers=0', 'test.test_data_loader.kwargs.num_workers=0']
+def section_worker(argv):
+    """Worker: ``--_section TARGET OPTIONS_JSON NAME DEADLINE PARENT_PID`` runs ``module:function(ctx)`` and appends
+    what it returns to the section's record file; an error becomes a FAILED line."""
+    target, options_path, name, deadline, parent = argv
+    watch_parent(int(parent))
+    with open(options_path) as f:
+        ctx = Context(json.load(f), name, float(deadline))
+    try:
+        if ctx.options.get('device') != 'cpu' and ctx.device.type == 'cuda':
+            import torch
+            torch.backends.cudnn.benchmark = True
+        out = resolve_target(target)(ctx)
+        if out:
+            ctx.emit(*out)
+    except Exception as error:  # noqa: BLE001  (the report names it; the next section still runs)
+        traceback.print_exc()
+        message = str(error).splitlines()[0] if str(error) else ''
+        ctx.emit(['', f'result: FAILED ({type(error).__name__}: {message[:200]})'], ['FAILED'])
+    ctx._append({'done': True})
+    return 0
 
 
-def section_torchdistill(device, sizes, work, repo):
-    lines = ["## The same KD config through torchdistill's own example script", '']
-    script = os.path.join(os.path.expanduser(repo), TORCHDISTILL_SCRIPT) if repo else None
-    if not script or not os.path.isfile(script):
-        where = script or f'<clone>/{TORCHDISTILL_SCRIPT}'
-        lines.append(f"result: skipped: torchdistill's {TORCHDISTILL_SCRIPT} not found ({where}; the torchdistill "
-                     'wheel does not ship its examples). Get it with `git clone https://github.com/yoshitomo-matsubara/'
-                     'torchdistill` and pass `--torchdistill_repo <the clone>`.')
-        return lines, ['skipped']
-    num_samples = sizes.batch * 4
-    results = {}
-    runs = {'torchdistill example': [script, '--config', cifar('resnet56_resnet20_kd'), '--device', device.type,
-                                     '--run_log', os.path.join(work, 'td.log')],
-            'pesf_ext runner': [RUNNER]
-            + kd_config_args(work, device, 1, sizes)}
-    for name, argv in runs.items():
-        log = os.path.join(work, name.replace(' ', '_') + '.out')
-        code, seconds = subprocess_run([sys.executable, *WORKER, '--_run_script', argv[0],
-                                        str(num_samples)] + argv[1:], log)
-        results[name] = (code, seconds, log)
-    lines += [f'one epoch of {num_samples} random CIFAR-100 images, resnet56_resnet20_kd.yaml, wall seconds including '
-              'start-up and evaluation', '', '| script | exit | seconds | last lines |', '|---|---|---|---|']
-    lines += [f'| {name} | {code} | {seconds:.1f} | {tail(log)} |' for name, (code, seconds, log) in results.items()]
-    ok = all(code == 0 for code, _, _ in results.values())
-    return lines + ['', f'result: {"passed" if ok else "FAILED"}'], ['passed' if ok else 'FAILED']
+class Report:
+    """The markdown report: each part printed and appended to ``path`` (flushed to disk) as soon as it is done."""
+
+    def __init__(self, path, stream):
+        self.path, self.stream = path, stream
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        open(path, 'w').close()
+
+    def add(self, lines):
+        text = '\n'.join(lines) + '\n'
+        self.stream.write(text)
+        self.stream.flush()
+        with open(self.path, 'a') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
 
 
-def section_torchrun(device, sizes, work):
-    backend = 'NCCL' if device.type == 'cuda' else 'gloo'
-    lines = [f'## torchrun, 1 process ({backend}), then -resume', '']
-    num_samples = sizes.batch * 4
-    base = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1',
-            *WORKER, '--_run_script', RUNNER,
-            str(num_samples)]
-    rows, ok = [], True
-    for epochs, extra in ((1, []), (2, ['-resume'])):
-        log = os.path.join(work, f'torchrun_{epochs}.out')
-        summary = os.path.join(work, f'summary_{epochs}.json')
-        code, seconds = subprocess_run(base + kd_config_args(work, device, epochs, sizes) + extra
-                                       + ['--summary_json', summary], log)
-        text = open(log).read()
-        resumed = '-resume' not in extra or 'Resumed from' in text
-        ok = ok and code == 0 and resumed
-        rows.append(f'| {" ".join(["epochs " + str(epochs)] + extra)} | {code} | {seconds:.1f} | '
-                    f'{"yes" if extra and resumed else ("n/a" if not extra else "NO")} | {tail(log)} |')
-    lines += ['| run | exit | seconds | resumed | last lines |', '|---|---|---|---|---|'] + rows
-    return lines + ['', f'result: {"passed" if ok else "FAILED"}'], ['passed' if ok else 'FAILED']
+def logs_dir(output):
+    return os.path.splitext(os.path.abspath(output))[0] + '_logs'
+
+
+def run_section(name, target, options_path, limit, logs):
+    """Runs one section in its own process for at most ``limit`` seconds; returns (lines, results, status)."""
+    records, log = os.path.join(logs, f'{name}.jsonl'), os.path.join(logs, f'{name}.log')
+    if os.path.exists(records):
+        os.remove(records)
+    env = dict(os.environ, PYTHONPATH=IMPORT_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+               PYTHONUNBUFFERED='1')
+    with open(log, 'w') as out:
+        process = subprocess.Popen([sys.executable, *WORKER, '--_section', target, options_path, name,
+                                    repr(time.time() + limit), str(os.getpid())], stdout=out,
+                                   stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        try:
+            code = process.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            kill_group(process.pid)
+            process.wait()
+            code = None
+    lines, results, current, done = read_records(records)
+    lines = lines or [f'## {name}', '']
+    if done and code == 0:
+        return lines, results, 'failed' if 'FAILED' in results else 'done'
+    why = f'timed out after {limit:.0f} s' if code is None else f'ended with exit status {code}'
+    where = f' while running {current}' if current else ''
+    lines = lines + ['', f'result: FAILED ({name} {why}{where}; log: {os.path.relpath(log, os.path.dirname(logs))})']
+    return lines, results + ['FAILED'], 'timed out' if code is None else 'crashed'
+
+
+def run_report(sections, output, budget_s, options, stream=None, progress=None, min_section_s=MIN_SECTION_S):
+    """Runs ``sections`` ((name, 'module:function', share of the budget)) one after another, each in its own
+    process, and writes the report to ``output`` as they finish; returns the exit status (1 if anything failed).
+    A section's limit is its share of ``budget_s`` plus whatever earlier sections left unused (at least
+    ``min_section_s``, at most what is left)."""
+    stream = stream or sys.stdout
+    progress = progress or sys.stderr
+    logs = logs_dir(output)
+    os.makedirs(logs, exist_ok=True)
+    options_path = os.path.join(logs, 'options.json')
+    with open(options_path, 'w') as f:
+        json.dump(dict(options, work=logs), f)
+    start, end = time.monotonic(), time.time() + budget_s
+    report = Report(output, stream)
+    report.add(['# pesf_ext GPU check', '',
+                f'time budget {budget_s:.0f} s; section logs in {os.path.basename(logs)}/', ''])
+    results, total = [], sum(share for _, _, share in sections) or 1
+    for i, (name, target, share) in enumerate(sections):
+        left = end - time.time()
+        later = sum(s for _, _, s in sections[i + 1:])
+        limit = min(left, max(left - later / total * budget_s, left * share / (share + later), min_section_s))
+        if left < 1:
+            lines, section_results, status = [f'## {name}', '', 'result: skipped (time budget spent)'], ['skipped'], \
+                'skipped'
+        else:
+            t0 = time.monotonic()
+            lines, section_results, status = run_section(name, target, options_path, limit, logs)
+            lines += ['', f'_{time.monotonic() - t0:.0f} s_']
+        report.add(lines + [''])
+        results += section_results
+        print(f'gpu_check: {name} {status} in {time.monotonic() - start:.0f} s so far; '
+              f'{max(end - time.time(), 0):.0f} s of {budget_s:.0f} s left', file=progress, flush=True)
+    failed, skipped = results.count('FAILED'), results.count('skipped')
+    report.add(['## Summary', '', f'{results.count("passed")} passed, {failed} failed, {skipped} skipped in '
+                f'{time.monotonic() - start:.0f} s', '', 'RESULT: ' + ('FAILED' if failed else 'PASSED')])
+    return 1 if failed else 0
 
 
 EPILOG = '''examples:
-  pesf-gpu-check                      # one CUDA GPU: about 5-8 minutes on an H100/H200
+  pesf-gpu-check                      # one CUDA GPU: under 8 minutes on an H100 (--budget_s 450)
   pesf-gpu-check --device cpu         # tiny sizes, gloo, fp16 autocast on the CPU (a smoke run)
   pesf-gpu-check --torchdistill_repo ~/torchdistill --output gpu_check.md
 (in a clone, `python tools/gpu_check.py` takes the same options)'''
@@ -392,53 +724,28 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ['--_run_script']:
         return run_script(argv[1:])
+    if argv[:1] == ['--_section']:
+        return section_worker(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default=None, help='cuda (default when available) or cpu (tiny sizes)')
     parser.add_argument('--torchdistill_repo', default=os.environ.get('TORCHDISTILL_REPO'),
                         help="a clone of torchdistill's repository (its example script is timed side by side)")
-    parser.add_argument('--budget_s', type=float, default=300,
-                        help='seconds for the two-step section; rows after it are reported as skipped')
+    parser.add_argument('--budget_s', type=float, default=DEFAULT_BUDGET_S,
+                        help='seconds for the whole run; each section gets a share plus what earlier ones left, '
+                             'two-step rows beyond it are skipped and a section past its limit is stopped '
+                             f'(default {DEFAULT_BUDGET_S})')
     parser.add_argument('--only', nargs='+', help='two-step checks of these configs only, by label or file stem '
                                                   '(e.g. resnet56_resnet20_kd imagenet/r50_r18_kd)')
-    parser.add_argument('--skip', nargs='+', default=[], choices=('steps', 'throughput', 'torchdistill', 'torchrun'),
+    parser.add_argument('--skip', nargs='+', default=[], choices=[name for name, _, _ in SECTIONS[1:]],
                         help='sections to leave out')
-    parser.add_argument('--output', help='also write the report to this file')
+    parser.add_argument('--output', default='gpu_check.md',
+                        help='the markdown report, written section by section (default gpu_check.md); the '
+                             "sections' logs go to <its stem>_logs/")
     args = parser.parse_args(argv)
-    import torch
-    from pesf_ext.engine.distributed import resolve_device
-    import pesf_ext  # noqa: F401,E402  (registers losses, models, processes)
-    device = resolve_device(args.device)
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True
-    sizes = Sizes(device)
-    start = time.monotonic()
-    lines, results = ['# pesf_ext GPU check', ''], []
-    with tempfile.TemporaryDirectory() as work:
-        tiny_bert = write_tiny_bert(os.path.join(work, 'tiny_bert'))
-        sections = [('device', lambda: (section_device(device), []))]
-        if 'steps' not in args.skip:
-            sections.append(('steps', lambda: section_steps(device, sizes, args.budget_s, tiny_bert, args.only)))
-        if 'throughput' not in args.skip:
-            sections.append(('throughput', lambda: section_throughput(device, sizes)))
-        if 'torchdistill' not in args.skip:
-            sections.append(('torchdistill', lambda: section_torchdistill(device, sizes, work, args.torchdistill_repo)))
-        if 'torchrun' not in args.skip:
-            sections.append(('torchrun', lambda: section_torchrun(device, sizes, work)))
-        for name, section in sections:
-            t0 = time.monotonic()
-            section_lines, section_results = section()
-            lines += section_lines + ['', f'_{time.monotonic() - t0:.0f} s_', '']
-            results += section_results
-    failed, skipped = results.count('FAILED'), results.count('skipped')
-    lines += ['## Summary', '', f'{results.count("passed")} passed, {failed} failed, {skipped} skipped in '
-              f'{time.monotonic() - start:.0f} s', '', 'RESULT: ' + ('FAILED' if failed else 'PASSED')]
-    report = '\n'.join(lines)
-    print(report)
-    if args.output:
-        with open(args.output, 'w') as f:
-            f.write(report + '\n')
-    return 1 if failed else 0
+    sections = [s for s in SECTIONS if s[0] not in args.skip]
+    options = {'device': args.device, 'only': args.only, 'torchdistill_repo': args.torchdistill_repo}
+    return run_report(sections, args.output, args.budget_s, options)
 
 
 if __name__ == '__main__':

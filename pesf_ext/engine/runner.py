@@ -186,19 +186,21 @@ class Evaluation:
 IMAGE_EVALUATION = Evaluation()
 
 
-def train(teacher, student, config, device, device_ids, distributed, world_size, args, evaluation=IMAGE_EVALUATION):
-    student_config = student_config_of(config['models'])
-    dst_ckpt = student_config['dst_ckpt']
-    lr_factor = world_size if distributed and args.adjust_lr else 1
-    speed = speed_options(config, args)
+def setup_box(teacher, student, config, device, device_ids, distributed, lr_factor, speed, seed,
+              evaluation=IMAGE_EVALUATION):
+    """The training box of ``config`` exactly as :func:`train` uses it: the loaders' switches, the box (its adapters,
+    heads and loss modules drawn off the student's streams), per-rank data and global streams, the validation loader
+    sharded, channels_last / SyncBatchNorm, FSDP2 / DDP under torchrun, the ``speed`` switches
+    (:class:`~pesf_ext.engine.speed.SpeedOptions`) and the RCO schedule of ``train.rco``. tools/gpu_check.py builds
+    its boxes here too, so that every config behaves there as in the runner."""
     apply_loader_switches(speed, config)  # persistent_workers, before the box builds its loaders
-    with isolated_stream(args.seed, 'teacher_side'):  # adapters, heads, loss modules: off the student's streams
+    with isolated_stream(seed, 'teacher_side'):  # adapters, heads, loss modules: off the student's streams
         box = build_box(teacher, student, config, device, device_ids, distributed, lr_factor)
     # torchrun: each rank its own data and global (dropout) streams, rank 0 the single-process ones; the models
     # above were built identically on every rank
-    box.data_stream = DataStream(args.seed, get_rank())
-    seed_global_for_rank(args.seed, get_rank())
-    seed_distributed_sampler(box.train_data_loader, args.seed)  # the example order follows --seed
+    box.data_stream = DataStream(seed, get_rank())
+    seed_global_for_rank(seed, get_rank())
+    seed_distributed_sampler(box.train_data_loader, seed)  # the example order follows --seed
     box.val_data_loader, _ = shard_eval_loader(box.val_data_loader)  # each example once (also for epoch metrics)
     if distributed and is_multi_stage(box):
         raise ConfigError('train.stage1: multi-stage training is not supported with torchrun here (each stage '
@@ -209,6 +211,19 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
         # a model whose buffers cannot change (an adapted teacher's frozen BatchNorm): no broadcast
         wrap_box_models(box, device_ids, broadcast_buffers=lambda model: not buffers_frozen(model))
     apply_speed(box, speed, device)
+    from ..rco import rco_schedule  # pesf_ext.rco imports this package's modules
+    schedule = rco_schedule(config['train'], box.num_epochs)
+    if schedule is not None:
+        box.rco_schedule = schedule
+    return box
+
+
+def train(teacher, student, config, device, device_ids, distributed, world_size, args, evaluation=IMAGE_EVALUATION):
+    student_config = student_config_of(config['models'])
+    dst_ckpt = student_config['dst_ckpt']
+    lr_factor = world_size if distributed and args.adjust_lr else 1
+    box = setup_box(teacher, student, config, device, device_ids, distributed, lr_factor,
+                    speed_options(config, args), args.seed, evaluation)
     counts = parameter_counts(box)
     for name, (trainable, total) in counts.items():
         logger.info('%s: %s trainable / %s total parameters', name, f'{trainable:,}', f'{total:,}')
@@ -227,11 +242,8 @@ def train(teacher, student, config, device, device_ids, distributed, world_size,
     student_model = box.student_model if hasattr(box, 'student_model') else box.model
     start_time = time.time()
     epoch_kwargs = epoch_metrics_kwargs(box, config, args, dst_ckpt)
-    from ..rco import anchor_epochs, rco_schedule, save_anchor  # pesf_ext.rco imports this package's modules
+    from ..rco import anchor_epochs, save_anchor  # pesf_ext.rco imports this package's modules
     anchors = anchor_epochs(config['train'], box.num_epochs)
-    schedule = rco_schedule(config['train'], box.num_epochs)
-    if schedule is not None:
-        box.rco_schedule = schedule
     progress = tqdm(range(start_epoch, box.num_epochs), initial=start_epoch, total=box.num_epochs, unit='epoch',
                     desc='epochs', dynamic_ncols=True, disable=None if is_main_process() else True)  # console only
     for epoch in progress:

@@ -86,6 +86,8 @@ class SpeedOptions:
         for name in ('fsdp', 'gradient_checkpointing'):
             if getattr(self, name):
                 parts.append(f'{name}={",".join(getattr(self, name))}')
+        if self.loss_chunk_tokens is not None:
+            parts.append(f'loss_chunk_tokens={self.loss_chunk_tokens}')
         return ', '.join(parts)
 
 

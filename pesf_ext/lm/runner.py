@@ -293,14 +293,15 @@ def run_lm(args, config=None):
     apply_command_line(config, args)
     data = LMData(cache_dir=args.cache_dir)
     builder = LMModels(config, data)
-    results = run(args, builder, default_log_freq=50, config=config,
-                  evaluation=Evaluation(score_key='score', evaluate_fn=builder.evaluate),
-                  prepare_config=data.check, prepare_data=builder.prepare_data)
-    if getattr(args, 'dry_run', False):  # checked, nothing trained or evaluated: no models to summarise
-        return results
-    model = next(iter(results['_models'].values()))
-    device = next(model.parameters()).device
-    return finish(results, args, config, data, device)
+
+    def after_test(results):  # on every rank, before the process group closes: ROUGE-L generations are split over
+        model = next(iter(results['_models'].values()))  # ranks, and only global rank 0 writes the summary
+        return finish(results, args, config, data, next(model.parameters()).device)
+
+    # -dry_run returns before testing: checked, nothing trained or evaluated, no models to summarise
+    return run(args, builder, default_log_freq=50, config=config,
+               evaluation=Evaluation(score_key='score', evaluate_fn=builder.evaluate),
+               prepare_config=data.check, prepare_data=builder.prepare_data, after_test=after_test)
 
 
 __all__ = ['get_lm_args', 'run_lm', 'LMData', 'check_teacher_side', 'format_lm_summary']
