@@ -17,8 +17,10 @@ is between the markers. The commands are meant to build tables from committed re
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = '<!-- generated: tools/refresh_docs.py -->', '<!-- end generated -->'
@@ -27,9 +29,25 @@ BLOCK = re.compile(r'```bash\n(?P<command>(?:(?!```).)*?)\n```\n\n?' + re.escape
                    + re.escape(END), re.DOTALL)
 
 
+def interpreter_path():
+    """A folder whose ``python`` and ``python3`` run this interpreter (``sys.executable``): the commands' ``python``
+    is the one running this script (a venv's, even when the venv is not activated), not the first one on PATH.
+    Shell scripts, not links: a link to a venv's interpreter outside the venv would not find its packages."""
+    folder = os.path.join(tempfile.gettempdir(), f'refresh_docs_python_{os.getpid()}')
+    os.makedirs(folder, exist_ok=True)
+    for name in ('python', 'python3'):
+        path = os.path.join(folder, name)
+        with open(path, 'w') as f:
+            f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        os.chmod(path, 0o755)
+    return folder
+
+
 def command_output(command):
-    """The command's stdout (the repository root as working directory); exits naming it when it fails."""
-    done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True)
+    """The command's stdout (the repository root as working directory, ``python`` this interpreter); exits naming
+    it when it fails."""
+    env = dict(os.environ, PATH=interpreter_path() + os.pathsep + os.environ.get('PATH', ''))
+    done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f'refresh_docs: `{command}` failed (exit {done.returncode}):\n{done.stderr.strip()[-2000:]}')
     return done.stdout.strip() + '\n'

@@ -198,6 +198,25 @@ def tokenize_split(dataset, task, tokenizer, max_length, source):
                        desc=f'tokenizing {source} (cached after the first run)')
 
 
+class LabelsKeptCollator:
+    """``(batch, batch['labels'])`` of a padding collator's batch (e.g. ``DataCollatorWithPadding``): the tokenized
+    batch keeps its labels, as torchdistill's GLUE script passes it (``forward_process(sample_batch, targets=None)``),
+    so either ``forward_batch_as_kwargs`` gives the model its labels and the model returns its own loss: this
+    project's (``model(**batch, labels=targets)`` unless the batch holds them) or the one of torchdistill's example
+    package ``examples/hf_transformers/custom`` (``model(**batch)``). The second element is the runner's targets
+    (metrics, the criterion under ``criterion_targets: 'labels'``). Registered under the name the YAML gives::
+
+        collate_fn: 'DataCollatorWithPadding'
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        return batch, batch['labels']
+
+
 def build_glue_datasets(spec, tokenizer, split_seed=0, cache_dir=None):
     """{dataset_id: tokenized Dataset} for the ids of ``spec['dataset_id_map']`` (train, validation, test)."""
     task = glue_task(spec.get('name'))
@@ -240,4 +259,4 @@ def build_glue_datasets(spec, tokenizer, split_seed=0, cache_dir=None):
     return out
 
 
-__all__ = ['GLUE_TASKS', 'GlueTask', 'glue_task', 'resolve_files', 'build_glue_datasets']
+__all__ = ['GLUE_TASKS', 'GlueTask', 'glue_task', 'resolve_files', 'build_glue_datasets', 'LabelsKeptCollator']

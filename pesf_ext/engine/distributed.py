@@ -217,14 +217,18 @@ def shard_eval_loader(loader):
 
 def gather_in_order(tensor):
     """Concatenates the per-example rows of every rank's :class:`ShardSampler` shard back into dataset order
-    (row i of rank r is example ``r + i * world``); the tensor itself in a single process."""
+    (row i of rank r is example ``r + i * world``); the tensor itself in a single process. A rank whose shard is
+    empty (fewer examples than processes) may give a tensor of any shape with no rows (e.g. ``torch.empty(0)``):
+    the row shape and dtype come from the first rank that has rows."""
     if not is_distributed():
         return tensor
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, tensor)
-    out = torch.empty((sum(len(p) for p in parts),) + tuple(parts[0].shape[1:]), dtype=parts[0].dtype)
+    shaped = next((p for p in parts if len(p)), parts[0])
+    out = torch.empty((sum(len(p) for p in parts),) + tuple(shaped.shape[1:]), dtype=shaped.dtype)
     for rank, part in enumerate(parts):
-        out[rank::len(parts)] = part
+        if len(part):
+            out[rank::len(parts)] = part
     return out
 
 

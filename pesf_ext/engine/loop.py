@@ -267,6 +267,8 @@ def evaluate(models, data_loader, device, header='Test:', log_freq=1000, metric_
     metric_logger = MetricLogger(delimiter='  ')
     for batch in metric_logger.log_every(data_loader, log_freq, header):
         sample_batch, targets, _ = split_batch(batch)
+        if isinstance(sample_batch, Mapping):  # a text batch that keeps its labels: the model's own loss is not needed
+            sample_batch = {k: v for k, v in sample_batch.items() if k != 'labels'}
         sample_batch, targets = move_to(sample_batch, device), move_to(targets, device)
         logits = run_models(nets, sample_batch)
         for name, z in logits.items():
@@ -282,9 +284,9 @@ def evaluate(models, data_loader, device, header='Test:', log_freq=1000, metric_
         if 'teacher' in logits and 'student' in logits and not regression:
             gap_sum += sharpness_gap(logits['teacher'].float(), logits['student'].float()).sum().item()
         count += batch_len(targets)
-    flat = [v for name in nets for v in sums[name]] + [gap_sum, count]
+    flat = [v for name in nets for v in sums[name]] + [float(regression), gap_sum, count]
     flat = all_reduce_sum(flat, device) if sharded else flat
-    total = max(flat[-1], 1)
+    total, regression = max(flat[-1], 1), flat[-3] > 0  # a rank with an empty shard learns it from the others
     if metric_fn is None:
         results = {name: {'top1': 100.0 * flat[2 * i] / total, 'top5': 100.0 * flat[2 * i + 1] / total}
                    for i, name in enumerate(nets)}

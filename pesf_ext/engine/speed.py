@@ -406,7 +406,8 @@ def apply_speed(box, options, device):
         box.forward_process = fast_forward_process
     if options.loss_chunk_tokens is not None:
         if not set_loss_chunk_tokens(box.criterion, options.loss_chunk_tokens):
-            logger.warning('speed.loss_chunk_tokens: the criterion has no TokenKDLoss or NextTokenLoss; nothing chunked')
+            logger.warning('speed.loss_chunk_tokens: the criterion has no TokenKDLoss or NextTokenLoss; '
+                           'nothing chunked')
         box.forward_process = chunked_loss_forward_process(box, box.forward_process, options.loss_chunk_tokens)
     if options.amp == 'fp16':
         box.grad_scaler = torch.amp.GradScaler(device.type)

@@ -11,10 +11,10 @@ from torchdistill.losses.registry import register_low_level_loss, register_mid_l
 
 from .base import LogitPairLoss, check_weight, extract_logits
 from .functional import (
-    at_least_float32, check_choice, check_chunk_tokens, chunked_token_means, cross_entropy_tokens, forward_kl, forward_kl_tokens,
-    generalized_jsd, generalized_jsd_tokens, is_regression, reverse_kl, reverse_kl_tokens, skew_forward_kl,
-    skew_forward_kl_tokens, skew_reverse_kl, skew_reverse_kl_tokens, taid_kl, taid_kl_tokens, taid_next_t,
-    total_variation, total_variation_tokens
+    at_least_float32, check_choice, check_chunk_tokens, chunked_token_means, cross_entropy_tokens, forward_kl,
+    forward_kl_tokens, generalized_jsd, generalized_jsd_tokens, is_regression, reverse_kl, reverse_kl_tokens,
+    skew_forward_kl, skew_forward_kl_tokens, skew_reverse_kl, skew_reverse_kl_tokens, taid_kl, taid_kl_tokens,
+    taid_next_t, total_variation, total_variation_tokens
 )
 
 DIVERGENCE_CHOICES = ('forward_kl', 'reverse_kl', 'jsd', 'skew_forward_kl', 'skew_reverse_kl', 'tv', 'taid')

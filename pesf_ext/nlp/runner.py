@@ -9,7 +9,7 @@ import types
 
 from torchdistill.datasets.registry import register_collate_func
 
-from ..data.glue import build_glue_datasets, glue_task, resolve_files
+from ..data.glue import LabelsKeptCollator, build_glue_datasets, glue_task, resolve_files
 from ..engine.errors import ConfigError
 from ..engine.runner import Evaluation, get_args, run
 from .glue_metrics import glue_metrics
@@ -160,8 +160,9 @@ class GlueData:
         from transformers import DataCollatorWithPadding
         tokenizer = load_tokenizer(self.student_config)
         # lengths rounded up to a multiple of 8 (tensor-core friendly; torchdistill's script does so under fp16);
-        # the padding is masked, so the outputs do not change
-        register_collate_func(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
+        # the padding is masked, so the outputs do not change; the batch keeps its labels (LabelsKeptCollator)
+        register_collate_func(LabelsKeptCollator(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)),
+                              key='DataCollatorWithPadding')
         config['datasets'] = build_glue_datasets(self.spec, tokenizer, self.split_seed, self.cache_dir)
         train = config.get('train') or {}
         stages = [v for k, v in train.items() if k.startswith('stage')] or ([train] if train else [])
