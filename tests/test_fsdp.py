@@ -38,16 +38,15 @@ def tiny_pairs(tmp_path_factory):
     tokenizer_dir = lm_data.offline_tokenizer_path(vocab_size=320, cache_dir=str(root / 'tok'), max_bytes=150_000)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     common = dict(vocab_size=len(tokenizer), num_attention_heads=2, num_key_value_heads=1,
-                  eos_token_id=tokenizer.eos_token_id)
+                  eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)  # as Qwen2.5-0.5B and Llama-3.2-1B
     shapes = {'teacher': dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2),
               'student': dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2)}
     dirs = {}
-    for family, config_class, extra in (('qwen2', Qwen2Config, {'tie_word_embeddings': True}),
-                                        ('llama', LlamaConfig, {})):
+    for family, config_class in (('qwen2', Qwen2Config), ('llama', LlamaConfig)):
         for role, shape in shapes.items():
             torch.manual_seed(0)
             path = str(root / f'{family}_{role}')
-            AutoModelForCausalLM.from_config(config_class(**common, **shape, **extra)).save_pretrained(path)
+            AutoModelForCausalLM.from_config(config_class(**common, **shape)).save_pretrained(path)
             tokenizer.save_pretrained(path)
             dirs[f'{family}_{role}'] = path
     with open(root / 'dolly.jsonl', 'w') as f:
@@ -64,9 +63,13 @@ def case_config(dirs, family, method, ckpt_dir, fsdp, epochs=1, checkpointing=Fa
     config = shrink(load_config(path), pair, ckpt_dir)
     spec = config['datasets']['lm']
     spec['held_out'] = {'validation': HELD_OUT, 'test': HELD_OUT, 'seed': 0}
-    spec['max_length'] = 96  # the prompt template alone is ~50 tokens: room for the responses
+    spec['max_length'] = 256  # the prompt template alone is ~100 tokens of this small vocabulary
     spec['max_samples'] = {'train': 16, 'validation': HELD_OUT, 'test': HELD_OUT}
-    config['test']['rouge_samples'] = 3  # 3 prompts over 2 ranks: generate calls differ too
+    config['test']['rouge_samples'] = 5  # over 2 ranks in batches of 2: rank 0 makes 2 generate calls, rank 1 one
+    optimizer = config['train']['optimizer']
+    for kwargs in [optimizer['kwargs']] + [entry['kwargs'] for entry in optimizer.get('module_wise_configs') or []]:
+        kwargs['lr'] = 0.01  # steps large enough for the weight comparisons to tell
+    optimizer['max_grad_norm'] = 0.01  # clipping scales every step (the norm over all shards; Adam's moments show it)
     config['train']['num_epochs'] = epochs
     config['train']['scheduler']['kwargs']['num_training_steps'] = 4  # 2 epochs of 2 steps, whatever num_epochs
     speed = {}
@@ -94,8 +97,8 @@ def torchrun(cases, tmp_path):
             for case in cases}
 
 
-def run_args(ckpt_dir, cache, *extra):
-    return ['--max_steps_per_epoch', '2', '--cache_dir', str(cache), *extra]
+def run_args(cache, *extra):
+    return ['--max_steps_per_epoch', '2', '--cache_dir', str(cache), '--max_new_tokens', '16', *extra]
 
 
 @pytest.fixture(scope='module')
@@ -111,13 +114,14 @@ def runs(tiny_pairs, tmp_path_factory):
                 dirs[tag] = tmp / tag
                 config = case_config(tiny_pairs, family, method, dirs[tag], mode == 'fsdp',
                                      checkpointing=mode == 'fsdp' and method == 'pesfkd')
-                cases.append({'tag': tag, 'config': config, 'args': run_args(dirs[tag], cache)})
+                cases.append({'tag': tag, 'config': config, 'args': run_args(cache)})
     dirs['ddp_2_epochs'] = tmp / 'ddp_2_epochs'
-    cases.append({'tag': 'ddp_2_epochs', 'args': run_args(dirs['ddp_2_epochs'], cache),
+    cases.append({'tag': 'ddp_2_epochs', 'args': run_args(cache),
                   'config': case_config(tiny_pairs, 'qwen2', 'ftkd', dirs['ddp_2_epochs'], False, epochs=2)})
-    resumed = case_config(tiny_pairs, 'qwen2', 'ftkd', dirs['qwen2_ftkd_fsdp'], True, epochs=2)
-    cases.append({'tag': 'fsdp_resumed', 'config': resumed, 'args': run_args(dirs['qwen2_ftkd_fsdp'], cache,
-                                                                               '-resume')})
+    dirs['fsdp_resumed'] = tmp / 'fsdp_resumed'  # a copy of the 1-epoch FSDP run's checkpoints, resumed
+    resumed = case_config(tiny_pairs, 'qwen2', 'ftkd', dirs['fsdp_resumed'], True, epochs=2)
+    cases.append({'tag': 'fsdp_resumed', 'config': resumed, 'args': run_args(cache, '-resume'),
+                  'copy': (str(dirs['qwen2_ftkd_fsdp'] / 'ckpt'), str(dirs['fsdp_resumed'] / 'ckpt'))})
     return torchrun(cases, tmp), dirs, tiny_pairs
 
 
@@ -137,6 +141,7 @@ def assert_same_run(ddp, fsdp):
                 assert close(d['test'][name]['nll'], f['test'][name]['nll'])
                 assert close(d['test'][name]['top1'], f['test'][name]['top1'])
         assert close(d['rouge_l'], f['rouge_l'])
+        assert d['responses'] == f['responses'] and all(text for texts in d['responses'] for text in texts)
         assert d['counts'] == f['counts']
 
 
@@ -158,11 +163,15 @@ def assert_same_tensors(a, b):
 def test_fsdp_gives_the_ddp_run(runs, family, method):
     results, dirs, models = runs
     ddp, fsdp = results[f'{family}_{method}_ddp'], results[f'{family}_{method}_fsdp']
+    assert ddp[0]['sharded'] == {'teacher': False, 'student': False}
+    assert fsdp[0]['sharded'] == {'teacher': True, 'student': True}
+    checkpointed = method == 'pesfkd'  # the frozen KD teacher has no graph: left alone
+    assert fsdp[1]['checkpointing'] == {'teacher': checkpointed, 'student': checkpointed}
     assert_same_run(ddp, fsdp)
     held_out_tokens = ddp[0]['test']['tokens']
     assert held_out_tokens > 0 and fsdp[1]['test']['tokens'] == held_out_tokens  # every rank: all 5 sequences
     name = 'Qwen2.5-0.5B_from_Qwen2.5-1.5B-Instruct.pt'
-    ddp_ckpt, fsdp_ckpt = dirs[f'{family}_{method}_ddp'] / 'ckpt' / name, dirs[f'{family}_{method}_fsdp'] / 'ckpt' / name
+    ddp_ckpt, fsdp_ckpt = (dirs[f'{family}_{method}_{mode}'] / 'ckpt' / name for mode in ('ddp', 'fsdp'))
     assert_same_tensors(student_weights(ddp_ckpt, models[f'{family}_student']),
                         student_weights(fsdp_ckpt, models[f'{family}_student']))
     ddp_state, fsdp_state = (torch.load(p, weights_only=False) for p in (ddp_ckpt, fsdp_ckpt))
@@ -195,7 +204,7 @@ def test_resume_under_fsdp_continues_the_ddp_run(runs):
         assert close(ddp[rank]['test']['student']['nll'], resumed[rank]['test']['student']['nll'])
     last = 'Qwen2.5-0.5B_from_Qwen2.5-1.5B-Instruct_last.pt'
     ddp_last, fsdp_last = (torch.load(d / 'ckpt' / last, weights_only=False)
-                           for d in (dirs['ddp_2_epochs'], dirs['qwen2_ftkd_fsdp']))
+                           for d in (dirs['ddp_2_epochs'], dirs['fsdp_resumed']))
     assert ddp_last['epoch'] == fsdp_last['epoch'] == 1
     assert_same_tensors(ddp_last['student'], fsdp_last['student'])
     assert_same_tensors(ddp_last['teacher'], fsdp_last['teacher'])
@@ -203,7 +212,21 @@ def test_resume_under_fsdp_continues_the_ddp_run(runs):
 
 def test_fsdp_bad_input_is_one_line():
     from pesf_ext.engine.speed import check_speed_fits, speed_options
+    from pesf_ext.lm.runner import get_lm_args
+    args = get_lm_args(['--config', 'x.yaml', '--fsdp', 'student', 'teacher', '--gradient_checkpointing', 'teacher'])
+    options = speed_options({'speed': {'fsdp': ['student']}}, args)  # the command line wins over the YAML
+    assert options.fsdp == ('student', 'teacher') and options.gradient_checkpointing == ('teacher',)
     with pytest.raises(ConfigError, match=r'^speed.fsdp: unknown model `teachers`'):
         speed_options({'speed': {'fsdp': ['teachers']}})
     with pytest.raises(ConfigError, match=r'^speed.fsdp: cannot be combined with speed.amp: fp16'):
         check_speed_fits(speed_options({'speed': {'fsdp': ['student'], 'amp': 'fp16'}}), {'train': {}})
+
+
+def test_one_optimizer_cannot_mix_sharded_and_whole_weights():
+    from torch import nn
+    from pesf_ext.engine.fsdp import check_sides
+    student, teacher, frozen = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ConfigError, match=r'^speed.fsdp: the teacher trains too'):
+        check_sides({'student': student, 'teacher': teacher}, ('student',))
+    check_sides({'student': student, 'teacher': frozen}, ('student',))  # a frozen teacher may stay whole
+    check_sides({'student': student, 'teacher': frozen}, ('teacher',))  # or be sharded alone

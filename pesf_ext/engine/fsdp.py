@@ -52,7 +52,6 @@ from torch import nn
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
-SPEED_TARGETS = ('student', 'teacher')
 BLOCK_LIST_NAMES = ('layers', 'h')  # LLaMA/Qwen/Mistral: model.layers; GPT-2: transformer.h
 
 
@@ -89,10 +88,9 @@ def transformer_blocks(network):
     return []
 
 
-def shard_model(model, label, device):
-    """``fully_shard`` on each transformer block of ``model``'s network, then on the network (in place); returns the
-    number of blocks."""
-    from torch.distributed.device_mesh import init_device_mesh
+def shard_model(model, label, mesh):
+    """``fully_shard`` on each transformer block of ``model``'s network, then on the network (in place, over the
+    device ``mesh``); returns the number of blocks."""
     from torch.distributed.fsdp import fully_shard
     network = network_of(model)
     inside = {id(p) for p in network.parameters()}
@@ -100,7 +98,6 @@ def shard_model(model, label, device):
     if outside:
         raise ConfigError(f'speed.fsdp: the {label} has parameters outside its network ({", ".join(outside[:3])}), '
                           'which FSDP would not shard; remove it from the list')
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     blocks = transformer_blocks(network)
     for block in blocks:
         fully_shard(block, mesh=mesh)
@@ -154,8 +151,10 @@ def shard_box_models(box, targets, device, lockstep_evaluation=True):
     check_sides(models, targets)
     old_names = {id(p): (side, name) for side, model in models.items() if model is not None
                  for name, p in model.named_parameters()}
+    from torch.distributed.device_mesh import init_device_mesh
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # every rank holds a 1/N shard
     for name in targets:
-        blocks = shard_model(models[name], name, device)
+        blocks = shard_model(models[name], name, mesh)
         logger.info('speed.fsdp: %s sharded over %d processes (%d blocks + root)', name, dist.get_world_size(),
                     blocks)
     repoint_optimizer(getattr(box, 'optimizer', None), old_names, models)

@@ -209,7 +209,8 @@ class LoRATeacher(AuxiliaryModelWrapper):
 
     def save_adapter(self, directory, state_dict=None):
         """Writes the PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``);
-        ``state_dict``: the adapter's whole tensors when the model is sharded (``pesf_ext.engine.fsdp.full_state_dict``)."""
+        ``state_dict``: the adapter's whole tensors when the model is sharded
+        (``pesf_ext.engine.fsdp.full_state_dict``)."""
         self.model.save_pretrained(directory, state_dict=state_dict)
         return directory
 
