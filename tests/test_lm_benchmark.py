@@ -159,6 +159,23 @@ def test_loss_path_saved_bytes_match_the_count(update, role):
     assert abs(meter.bytes - expected) / expected < 0.01
 
 
+@pytest.mark.parametrize('update,role', [('frozen', 'frozen'), ('adapters', 'lora'), ('full', 'trained')])
+def test_chunked_loss_path_matches_the_count(update, role):
+    """Chunked TokenKDLoss on bf16 logits keeps one bf16 gradient per learning side (exactly), and its forward's
+    working set stays within CHUNK_WORKING bytes per chunk token and row on top of those gradients."""
+    from pesf_ext.losses.divergences import TokenKDLoss
+    from pesf_ext.losses.memory import loss_memory, token_kd_inputs
+    tokens, vocab, chunk = 512, 512, 32
+    z_s, z_t, labels = token_kd_inputs(tokens, vocab, update, dtype=torch.bfloat16)
+    loss = TokenKDLoss(alpha=0.5, beta=0.5, teacher_update=update, chunk_tokens=chunk)
+    report = loss_memory(lambda s, t: loss({'.': {'output': s}}, {'.': {'output': t}}, labels), z_s, z_t)
+    gradients = memory.BF16 * memory.LEARNING_SIDES[role] * vocab * tokens  # over the shifted positions
+    assert report['saved_bytes'] == gradients
+    assert report['forward_peak_bytes'] <= gradients + memory.CHUNK_WORKING[role] * vocab * chunk
+    for real_tokens in (2048, 8192):  # the table's 4 x 512 tokens per GPU, and a longer batch, in chunks of 256
+        assert memory.loss_bytes(vocab, real_tokens, role, 256) < memory.loss_bytes(vocab, real_tokens, role) / 2
+
+
 def test_memory_table_orders_the_methods_and_is_current_in_the_docs():
     teacher, student = memory.SHAPES['Qwen2.5-7B'], memory.SHAPES['Qwen2.5-0.5B']
     m = {k: memory.method_memory(teacher, student, k, 2048) for k in memory.METHODS}

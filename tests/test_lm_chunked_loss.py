@@ -210,3 +210,34 @@ def test_speed_switch_reaches_every_token_loss_of_each_stage():
         assert [term.chunk_tokens for term, _ in used.term_dict.values()] == [64, 64]
     with pytest.raises(ValueError, match='chunk_tokens'):
         TokenKDLoss(chunk_tokens=0)
+
+
+@pytest.mark.parametrize('chunk_tokens', [None, 4])
+def test_amp_upcasts_whole_logits_only_without_chunks(chunk_tokens):
+    """Under ``speed.amp: 'bf16'`` the criterion runs on float32 copies of its inputs, except with chunking on:
+    a whole float32 [tokens, vocabulary] copy is what chunking avoids, so the chunked loss gets the bf16 logits
+    and upcasts one chunk at a time. The loss agrees with the float32 one either way."""
+    z_s, z_t, labels = lm_batch(seed=3)
+    z_s, z_t = z_s.clamp(-8, 8), z_t.clamp(-8, 8)  # the garbage logits of lm_batch would swamp bf16 rounding
+    seen = []
+
+    class Spy(TokenKDLoss):
+        def forward(self, student_io_dict, teacher_io_dict, targets=None, *args, **kwargs):
+            seen.append(student_io_dict['.']['output'].dtype)
+            return super().forward(student_io_dict, teacher_io_dict, targets, *args, **kwargs)
+
+    loss = Spy(temperature=2.0, alpha=0.3, beta=0.7)
+
+    def forward_process(sample_batch, targets=None, supp_dict=None, **kwargs):
+        logits = sample_batch @ torch.eye(V)  # a matmul: bf16 under autocast, like a model's output layer
+        return box.criterion({'.': {'output': logits}}, {'.': {'output': z_t.to(torch.bfloat16)}}, targets)
+
+    box = types.SimpleNamespace(model=torch.nn.Linear(2, 2), criterion=loss, forward_process=forward_process)
+    options = speed_options({'speed': {'amp': 'bf16', 'loss_chunk_tokens': chunk_tokens}})
+    apply_speed(box, options, torch.device('cpu'))
+    value = box.forward_process(z_s, labels)
+    assert seen == [torch.float32 if chunk_tokens is None else torch.bfloat16]
+    reference = TokenKDLoss(temperature=2.0, alpha=0.3, beta=0.7)(
+        {'.': {'output': z_s.to(torch.bfloat16).float()}}, {'.': {'output': z_t.to(torch.bfloat16).float()}}, labels)
+    assert value.dtype == torch.float32
+    assert torch.allclose(value, reference, rtol=1e-3, atol=1e-3)

@@ -7,6 +7,10 @@ the CE / MSE configs (``func2extract_model_loss: 'extract_transformers_loss'`` w
 ``KDLoss`` on the hooked ``classifier`` outputs (STS-B: ``MSELoss`` in a ``SimpleLossWrapper`` plus the model
 loss), MNLI's matched / mismatched splits and its ``glue_ax`` entry, and the ``private`` (leaderboard) section.
 Only the model path, ``num_labels`` placement and the data files are set for a tiny BERT and tiny data.
+
+These runs have no ``custom`` package on the path (the runner's empty stand-in takes its place and this project's
+registrations serve); tests/test_glue_example_package.py runs the same shapes with a stand-in that behaves like
+torchdistill's package.
 """
 import math
 import os

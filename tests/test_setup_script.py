@@ -14,7 +14,7 @@ SYSTEM_TOOLS = ('bash', 'dirname', 'env', 'ls', 'cat', 'rm', 'mkdir', 'grep', 'd
 # pip download -d DIR NAME...: the wheel files pip would save (PyYAML's is platform-specific)
 WHEEL_FILES = {'torchdistill==1.1.5': 'torchdistill-1.1.5-py3-none-any.whl', 'tqdm': 'tqdm-4.67.1-py3-none-any.whl',
                'pyyaml': 'PyYAML-6.0.2-cp311-cp311-manylinux_2_17_x86_64.whl',
-               'setuptools>=64': 'setuptools-80.0.0-py3-none-any.whl', 'wheel': 'wheel-0.45.1-py3-none-any.whl'}
+               'setuptools>=70.1': 'setuptools-80.0.0-py3-none-any.whl'}
 
 
 def stub(directory, name, body):
@@ -95,13 +95,13 @@ def test_wheels_dry_run_prints_the_downloads_and_runs_nothing(sandbox):
     python = shutil.which('python', path=str(sandbox.tree.parent / 'bin'))
     assert sandbox.stdout.replace(python, 'python').splitlines() == [
         'rm -rf .whl', 'mkdir -p .whl/build', f'{DOWNLOAD} .whl torchdistill==1.1.5',
-        f'{DOWNLOAD} .whl/build setuptools>=64 wheel']
+        f'{DOWNLOAD} .whl/build setuptools>=70.1']
     assert not (sandbox.tree / '.whl').exists()
 
 
 def test_wheels_downloads_torchdistill_without_its_deps(sandbox):
     calls, _ = sandbox(1000, False, 'wheels', env_extra={'EXTRA_WHEELS': 'tqdm'})
-    assert calls == [f'{DOWNLOAD} .whl torchdistill==1.1.5 tqdm', f'{DOWNLOAD} .whl/build setuptools>=64 wheel']
+    assert calls == [f'{DOWNLOAD} .whl torchdistill==1.1.5 tqdm', f'{DOWNLOAD} .whl/build setuptools>=70.1']
     assert sorted(p.name for p in (sandbox.tree / '.whl').glob('*.whl')) == [
         'torchdistill-1.1.5-py3-none-any.whl', 'tqdm-4.67.1-py3-none-any.whl']
     assert 'bash tools/setup.sh offline' in sandbox.stdout

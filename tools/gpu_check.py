@@ -1,8 +1,10 @@
 """One command that checks the project on a GPU and prints one markdown report: a thin script around
 :mod:`pesf_ext.cli.gpu_check` (installed as ``pesf-gpu-check``)::
 
-    python tools/gpu_check.py                    # one CUDA GPU: about 5-8 minutes on an H100/H200
+    python tools/gpu_check.py                    # one CUDA GPU: under 8 minutes on an H100 (--budget_s 450)
     python tools/gpu_check.py --device cpu       # tiny sizes, gloo, fp16 autocast on the CPU (a smoke run)
+
+The report goes to --output (default gpu_check.md) section by section; the sections' logs to <its stem>_logs/.
 
 ``import gpu_check`` (the tests) gets the package module itself.
 """

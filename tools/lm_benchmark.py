@@ -57,7 +57,7 @@ def get_args(argv=None):
                         help='a real model\'s shape (replaces --student_layers, --student_hidden)')
     parser.add_argument('--memory', action='store_true', help='measure nothing: print the analytic memory table at '
                         'the real pairs\' shapes (--batch sequences x --seq tokens per GPU)')
-    parser.add_argument('--chunk_tokens', type=int, default=1024, help='--memory: tokens per chunk of the loss')
+    parser.add_argument('--chunk_tokens', type=int, default=256, help='--memory: tokens per chunk of the loss')
     return parser.parse_args(argv)
 
 

@@ -11,8 +11,12 @@ The schedule is the one of configs/causal_lm_offline/ (teacher: 8,000 blocks of 
 One seed, so a first look, not a ranking: ``tools/lm_compare.py`` runs the paired-seed study.
 """
 import argparse
+import contextlib
 import copy
+import logging
+import math
 import os
+import re
 import sys
 import time
 
@@ -23,6 +27,7 @@ import pesf_ext.lm  # noqa: E402,F401
 from pesf_ext.engine.cli import main_guard  # noqa: E402
 from pesf_ext.engine.config import load_config  # noqa: E402
 from pesf_ext.lm.runner import get_lm_args, run_lm  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs', 'causal_lm_offline')
@@ -77,19 +82,84 @@ def run_one(name, args, teacher_ckpt):
     return run_lm(get_lm_args(argv), config=copy.deepcopy(config))
 
 
+def cell(value, width, digits):
+    """``value`` right-aligned with ``digits`` decimals; '-' where it does not apply (None, NaN)."""
+    missing = value is None or isinstance(value, float) and math.isnan(value)
+    return f'{"-":>{width}}' if missing else f'{value:>{width}.{digits}f}'
+
+
 def format_table(rows):
     lines = ['', f'{"method":<14}{"student ppl":>12}{"teacher ppl":>12}{"agree %":>9}{"KL":>8}{"gap":>8}'
                  f'{"s/step":>8}{"teacher trainable":>19}']
     for label, results in rows:
         test = results['test']
-        student = test['student']['perplexity']
-        teacher = test['teacher']['perplexity'] if 'teacher' in test else float('nan')
-        trainable = results['counts'].get('teacher', (0, 0))[0]
-        pair = [test.get(k, float('nan')) for k in ('agreement', 'kl', 'sharpness_gap')]
-        lines.append(f'{label:<14}{student:>12.2f}{teacher:>12.2f}{pair[0]:>9.2f}{pair[1]:>8.3f}{pair[2]:>8.3f}'
-                     f'{results["seconds_per_step"] or float("nan"):>8.3f}{trainable:>19,}')
+        teacher = test['teacher']['perplexity'] if 'teacher' in test else None
+        counts = results['counts']
+        trainable = f'{counts["teacher"][0]:,}' if 'teacher' in counts else '-'
+        lines.append(f'{label:<14}{cell(test["student"]["perplexity"], 12, 2)}{cell(teacher, 12, 2)}'
+                     f'{cell(test.get("agreement"), 9, 2)}{cell(test.get("kl"), 8, 3)}'
+                     f'{cell(test.get("sharpness_gap"), 8, 3)}{cell(results.get("seconds_per_step"), 8, 3)}'
+                     f'{trainable:>19}')
     lines.append('(teacher CE: its own run, so "student ppl" is the teacher being trained)')
     return '\n'.join(lines)
+
+
+def planned_steps(config, max_steps):
+    """Training steps of one run: epochs x batches of its training blocks (capped by ``--max_steps``)."""
+    train = config['train']
+    loader = train['train_data_loader']['kwargs']
+    blocks = config['datasets']['lm']['max_samples']['train']
+    per_epoch = blocks // loader['batch_size'] if loader.get('drop_last') else math.ceil(blocks / loader['batch_size'])
+    return train['num_epochs'] * (min(per_epoch, max_steps) if max_steps else per_epoch)
+
+
+class StepProgress(logging.Handler):
+    """Moves ``bar`` (training steps of every run) from the runner's log: torchdistill's ``Epoch: [e]  [ i/n]``
+    lines within an epoch, the runner's ``Epoch e: ... over n steps`` at its end."""
+    STEP = re.compile(r'^Epoch: \[\d+\]\s+\[\s*(\d+)/\d+\]')
+    END = re.compile(r'^Epoch \d+: [\d.]+ s/step over (\d+) steps')
+
+    def __init__(self, bar):
+        super().__init__(logging.INFO)
+        self.bar, self.done = bar, 0
+
+    def emit(self, record):
+        message = record.getMessage()
+        end, step = self.END.match(message), self.STEP.match(message)
+        if end:
+            self.done += int(end.group(1))
+            self.move(self.done)
+        elif step:
+            self.move(self.done + int(step.group(1)))
+
+    def move(self, position):
+        self.bar.total = max(self.bar.total, position)
+        self.bar.update(position - self.bar.n)
+
+
+@contextlib.contextmanager
+def quiet_runs(log_path, total_steps):
+    """One progress bar with ETA on the terminal; the runs' log lines, warnings and their own bars go to
+    ``log_path`` (as the image quickstart keeps its runs' output in log files)."""
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    terminal = sys.stderr
+    root = logging.getLogger()
+    saved_level = root.level
+    with open(log_path, 'a') as log, tqdm(total=total_steps, unit='step', desc='lm quickstart', file=terminal,
+                                         dynamic_ncols=True) as bar:
+        to_file = logging.StreamHandler(log)
+        to_file.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s %(message)s'))
+        handlers = [to_file, StepProgress(bar)]
+        root.setLevel(logging.INFO)
+        for handler in handlers:
+            root.addHandler(handler)   # the runner's basic log set-up then adds no console handler
+        try:
+            with contextlib.redirect_stderr(log):   # warnings and the runner's epoch bar (off: not a terminal)
+                yield bar
+        finally:
+            for handler in handlers:
+                root.removeHandler(handler)
+            root.setLevel(saved_level)
 
 
 def main(argv=None):
@@ -98,7 +168,14 @@ def main(argv=None):
 
     def run_all():
         start = time.time()
-        rows = [(label, run_one(name, args, teacher_ckpt)) for label, name in RUNS]
+        log_path = os.path.join(args.out_dir, 'logs', 'lm_quickstart.log')
+        print(f'{len(RUNS)} runs (teacher, student alone, KD, PESF-KD, FT-KD); their logs: {log_path}', flush=True)
+        total = sum(planned_steps(prepare(name, args, teacher_ckpt), args.max_steps) for _, name in RUNS)
+        rows = []
+        with quiet_runs(log_path, total) as bar:
+            for label, name in RUNS:
+                bar.set_description(f'lm quickstart: {label}')
+                rows.append((label, run_one(name, args, teacher_ckpt)))
         table = format_table(rows)
         print(table + f'\n{len(rows)} runs in {(time.time() - start) / 60:.1f} min', flush=True)
         return rows

@@ -105,7 +105,7 @@ PAIRS = {
 }
 # 8 GPUs (80 GB) with torchrun: both models sharded by FSDP, activations recomputed in backward, the loss over chunks
 # of tokens (the bytes behind these choices: the Memory section of docs/causal_lm.md, tools/lm_benchmark.py --memory)
-FSDP8 = {'fsdp': ['student', 'teacher'], 'loss_chunk_tokens': 1024, 'nproc': 8}
+FSDP8 = {'fsdp': ['student', 'teacher'], 'loss_chunk_tokens': 256, 'nproc': 8}
 BIG_NOTE = ('8 GPUs of 80 GB (H100/A100) with torchrun, FSDP over both models; downloads the models and the data'
             '{gated}')
 BIG_PAIRS = {

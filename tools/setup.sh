@@ -14,7 +14,7 @@
 #
 # `wheels` downloads torchdistill without its dependencies (it declares torch>=2.12; the image's torch is kept)
 # and the pure-Python packages in EXTRA_WHEELS (default none: what pesf_ext and the GPU check import beyond such
-# an image is torchdistill alone), plus setuptools and wheel into .whl/build (to build pesf_ext there if the
+# an image is torchdistill alone), plus setuptools into .whl/build (to build pesf_ext there if the
 # image has no build tools); only pure-Python wheels (*-none-any.whl) are kept, a few MiB in all. --dry-run
 # prints the commands instead. `offline` installs .whl/*.whl with --no-index --no-deps, then this project with
 # --no-deps (no index, torch left alone), then checks that `import pesf_ext` works.
@@ -32,7 +32,7 @@ fi
 
 TORCHDISTILL=torchdistill==1.1.5
 EXTRA_WHEELS=${EXTRA_WHEELS:-}
-BUILD_WHEELS="setuptools>=64 wheel"
+BUILD_WHEELS="setuptools>=70.1"   # builds wheels itself (bdist_wheel), no dependencies
 MAX_WHEELS_MIB=48   # what a machine without internet may be handed in one upload, with room for the clone
 
 wheels() {
@@ -68,10 +68,11 @@ offline() {
     exit 1
   fi
   "$PYTHON" -m pip install --no-index --no-deps .whl/*.whl
-  # the image's own setuptools when it can build a wheel; else setuptools and wheel from .whl/build, in pip's
+  # the image's own setuptools when it can build a wheel; else setuptools from .whl/build, in pip's
   # isolated build environment (the image's packages untouched)
   "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation . \
-    || "$PYTHON" -m pip install --no-index --no-deps --find-links .whl/build .
+    || { echo "setup.sh offline: (the above: this Python's setuptools cannot build wheels) building with .whl/build's"
+         "$PYTHON" -m pip install --no-index --no-deps --find-links .whl/build .; }
   local check="import pesf_ext, torch, torchdistill as td; print(f'setup.sh offline: pesf_ext ready (torch"
   check+=" {torch.__version__}, torchdistill {td.__version__})')"
   if ! "$PYTHON" -c "$check"; then

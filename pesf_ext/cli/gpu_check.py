@@ -696,17 +696,18 @@ def run_report(sections, output, budget_s, options, stream=None, progress=None, 
         left = end - time.time()
         later = sum(s for _, _, s in sections[i + 1:])
         limit = min(left, max(left - later / total * budget_s, left * share / (share + later), min_section_s))
+        t0 = time.monotonic()
         if left < 1:
             lines, section_results, status = [f'## {name}', '', 'result: skipped (time budget spent)'], ['skipped'], \
                 'skipped'
         else:
-            t0 = time.monotonic()
             lines, section_results, status = run_section(name, target, options_path, limit, logs)
             lines += ['', f'_{time.monotonic() - t0:.0f} s_']
         report.add(lines + [''])
         results += section_results
-        print(f'gpu_check: {name} {status} in {time.monotonic() - start:.0f} s so far; '
-              f'{max(end - time.time(), 0):.0f} s of {budget_s:.0f} s left', file=progress, flush=True)
+        print(f'gpu_check: {name} {status} in {time.monotonic() - t0:.0f} s (limit {limit:.0f} s); '
+              f'{time.monotonic() - start:.0f} s elapsed, {max(end - time.time(), 0):.0f} s of {budget_s:.0f} s left',
+              file=progress, flush=True)
     failed, skipped = results.count('FAILED'), results.count('skipped')
     report.add(['## Summary', '', f'{results.count("passed")} passed, {failed} failed, {skipped} skipped in '
                 f'{time.monotonic() - start:.0f} s', '', 'RESULT: ' + ('FAILED' if failed else 'PASSED')])

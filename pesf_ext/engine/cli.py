@@ -16,7 +16,9 @@ import traceback
 import torch
 
 from ..data.fashion_mnist import DatasetNotFoundError
+from .distributed import collective_failure_message
 from .errors import ConfigError
+from .extras import missing_dependency_message
 from .loop import NonFiniteLossError
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
@@ -30,6 +32,9 @@ def describe(error):
     """(one-line message, whether the error is one the user caused and the message fully explains)."""
     if isinstance(error, (ConfigError, DatasetNotFoundError)):
         return f'Config error: {one_line(error)}', True
+    missing = missing_dependency_message(error)   # an optional dependency: the extra that installs it
+    if missing:
+        return missing, True
     if isinstance(error, NonFiniteLossError):
         return f'Training stopped: {one_line(error)}', True
     if isinstance(error, KeyboardInterrupt):
@@ -40,6 +45,9 @@ def describe(error):
                 'or add --amp bf16', False)
     if isinstance(error, FileNotFoundError) and error.filename:
         return f'File not found: {error.filename}', False
+    collective = collective_failure_message(error)  # a distributed wait that timed out: which rank, where
+    if collective:
+        return collective, False
     return f'Error: {type(error).__name__}: {one_line(error)}', False
 
 
@@ -71,7 +79,8 @@ def main_guard(run_fn, args):
             path = save_traceback(f'{message}\n{traceback.format_exc()}', run_log)
             if not explained:
                 message += f' (traceback in {path}; --debug prints it)'
-        print(message, file=sys.stderr, flush=True)
+        sys.stderr.write(message + '\n')  # not print: torchdistill silences print on ranks other than 0
+        sys.stderr.flush()
         sys.exit(EXIT_INTERRUPTED if isinstance(error, KeyboardInterrupt) else EXIT_ERROR)
 
 

@@ -5,10 +5,12 @@ torchdistill 1.1.5's ``init_distributed_mode`` calls ``torch.cuda.set_device`` a
 torchdistill: processes are started by ``torchrun`` (which sets RANK, WORLD_SIZE, LOCAL_RANK), the backend follows
 the device, and every model with trainable parameters that torchdistill left unwrapped is wrapped in DDP.
 """
+import datetime
 import inspect
 import logging
 import os
 import socket
+import traceback
 from contextlib import contextmanager
 
 import torch
@@ -31,11 +33,37 @@ def resolve_device(device_arg=None):
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 
-def init_distributed(device, world_size=1, dist_url='env://'):
+DIST_TIMEOUT_ENV = 'PESF_DIST_TIMEOUT_S'
+DEFAULT_DIST_TIMEOUT_S = 1800.0  # 30 min: room for rank 0 to download or tokenize while the others wait
+_timeout_s = None  # the process group's limit, once joined (for the error message)
+
+
+def dist_timeout(timeout_s=None):
+    """How long a collective (barrier, all-reduce, gather) waits for every rank before it fails, as a timedelta:
+    ``timeout_s``, else the environment variable ``PESF_DIST_TIMEOUT_S`` (seconds), else 30 minutes::
+
+        PESF_DIST_TIMEOUT_S=600 torchrun --nproc_per_node=8 tools/image_classification.py --config ...
+
+    A rank that waits longer stops the run with one line naming it (:func:`collective_failure_message`) instead
+    of hanging; a value that is not a positive number is a :class:`ConfigError` naming the variable."""
+    raw = timeout_s if timeout_s is not None else os.environ.get(DIST_TIMEOUT_ENV, '').strip()
+    if raw in (None, ''):
+        return datetime.timedelta(seconds=DEFAULT_DIST_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float('nan')
+    if not seconds > 0 or seconds == float('inf'):
+        raise ConfigError(f'{DIST_TIMEOUT_ENV}: expected a number of seconds > 0, got {raw!r}')
+    return datetime.timedelta(seconds=seconds)
+
+
+def init_distributed(device, world_size=1, dist_url='env://', timeout_s=None):
     """Joins the process group that torchrun (or SLURM) describes; returns (distributed, world_size, device_ids, device).
 
     NCCL and one GPU per process (``LOCAL_RANK``) on CUDA, gloo on CPU. Without RANK/WORLD_SIZE in the
-    environment the run is single-process.
+    environment the run is single-process. Collectives time out after :func:`dist_timeout` (``timeout_s``, else
+    ``PESF_DIST_TIMEOUT_S``, else 30 minutes).
     """
     if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ:
         rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
@@ -50,11 +78,40 @@ def init_distributed(device, world_size=1, dist_url='env://'):
         device, backend, device_ids = torch.device('cuda', local_rank), 'nccl', [local_rank]
     else:
         backend, device_ids = 'gloo', None
-    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank)
+    global _timeout_s
+    timeout = dist_timeout(timeout_s)
+    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
+    _timeout_s = timeout.total_seconds()
     dist.barrier()
     setup_for_distributed(rank == 0)
     logger.info('distributed: rank %d / %d, backend %s, device %s', rank, world_size, backend, device)
     return True, world_size, device_ids, device
+
+
+def collective_failure_message(error):
+    """One line for an error that a collective raised (gloo's "Timed out waiting ..." when another rank never
+    reached it, or lost its connection), naming this rank, the collective and where the code called it; None for
+    any other error. NCCL's watchdog ends a timed-out rank by itself, with its own "[Rank N] ... timeout" lines."""
+    frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+    in_torch_dist = [f for f in frames if f'{os.sep}torch{os.sep}distributed{os.sep}' in f.filename]
+    in_backward = any(f'{os.sep}torch{os.sep}autograd{os.sep}' in f.filename for f in frames)
+    text = ' '.join(str(error).split())
+    lost = isinstance(error, getattr(dist, 'DistError', ())) or any(
+        sign in text.lower() for sign in ('timed out', 'timeout', 'connection closed', 'connection reset'))
+    if not isinstance(error, RuntimeError) or not lost or not (in_torch_dist or in_backward):
+        return None
+    c10d = [f.name for f in in_torch_dist if f.filename.endswith('distributed_c10d.py') and f.name != 'wrapper']
+    what = c10d[-1] if c10d else ("DDP's gradient all-reduce in backward" if in_backward else in_torch_dist[-1].name)
+    callers = [f for f in frames  # the code that called the collective, or this module's helper (e.g. barrier)
+               if f'{os.sep}torch{os.sep}' not in f.filename and os.path.abspath(f.filename) != os.path.abspath(__file__)]
+    where = f' called at {os.path.basename(callers[-1].filename)}:{callers[-1].lineno} ({callers[-1].name})' \
+        if callers else ''
+    rank = get_rank() if is_distributed() else os.environ.get('RANK', '?')
+    world = get_world_size() if is_distributed() else os.environ.get('WORLD_SIZE', '?')
+    limit = f' (limit {_timeout_s:g} s, {DIST_TIMEOUT_ENV})' if _timeout_s else ''
+    cause = 'timed out' if 'timed out' in text.lower() or 'timeout' in text.lower() else 'failed'
+    return (f'Distributed: rank {rank} of {world} {cause} waiting in {what}{where}{limit}: another rank stopped or '
+            f'is stuck before reaching it (its own line or log says why); backend: {text[:300]}')
 
 
 def has_trainable_params(module):

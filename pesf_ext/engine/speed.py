@@ -327,17 +327,22 @@ def upcast(obj):
 
 
 @contextlib.contextmanager
-def float32_criterion(box, device_type):
+def float32_criterion(box, device_type, upcast_inputs=True):
     """Within the block, ``box.criterion`` (whichever the current stage uses) runs with autocast off on float32
     copies of its inputs. Autocast already keeps softmax and KL in fp32, but not the products inside feature
-    losses (Gram matrices, pairwise distances, cosine similarities), which overflow or cancel in fp16/bf16."""
+    losses (Gram matrices, pairwise distances, cosine similarities), which overflow or cancel in fp16/bf16.
+
+    ``upcast_inputs=False`` (``speed.loss_chunk_tokens`` on): autocast off, inputs as the models gave them. The
+    chunked token losses upcast one chunk at a time; a float32 copy of whole ``[tokens, vocabulary]`` logits here
+    would be the very tensor chunking avoids (2.5 GB per side at 4,096 tokens x 151,936 ids)."""
     criterion = box.criterion
     forward = criterion.forward
+    cast = upcast if upcast_inputs else (lambda obj: obj)
 
     @functools.wraps(forward)
     def forward_in_float32(*args, **kwargs):
         with torch.autocast(device_type, enabled=False):
-            return forward(*upcast(args), **upcast(kwargs))
+            return forward(*cast(args), **cast(kwargs))
 
     criterion.forward = forward_in_float32
     try:
@@ -398,7 +403,8 @@ def apply_speed(box, options, device):
             sample_batch = to_channels_last(sample_batch)
         if dtype is None:
             return forward_process(sample_batch, targets, supp_dict, **kwargs)
-        with torch.autocast(device.type, dtype=dtype), float32_criterion(box, device.type):
+        with torch.autocast(device.type, dtype=dtype), \
+                float32_criterion(box, device.type, upcast_inputs=options.loss_chunk_tokens is None):
             loss = forward_process(sample_batch, targets, supp_dict, **kwargs)
         return loss.float()
 

@@ -136,13 +136,23 @@ def state_bytes(s, role, r=16, blocks=None):
 # logits, log-probabilities, the teacher's probabilities), 6 when the teacher learns too (the teacher's as well).
 LOSS_SAVED = {'frozen': 12, 'lora': 24, 'trained': 24}
 LOGITS_BYTES = 2 + 4
+# Chunked (speed.loss_chunk_tokens): no fp32 copy of the whole logits (the runner leaves them bf16), and the loss
+# keeps only the gradient of each side that learns, one bf16 [tokens, V] tensor (computed chunk by chunk in the
+# forward), plus the working set of one chunk: at most 9 fp32 [chunk, V] tensors with a frozen teacher, 13 when the
+# teacher learns (measured with pesf_ext.losses.memory.loss_memory: 34.3 and 48.3 bytes per chunk token and row;
+# tests/test_lm_benchmark.py checks both).
+LEARNING_SIDES = {'frozen': 1, 'lora': 2, 'trained': 2}
+CHUNK_WORKING = {'frozen': 9 * 4, 'lora': 13 * 4, 'trained': 13 * 4}
 
 
 def loss_bytes(vocab, tokens, teacher_role, chunk_tokens=None):
-    """Bytes of the loss path at ``vocab`` output rows: both models' logits for every token, and the loss's saved
-    tensors for all tokens (``chunk_tokens`` None) or for one chunk of that many tokens (computed chunk by chunk)."""
-    saved_tokens = tokens if chunk_tokens is None else min(chunk_tokens, tokens)
-    return 2 * LOGITS_BYTES * vocab * tokens + LOSS_SAVED[teacher_role] * vocab * saved_tokens
+    """Bytes of the loss path at ``vocab`` output rows. Whole (``chunk_tokens`` None): both models' bf16 logits and
+    their fp32 copies for every token, and the loss's saved tensors for every token. Chunked: both models' bf16
+    logits, the bf16 gradient of each learning side, and one chunk's fp32 working set."""
+    if chunk_tokens is None:
+        return (2 * LOGITS_BYTES + LOSS_SAVED[teacher_role]) * vocab * tokens
+    return (2 * BF16 + BF16 * LEARNING_SIDES[teacher_role]) * vocab * tokens + \
+        CHUNK_WORKING[teacher_role] * vocab * min(chunk_tokens, tokens)
 
 
 METHODS = {'kd': ('KD', 'frozen', None), 'pesfkd': ('PESF-KD, LoRA on every block', 'lora', None),
@@ -150,7 +160,7 @@ METHODS = {'kd': ('KD', 'frozen', None), 'pesfkd': ('PESF-KD, LoRA on every bloc
            'ftkd': ('FT-KD', 'trained', None)}
 
 
-def method_memory(teacher, student, method, tokens, r=16, chunk_tokens=1024, world=8):
+def method_memory(teacher, student, method, tokens, r=16, chunk_tokens=256, world=8):
     """Bytes of one method (``METHODS`` key) on one GPU, ``tokens`` tokens per GPU: a dict with the trained
     parameters, the model states, activations without/with gradient checkpointing, the loss path without/with
     chunking, the one-GPU totals (plain; checkpointing and chunking) and the per-GPU total under FSDP over
@@ -180,7 +190,7 @@ def verdict(memory, capacity=GPU_BYTES, world=8):
     return f'FSDP over {world}' if memory['fsdp_per_gpu'] <= usable else f'no (not even FSDP over {world})'
 
 
-def memory_table(batch=4, seq=512, r=16, chunk_tokens=1024, world=8):
+def memory_table(batch=4, seq=512, r=16, chunk_tokens=256, world=8):
     """The Markdown table of docs/causal_lm.md: one row per pair and method, GB = 1e9 bytes."""
     tokens = batch * seq
     lines = ['| teacher → student | method | trained parameters | model states | activations (plain / '

@@ -5,15 +5,36 @@ Pearson and Spearman correlation of the predicted and gold similarity scores (ST
 papers' tables are.
 """
 import numpy as np
-from scipy import stats
-from sklearn.metrics import f1_score, matthews_corrcoef
+
+
+# scipy.stats and sklearn.metrics (over a second of start-up) are imported by the metric that needs them, when a
+# GLUE evaluation first runs: not by every run that imports pesf_ext
+def f1(pred, gold):
+    from sklearn.metrics import f1_score
+    return float(f1_score(gold, pred, pos_label=1, average='binary', zero_division=0))
+
+
+def matthews(pred, gold):
+    from sklearn.metrics import matthews_corrcoef
+    return float(matthews_corrcoef(gold, pred))
+
+
+def pearson(pred, gold):
+    from scipy import stats
+    return float(stats.pearsonr(pred, gold)[0])
+
+
+def spearman(pred, gold):
+    from scipy import stats
+    return float(stats.spearmanr(pred, gold)[0])
+
 
 METRIC_FUNCTIONS = {
     'accuracy': lambda pred, gold: float(np.mean(pred == gold)),
-    'f1': lambda pred, gold: float(f1_score(gold, pred, pos_label=1, average='binary', zero_division=0)),
-    'matthews': lambda pred, gold: float(matthews_corrcoef(gold, pred)),
-    'pearson': lambda pred, gold: float(stats.pearsonr(pred, gold)[0]),
-    'spearman': lambda pred, gold: float(stats.spearmanr(pred, gold)[0]),
+    'f1': f1,
+    'matthews': matthews,
+    'pearson': pearson,
+    'spearman': spearman,
 }
 
 

@@ -66,7 +66,10 @@ def glue_spec(config):
 def stand_in_for_example_package():
     """torchdistill's GLUE configs list ``dependencies: [{name: 'custom'}]``, the package beside its example scripts
     (not in its wheel). What they take from it is registered by :mod:`pesf_ext.nlp`, so when no ``custom`` module
-    can be imported an empty one stands in for it and the config loads unchanged."""
+    can be imported an empty one stands in for it and the config loads unchanged. When the real package is
+    importable (its folder on ``PYTHONPATH``), its ``forward_batch_as_kwargs`` (``model(**batch)``) and
+    ``extract_transformers_loss`` take the place of this project's; both work, since the collated batch keeps its
+    labels (:class:`pesf_ext.data.glue.LabelsKeptCollator`)."""
     if EXAMPLE_PACKAGE in sys.modules or importlib.util.find_spec(EXAMPLE_PACKAGE) is not None:
         return
     sys.modules[EXAMPLE_PACKAGE] = types.ModuleType(EXAMPLE_PACKAGE, 'stand-in for torchdistill\'s example package')
