@@ -33,7 +33,8 @@ def test_gpu_check_cpu_mode_report(tmp_path):
     assert result.returncode == 0, f'{report}\n{result.stderr[-3000:]}'
     for heading in ('# pesf_ext GPU check', '## Device', '## Two training steps of every config family',
                     '## Throughput: ResNet-50 -> ResNet-18', "## The same KD config through torchdistill's own",
-                    '## torchrun, 1 process (gloo), then -resume', '## Summary'):
+                    '## torchrun, 1 process (gloo), then -resume', "## Causal LM: the runner's training step",
+                    '## Summary'):
         assert heading in report, heading
     rows = [line for line in report.splitlines() if line.startswith('| ') and not line.startswith('| config |')]
     steps = [row for row in rows if row.startswith('| cifar100/') or row.startswith('| glue/')]
@@ -47,6 +48,8 @@ def test_gpu_check_cpu_mode_report(tmp_path):
     # the throughput summary: fp32 (TF32 off) and bf16 measured, TF32 a CUDA-only column
     assert re.search(r'\| kd \| \d+ \| n/a \(CUDA only\) \| \d+ \|', report) and '| dml |' in report
     assert report.count('result: passed') == 2           # throughput and torchrun
+    lm_rows = [row for row in rows if row.startswith(('| KD |', '| PESF-KD', '| FT-KD |'))]
+    assert len(lm_rows) == 8 and all(row.endswith('| passed |') for row in lm_rows), lm_rows
     assert 'RESULT: PASSED' in report and ' 0 failed' in report
     assert result.stdout.strip() == report.strip()       # one markdown report on stdout
     assert re.search(r'gpu_check: steps done in \d+ s \(limit \d+ s\); \d+ s elapsed, \d+ s of 600 s left',
@@ -218,3 +221,31 @@ def test_fp32_means_tf32_off():
     assert variants['fp32'] == SpeedOptions(tf32=False) and variants['TF32'] == SpeedOptions(tf32=True)
     assert variants['bf16+channels_last'].channels_last and variants['bf16+channels_last'].amp == 'bf16'
     assert [v for v, _ in gpu_check.throughput_variants(torch.device('cpu'))] == ['fp32', 'bf16+channels_last']
+
+
+def test_lm_section_runs_the_runner_step_of_each_method_chunked_and_not(tmp_path, monkeypatch):
+    """The causal-LM section on the CPU (tiny Qwen2 models): KD, PESF-KD on every block and on the last 2, FT-KD,
+    each with the loss unchunked and chunked, through the LM runner's model builder and ``setup_box``."""
+    from pesf_ext.engine import loop
+    from pesf_ext.engine.speed import criterion_modules
+    steps = []
+    original = loop.TrainStep.__call__
+
+    def recorded(self, step, batch):
+        original(self, step, batch)
+        kd = next(m for m in criterion_modules(self.box.criterion) if type(m).__name__ == 'TokenKDLoss')
+        lora = {n.split('.layers.')[1].split('.')[0] for n, _ in self.box.teacher_model.named_parameters()
+                if 'lora_' in n}
+        steps.append((kd.teacher_update, kd.chunk_tokens, kd.vocab_size, tuple(sorted(lora)),
+                      tuple(loop.split_batch(batch)[0]['input_ids'].shape)))
+    monkeypatch.setattr(loop.TrainStep, '__call__', recorded)
+    ctx = gpu_check.Context({'device': 'cpu', 'work': str(tmp_path)}, 'lm', time.time() + 300)
+    gpu_check.section_lm(ctx)
+    lines, results, _, _ = gpu_check.read_records(ctx.records)
+    rows = [line for line in lines if line.startswith(('| KD |', '| PESF-KD', '| FT-KD |'))]
+    assert results == ['passed'] * 8 and len(rows) == 8, '\n'.join(lines)
+    assert all(re.fullmatch(r'\| .+ \| (unchunked|chunked \(16\)) \| \d+ \| - \| passed \|', row) for row in rows)
+    expected = [(update, chunk, 320, lora, (2, 32)) for update, lora in (
+        ('frozen', ()), ('adapters', ('0', '1', '2')), ('adapters', ('1', '2')), ('full', ())) for chunk in (None, 16)
+        for _ in range(2)]   # 2 steps per setting (1 warm-up, 1 timed), unchunked then chunked, one box per method
+    assert steps == expected, steps

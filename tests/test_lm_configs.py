@@ -230,6 +230,20 @@ def test_instruction_labels_mask_the_prompt(tiny_dirs):
     assert torch.all(batch['attention_mask'][short, min(lengths):] == 0)
 
 
+def test_unpadded_batch_has_no_mask_and_the_same_logits(tiny_dirs):
+    """Equal-length rows (packed text) get no attention_mask, and the model gives the logits of an all-ones mask."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs['tokenizer'])
+    rows = [{'input_ids': [5, 6, 7, 8], 'labels': [5, 6, 7, 8]}, {'input_ids': [9, 10, 11, 12], 'labels': [9, 10, 11, 12]}]
+    batch = lm_data.CausalLMCollator(tokenizer)(rows)
+    assert set(batch) == {'input_ids', 'labels'}
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs['qwen_student']).eval()
+    with torch.no_grad():
+        plain = model(input_ids=batch['input_ids']).logits
+        masked = model(input_ids=batch['input_ids'], attention_mask=torch.ones_like(batch['input_ids'])).logits
+    assert torch.equal(plain, masked)
+
+
 def test_text_is_packed_into_full_blocks(tiny_dirs):
     from datasets import Dataset
     from transformers import AutoTokenizer

@@ -19,9 +19,12 @@ ids (pesf_ext/engine/synthetic.py) and pretrained weights replaced by fresh ones
 3. the README's "Speed switches" throughput table: ResNet-50 -> ResNet-18 KD, PESF-KD, FT-KD and DML on random
    224 x 224 batches, images/s in fp32 (TF32 off), TF32 and bf16 + channels_last (tools/benchmark.py's ``measure``
    and ``report``; one precision at a time, the methods round-robin);
-4. the same KD config through torchdistill's own example script (``examples/torchvision/image_classification.py``,
+4. the causal-LM runner's own training step (its model builder and ``setup_box``) for KD, PESF-KD (LoRA on every
+   block, on the last 2) and FT-KD at Qwen2.5-1.5B -> Qwen2.5-0.5B shapes with random weights in bf16 and synthetic
+   token ids: tokens/s and peak CUDA memory with ``speed.loss_chunk_tokens`` off and on (CPU: tiny Qwen2 models);
+5. the same KD config through torchdistill's own example script (``examples/torchvision/image_classification.py``,
    not in its wheel: give a clone with --torchdistill_repo) and through this project's runner, side by side;
-5. a one-process ``torchrun`` run (NCCL on CUDA, gloo on the CPU) for one epoch, then resumed with ``-resume`` for a
+6. a one-process ``torchrun`` run (NCCL on CUDA, gloo on the CPU) for one epoch, then resumed with ``-resume`` for a
    second one.
 
 A report that survives: each section runs in its own process with a time limit (its share of ``--budget_s`` plus
@@ -57,10 +60,11 @@ TORCHDISTILL_SCRIPT = os.path.join('examples', 'torchvision', 'image_classificat
 DEFAULT_BUDGET_S = 450  # the whole run on one H100, compile included
 # (name, target, share of the budget): each section's time limit is its share plus what earlier sections left over
 SECTIONS = (('device', 'pesf_ext.cli.gpu_check:section_device', 0.02),
-            ('steps', 'pesf_ext.cli.gpu_check:section_steps', 0.55),
-            ('throughput', 'pesf_ext.cli.gpu_check:section_throughput', 0.2),
+            ('steps', 'pesf_ext.cli.gpu_check:section_steps', 0.45),
+            ('throughput', 'pesf_ext.cli.gpu_check:section_throughput', 0.15),
+            ('lm', 'pesf_ext.cli.gpu_check:section_lm', 0.2),
             ('torchdistill', 'pesf_ext.cli.gpu_check:section_torchdistill', 0.08),
-            ('torchrun', 'pesf_ext.cli.gpu_check:section_torchrun', 0.15))
+            ('torchrun', 'pesf_ext.cli.gpu_check:section_torchrun', 0.12))
 MIN_SECTION_S = 60  # at least this (or what is left): a section process's start-up alone takes seconds
 CROP_TRANSFORMS = ('RandomResizedCrop', 'CenterCrop', 'RandomCrop')  # the last size an image takes
 
@@ -473,6 +477,193 @@ def section_throughput(ctx):
         cells = [f'{sizes.throughput_batch / seconds[v]:.0f}' if v in seconds else 'n/a (CUDA only)' for v in names]
         lines.append(f'| {method} | {" | ".join(cells)} | {seconds["fp32"] / seconds["bf16+channels_last"]:.2f}x |')
     return lines + ['', 'result: passed'], ['passed']
+
+
+# ---- causal LM: the runner's own training step at Qwen2.5-1.5B -> Qwen2.5-0.5B shapes ----
+
+# (row label, config method, LoRA last_layers): the README's causal-LM methods on the Qwen2.5 pair
+LM_METHODS = (('KD', 'kd', None), ('PESF-KD (LoRA, every block)', 'pesfkd', None),
+              ('PESF-KD (LoRA, last 2 blocks)', 'pesfkd', 2), ('FT-KD', 'ftkd', None))
+LM_PAIR = ('Qwen2.5-1.5B', 'Qwen2.5-0.5B')
+# CPU: tiny Qwen2 models with the same structure (GQA, q/k/v biases, tied embeddings), a 320-id vocabulary
+LM_TINY = {'teacher': dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=2),
+           'student': dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           num_key_value_heads=1)}
+
+
+class LMSizes:
+    """The LM section's sizes: on CUDA batch 4 x 512 tokens, 2 warm-up and 3 timed steps per setting, chunks of 1,024
+    tokens; on the CPU tiny models, batch 2 x 32, 1 + 1 steps, chunks of 16."""
+
+    def __init__(self, device):
+        cpu = device.type == 'cpu'
+        self.batch, self.seq_len = (2, 32) if cpu else (4, 512)
+        self.warmup, self.steps = (1, 1) if cpu else (2, 3)
+        self.chunk_tokens = 16 if cpu else 1024
+        self.prompt = self.seq_len // 4   # label -100 (an instruction prompt), as in the Dolly configs
+
+
+def lm_model_config(model_config, role, shape, tokenizer_dir):
+    """``models.<model>`` of a Qwen config rewritten for random weights: ``config_kwargs`` with the shape's sizes
+    (:data:`pesf_ext.lm.memory.SHAPES`; None: :data:`LM_TINY`), the offline tokenizer for the special ids, and the
+    dtype a hub checkpoint gives (Qwen2.5 is stored in bf16): bf16 for a frozen or adapted teacher, fp32 (the
+    runner's :func:`~pesf_ext.lm.models.load_dtype` for a trained model) otherwise."""
+    if shape is None:
+        sizes = dict(LM_TINY[role], vocab_size=320)
+    else:
+        sizes = dict(hidden_size=shape.hidden, intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
+                     num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab)
+    return {**model_config, 'config_kwargs': dict(model_type='qwen2', tie_word_embeddings=True, **sizes),
+            'tokenizer_kwargs': {'pretrained_model_name_or_path': tokenizer_dir}, 'src_ckpt': None,
+            'model_kwargs': {}}
+
+
+class TokenIds:
+    """``num`` random sequences of ``seq_len`` token ids below ``vocab`` (a fixed seed), labels -100 on the first
+    ``prompt`` positions: the items :class:`~pesf_ext.lm.data.CausalLMCollator` pads (none needs padding)."""
+
+    def __init__(self, num, seq_len, vocab, prompt):
+        import torch
+        generator = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, vocab, (num, seq_len), generator=generator)
+        self.prompt = prompt
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        ids = self.ids[index].tolist()
+        return {'input_ids': ids, 'labels': [-100] * self.prompt + ids[self.prompt:]}
+
+
+def lm_box(method, last_layers, device, sizes, work):
+    """The causal-LM runner's box for configs/causal_lm/qwen2.5_1.5b_0.5b_dolly_<method>.yaml: models built by the
+    runner's :class:`~pesf_ext.lm.runner.LMModels` (roles and dtypes as in a run) with random weights at the real
+    shapes (CUDA) or tiny ones (CPU), synthetic token ids, ``TokenKDLoss.vocab_size`` the tokenizer's 151,665 ids
+    (CPU: 320), the YAML's ``speed`` (bf16 autocast) and the runner's :func:`~pesf_ext.engine.runner.setup_box`."""
+    import torch
+    from torchdistill.datasets.registry import register_collate_func
+    from pesf_ext.engine.config import fill_taid_total_steps, fill_vocab_size, load_config
+    from pesf_ext.engine.runner import setup_box
+    from pesf_ext.engine.speed import speed_options
+    from pesf_ext.lm.data import CausalLMCollator, offline_tokenizer_path
+    from pesf_ext.lm.memory import SHAPES
+    from pesf_ext.lm.models import model_roles
+    from pesf_ext.lm.runner import LMModels
+    from pesf_ext.nlp import register_hf_schedulers
+    from pesf_ext.nlp.models import load_tokenizer
+    from pesf_ext.nlp.runner import set_num_training_steps
+    register_hf_schedulers()   # as run_lm does: the configs' get_linear_schedule_with_warmup
+    config = load_config(os.path.join(configs_dir(), 'causal_lm', f'qwen2.5_1.5b_0.5b_dolly_{method}.yaml'))
+    tokenizer_dir = offline_tokenizer_path(vocab_size=320, cache_dir=os.path.join(work, 'tokenizer'),
+                                           max_bytes=150_000)
+    cpu = device.type == 'cpu'
+    vocab = 320 if cpu else SHAPES[LM_PAIR[0]].tokenizer
+    models = config['models']
+    for key, role, shape_name in (('teacher_model', 'teacher', LM_PAIR[0]), ('student_model', 'student', LM_PAIR[1])):
+        models[key] = lm_model_config(models[key], role, None if cpu else SHAPES[shape_name], tokenizer_dir)
+    if last_layers is not None:
+        config['train']['teacher']['auxiliary_model_wrapper']['kwargs']['last_layers'] = last_layers
+    for key, role in model_roles(config).items():
+        if role != 'trained':   # a frozen/adapted base in the dtype a bf16 hub checkpoint gives it
+            models[key.split('.')[-1]]['model_kwargs'] = {'dtype': 'bfloat16'}
+    builder = LMModels(config, data=None)   # the runner's model builder: each model's role (dtype) read from config
+    with torch.device(device):   # random initialisation on the device itself (seconds for 2B parameters)
+        teacher = builder(models['teacher_model'], device, False, 'models.teacher_model').eval()
+        student = builder(models['student_model'], device, False, 'models.student_model')
+    tokenizer = load_tokenizer(models['student_model'], 'models.student_model')
+    register_collate_func(CausalLMCollator(tokenizer))
+    num = sizes.batch * (sizes.warmup + sizes.steps)
+    train = config['train']
+    data = TokenIds(num, sizes.seq_len, vocab, sizes.prompt)
+    config['datasets'] = {train['train_data_loader']['dataset_id']: data,
+                          train['val_data_loader']['dataset_id']: TokenIds(sizes.batch, sizes.seq_len, vocab,
+                                                                           sizes.prompt)}
+    for name in ('train_data_loader', 'val_data_loader'):
+        train[name]['kwargs'].update(batch_size=sizes.batch, num_workers=0, pin_memory=False, drop_last=True)
+    set_num_training_steps(train, num, 1)
+    fill_vocab_size(config, vocab)
+    fill_taid_total_steps(config, 1)
+    return setup_box(teacher, student, config, device, None, False, 1, speed_options(config), seed=0)
+
+
+def lm_measure(box, device, sizes, chunk_tokens):
+    """(tokens/s, peak MiB or None) of the box's own step (:class:`~pesf_ext.engine.loop.TrainStep`: forward, the
+    NaN/Inf check, backward, AdamW) with ``TokenKDLoss.chunk_tokens`` set as ``speed.loss_chunk_tokens`` sets it:
+    ``sizes.warmup`` steps, then ``sizes.steps`` timed ones; the peak is ``torch.cuda.max_memory_allocated`` over
+    both (weights, optimizer state, activations, the loss)."""
+    import torch
+    from pesf_ext.engine.loop import TrainStep
+    from pesf_ext.engine.speed import set_loss_chunk_tokens
+    set_loss_chunk_tokens(box.criterion, chunk_tokens)
+    batches = list(box.train_data_loader)
+    cuda = device.type == 'cuda'
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    step = TrainStep(box, device)
+    try:
+        for i, batch in enumerate(batches[:sizes.warmup]):
+            step(i, batch)
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches[sizes.warmup:sizes.warmup + sizes.steps]):
+            step(sizes.warmup + i, batch)
+        if cuda:
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        if not torch.isfinite(step.loss_sum):
+            raise FloatingPointError('non-finite loss')
+    finally:
+        step.close()
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else None
+    return sizes.batch * sizes.seq_len * sizes.steps / seconds, peak
+
+
+def section_lm(ctx):
+    """Tokens/s and peak CUDA memory of the causal-LM runner's step for KD, PESF-KD (LoRA on every block, on the
+    last 2) and FT-KD at Qwen2.5-1.5B -> Qwen2.5-0.5B shapes (random weights; CPU: tiny Qwen2 models), the chunked
+    loss off and on; one box per method, each setting warmed up, rows written as they finish."""
+    import torch
+    device = ctx.device
+    sizes = LMSizes(device)
+    cpu = device.type == 'cpu'
+    shapes = 'tiny Qwen2 models (3 and 2 blocks, 320 ids)' if cpu else \
+        f'{LM_PAIR[0]} -> {LM_PAIR[1]} shapes (151,936-row output layers, the loss over 151,665 ids)'
+    ctx.emit([f'## Causal LM: the runner\'s training step, {shapes}', '',
+              f'random weights (the teacher\'s frozen base in bf16, trained weights fp32), bf16 autocast (the '
+              f'configs\' speed.amp), synthetic token ids ({sizes.batch} x {sizes.seq_len}, the first '
+              f'{sizes.prompt} labels -100 as a prompt), AdamW; {sizes.warmup} warm-up and {sizes.steps} timed '
+              f'steps per row; tokens/s counts every input token; chunked: speed.loss_chunk_tokens = '
+              f'{sizes.chunk_tokens}', '',
+              '| method | loss | tokens/s | peak CUDA memory (GiB) | result |', '|---|---|---|---|---|'])
+    slowest = 0.0
+    for label, method, last_layers in LM_METHODS:
+        if ctx.left() < slowest * 1.2 + 1:
+            ctx.emit([f'| {label} | - | - | - | skipped: time budget spent ({ctx.left():.0f} s left) |'],
+                     ['skipped', 'skipped'])
+            continue
+        ctx.current(f'{label}')
+        print(f'LM {label} ...', flush=True)
+        t0 = time.monotonic()
+        box = None
+        try:
+            box = lm_box(method, last_layers, device, sizes, ctx.work)
+            box.pre_epoch_process(epoch=0)
+            for loss_label, chunk in (('unchunked', None), (f'chunked ({sizes.chunk_tokens})', sizes.chunk_tokens)):
+                tokens_s, peak = lm_measure(box, device, sizes, chunk)
+                memory = '-' if peak is None else f'{peak / 1024:.1f}'
+                ctx.emit([f'| {label} | {loss_label} | {tokens_s:.0f} | {memory} | passed |'], ['passed'])
+        except Exception as error:  # noqa: BLE001  (every failure is a row of the report)
+            traceback.print_exc()
+            message = str(error).splitlines()[0] if str(error) else ''
+            ctx.emit([f'| {label} | - | - | - | FAILED ({type(error).__name__}: {message[:200]}) |'], ['FAILED'])
+        del box
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+        slowest = max(slowest, time.monotonic() - t0)
 
 
 CHILDREN = set()  # process groups a section started (killed with it)

@@ -325,7 +325,9 @@ def build_lm_datasets(spec, key, tokenizer, cache_dir=None):
 
 class CausalLMCollator:
     """Pads input_ids (with the pad token, else end-of-text), attention_mask and labels (with -100) to the longest
-    sequence of the batch, on the right; other columns (prompt_length, reference) are left out."""
+    sequence of the batch, on the right; other columns (prompt_length, reference) are left out. A batch with no
+    padding (packed text) gets no ``attention_mask``: the models then attend causally as with an all-ones mask, and
+    transformers skips its check of the mask's values, a host read per forward."""
     def __init__(self, tokenizer):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = 0 if pad is None else pad
@@ -340,6 +342,8 @@ class CausalLMCollator:
             ids[i, :n] = torch.as_tensor(example['input_ids'])
             mask[i, :n] = 1
             labels[i, :n] = torch.as_tensor(example['labels'])
+        if all(len(e['input_ids']) == length for e in examples):
+            return {'input_ids': ids, 'labels': labels}
         return {'input_ids': ids, 'attention_mask': mask, 'labels': labels}
 
 

@@ -47,24 +47,31 @@ class TAIDSchedule(nn.Module):
         self.register_buffer('step', torch.zeros((), dtype=torch.long))
 
     def value(self):
+        """t as a Python float (reads the device where t lives; the loss itself uses the buffer ``t``)."""
         return float(self.t)
 
     def update(self, loss):
-        """Advances t after a training step whose distillation loss was ``loss`` (a float)."""
+        """Advances t after a training step whose distillation loss was ``loss`` (a float or a 0-dim tensor).
+
+        On the device: the buffers follow ``loss``'s device on the first call, the first call's "record only" and the
+        linear/adaptive choice are ``torch.where``/Python branches on settings, so no step waits for the host."""
         if self.total_steps is None:
             raise RuntimeError('TokenKDLoss: taid.total_steps is not set (the causal-LM runner fills it from the '
                                'data; set it in the YAML otherwise)')
-        progress = min(int(self.step) / self.total_steps, 1.0)
-        if torch.isinf(self.previous_loss):
-            pass
-        elif self.adaptive:
-            t, momentum = taid_next_t(float(self.t), float(self.momentum), float(self.previous_loss), loss, progress,
-                                      self.t_start, self.t_end, self.rate, self.momentum_decay)
-            self.t.fill_(t)
-            self.momentum.fill_(momentum)
+        loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), dtype=torch.float64)
+        if self.t.device != loss.device:
+            self.to(loss.device)
+        loss = loss.to(torch.float64)
+        progress = torch.clamp(self.step.to(torch.float64) / self.total_steps, max=1.0)
+        if self.adaptive:
+            t, momentum = taid_next_t(self.t, self.momentum, self.previous_loss, loss, progress, self.t_start,
+                                      self.t_end, self.rate, self.momentum_decay)
         else:
-            self.t.fill_(self.t_start + (self.t_end - self.t_start) * progress)
-        self.previous_loss.fill_(loss)
+            t, momentum = self.t_start + (self.t_end - self.t_start) * progress, self.momentum
+        first = torch.isinf(self.previous_loss)  # the first call only records the loss
+        self.t.copy_(torch.where(first, self.t, t))
+        self.momentum.copy_(torch.where(first, self.momentum, momentum))
+        self.previous_loss.copy_(loss)
         self.step += 1
 
     def extra_repr(self):
@@ -262,7 +269,7 @@ class TokenKDLoss(LogitPairLoss):
             return skew_reverse_kl(z_t, z_s, self.skew, **kwargs)
         if self.divergence == 'tv':
             return total_variation(z_t, z_s, **kwargs)
-        return taid_kl(z_t, z_s, self.taid.value(), **kwargs)
+        return taid_kl(z_t, z_s, self.taid.t.clone(), **kwargs)  # a copy: autograd keeps it; update() is in place
 
     def ce(self, logits, labels):
         if labels is None:
@@ -286,7 +293,7 @@ class TokenKDLoss(LogitPairLoss):
                      'jsd': functools.partial(generalized_jsd_tokens, beta=self.jsd_beta),
                      'skew_forward_kl': functools.partial(skew_forward_kl_tokens, skew=self.skew),
                      'skew_reverse_kl': functools.partial(skew_reverse_kl_tokens, skew=self.skew)}
-        function = functions.get(self.divergence) or functools.partial(taid_kl_tokens, t=self.taid.value())
+        function = functions.get(self.divergence) or functools.partial(taid_kl_tokens, t=self.taid.t.clone())
         return functools.partial(function, temperature=self.temperature, standardization=self.standardization)
 
     def chunked_sum(self, z_s, z_t, labels, mask):
@@ -329,9 +336,9 @@ class TokenKDLoss(LogitPairLoss):
                                                                      self.standardization)),
             ], reference=z_s)
         if self.taid is not None:
-            self.last_terms['taid_t'] = torch.tensor(self.taid.value())
+            self.last_terms['taid_t'] = self.taid.t.detach().clone()  # t used in this step, before its update
             if self.training and torch.is_grad_enabled() and 'student_div' in self.last_terms:
-                self.taid.update(float(self.last_terms['student_div']))
+                self.taid.update(self.last_terms['student_div'])  # on the device: no host read
         return total
 
     def extra_repr(self):

@@ -239,27 +239,32 @@ def batch_standardized_kl(target_logits, input_logits, temperature, reduction='b
 
 # ---- token-level divergences for causal language models (any [..., V] logits; [N, K] is the unmasked case) ----
 
-def unmasked_rows(teacher_logits, student_logits, mask=None):
-    """The (M, V) rows of two (..., V) logit tensors at the positions where ``mask`` (shape (...)) is True; all
-    positions when it is None. Selecting before any softmax keeps masked positions (padding, prompt) out of the
-    value *and* the gradient, whatever they hold, and spares their vocabulary-sized math."""
+def masked_rows(teacher_logits, student_logits, mask=None):
+    """``(teacher, student, mask)``: two (..., V) logit tensors with the rows of the positions where ``mask`` (shape
+    (...)) is False set to 0 (all rows kept when it is None), and the boolean mask. Zeroing the rows before any
+    softmax (``torch.where``, not a product: 0 * inf is NaN) keeps masked positions (padding, prompt) out of the value
+    *and* the gradient, whatever they hold; the shapes stay those of the inputs, so no step waits for the host to
+    learn how many positions count (boolean indexing ``logits[mask]`` would)."""
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(f'teacher logits {tuple(teacher_logits.shape)} and student logits '
                          f'{tuple(student_logits.shape)} differ in shape')
     if mask is None:
-        vocabulary = student_logits.shape[-1]
-        return teacher_logits.reshape(-1, vocabulary), student_logits.reshape(-1, vocabulary)
+        return teacher_logits, student_logits, None
     mask = mask.to(torch.bool)
     if mask.shape != student_logits.shape[:-1]:
         raise ValueError(f'mask of shape {tuple(mask.shape)} does not match logit positions of shape '
                          f'{tuple(student_logits.shape[:-1])}')
-    return teacher_logits[mask], student_logits[mask]
+    rows = mask.unsqueeze(-1)
+    return torch.where(rows, teacher_logits, 0.0), torch.where(rows, student_logits, 0.0), mask
 
 
-def position_mean(values):
-    """Mean over the selected positions (token-weighted: each counted token weighs the same, whatever sequence it
-    is in); 0 when none is selected. For (N, K) classification without a mask it is the 'batchmean'."""
-    return values.sum() / max(values.shape[0], 1)
+def position_mean(values, mask=None):
+    """Mean of the per-position ``values`` (shape (...)) over the positions where ``mask`` is True (token-weighted:
+    each counted token weighs the same, whatever sequence it is in); 0 when none counts. The count stays on the
+    device. Without a mask, the mean over all positions: for (N, K) classification, the 'batchmean'."""
+    if mask is None:
+        return values.sum() / max(values.numel(), 1)
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1)
 
 
 def softened_log_probs(teacher_rows, student_rows, temperature=1.0, standardization=None):
@@ -267,12 +272,6 @@ def softened_log_probs(teacher_rows, student_rows, temperature=1.0, standardizat
     the teacher's and the student's rows, each (..., V)."""
     return (torch.log_softmax(soften(teacher_rows, temperature, standardization), dim=-1),
             torch.log_softmax(soften(student_rows, temperature, standardization), dim=-1))
-
-
-def softened_row_log_probs(teacher_logits, student_logits, mask=None, temperature=1.0, standardization=None):
-    """:func:`softened_log_probs` of the teacher's and the student's unmasked rows (:func:`unmasked_rows`), (M, V)."""
-    teacher_rows, student_rows = unmasked_rows(teacher_logits, student_logits, mask)
-    return softened_log_probs(teacher_rows, student_rows, temperature, standardization)
 
 
 def position_kl(target_log_probs, input_log_probs):
@@ -336,11 +335,17 @@ def total_variation_tokens(teacher_rows, student_rows, temperature=1.0, standard
     return temperature ** 2 * 0.5 * (log_t.exp() - log_s.exp()).abs().sum(dim=-1)
 
 
+def check_taid_t(t):
+    """A ValueError unless the number ``t`` is in [0, 1]. A tensor (:class:`~pesf_ext.losses.divergences.TAIDSchedule`'s
+    buffer, clamped to [t_start, t_end] by its update) is not read: reading it would wait for the device."""
+    if not isinstance(t, torch.Tensor) and not 0.0 <= t <= 1.0:
+        raise ValueError(f'TAID interpolation t must be in [0, 1], got {t!r}')
+
+
 def taid_kl_tokens(teacher_rows, student_rows, t, temperature=1.0, standardization=None):
     """TAID's :math:`\\tau^2 KL(\\mathrm{softmax}((1 - t)\\,\\mathrm{sg}(z_s) + t z_t) \\| p^\\tau_s)` per token (logits
     softened first; the student's share of the target is detached, see :func:`taid_kl`)."""
-    if not 0.0 <= float(t) <= 1.0:
-        raise ValueError(f'TAID interpolation t must be in [0, 1], got {float(t)!r}')
+    check_taid_t(t)
     z_s = soften(student_rows, temperature, standardization)
     target = (1 - t) * z_s.detach() + t * soften(teacher_rows, temperature, standardization)
     return temperature ** 2 * position_kl(torch.log_softmax(target, dim=-1), torch.log_softmax(z_s, dim=-1))
@@ -355,9 +360,11 @@ def cross_entropy_tokens(logits, labels, ignore_index=-100):
 def token_mean(token_values, teacher_logits, student_logits, mask=None, chunk_tokens=None):
     """:math:`\\mathrm{mean}_{i \\in mask}` ``token_values(teacher_rows, student_rows)`` over the positions of two
     (..., V) logit tensors (token-weighted; 0 when no position counts). ``chunk_tokens`` None: all unmasked rows at
-    once (:func:`unmasked_rows`); an integer: :func:`chunked_token_means`, whose memory is O(chunk_tokens x V)."""
+    once, masked rows zeroed (:func:`masked_rows`; no host synchronisation); an integer: :func:`chunked_token_means`,
+    whose memory is O(chunk_tokens x V)."""
     if chunk_tokens is None:
-        return position_mean(token_values(*unmasked_rows(teacher_logits, student_logits, mask)))
+        teacher_rows, student_rows, mask = masked_rows(teacher_logits, student_logits, mask)
+        return position_mean(token_values(teacher_rows, student_rows), mask)
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(f'teacher logits {tuple(teacher_logits.shape)} and student logits '
                          f'{tuple(student_logits.shape)} differ in shape')
@@ -442,8 +449,7 @@ def taid_kl(teacher_logits, student_logits, t, mask=None, temperature=1.0, stand
     The student's share of the target is detached here, as in the authors' ``TAID.compute_loss`` (the one place in
     this module that detaches: it is part of TAID's definition). ``t`` in [0, 1]; 1 is forward KL.
     """
-    if not 0.0 <= float(t) <= 1.0:
-        raise ValueError(f'TAID interpolation t must be in [0, 1], got {float(t)!r}')
+    check_taid_t(t)
     values = functools.partial(taid_kl_tokens, t=t, temperature=temperature, standardization=standardization)
     return token_mean(values, teacher_logits, student_logits, mask, chunk_tokens)
 
@@ -599,11 +605,16 @@ def taid_next_t(t, momentum, previous_loss, loss, progress, t_start=0.4, t_end=1
               \\quad t \\leftarrow \\min(t_{end}, \\max(t_{start} + (t_{end} - t_{start})\\,\\mathrm{progress},
               \\; t + \\alpha\\, \\sigma(m)(1 - t)))
 
-    ``rate`` is their alpha (5e-4), ``momentum_decay`` their beta (0.99), ``progress`` = step / total steps. Returns
-    (t, momentum) as floats. ``t`` never decreases below the linear schedule and rises faster while the loss falls.
+    ``rate`` is their alpha (5e-4), ``momentum_decay`` their beta (0.99), ``progress`` = step / total steps. Tensor
+    math (``t``, ``momentum``, ``previous_loss``, ``loss``, ``progress``: numbers or 0-dim tensors; use float64 for
+    the authors' double precision), so the update runs where the loss is, without a host read. Returns
+    (t, momentum) as 0-dim tensors. ``t`` never decreases below the linear schedule and rises faster while the loss
+    falls.
     """
+    t, momentum, previous_loss, loss, progress = (torch.as_tensor(x, dtype=torch.float64)
+                                                  for x in (t, momentum, previous_loss, loss, progress))
     relative_change = (previous_loss - loss) / (previous_loss + 1e-15)
     momentum = momentum_decay * momentum + (1 - momentum_decay) * relative_change
     linear = t_start + (t_end - t_start) * progress
-    adaptive = t + rate * (1.0 / (1.0 + math.exp(-momentum))) * (1 - t)
-    return min(t_end, max(linear, adaptive)), momentum
+    adaptive = t + rate * torch.sigmoid(momentum) * (1 - t)
+    return torch.clamp(torch.maximum(linear, adaptive), max=t_end), momentum
