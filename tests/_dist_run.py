@@ -1,6 +1,7 @@
 """Helpers of tests/test_dist_*.py: start tests/_dist_worker.py under torchrun on CPU (gloo) and read its results."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -48,3 +49,10 @@ def tiny_run_args(config_path, *extra, batch_size=16, steps=1):
     return ['--config', config_path, '--device', 'cpu', '--seed', '0', '--max_steps_per_epoch', str(steps),
             '--set', f'train.train_data_loader.kwargs.batch_size={batch_size}',
             'train.val_data_loader.kwargs.batch_size=8', 'test.test_data_loader.kwargs.batch_size=8', *extra]
+
+
+def free_port():
+    """A TCP port free on this machine now (for MASTER_PORT or a rendezvous endpoint)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

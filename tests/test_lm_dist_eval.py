@@ -1,12 +1,12 @@
 """Causal-LM evaluation over 3 gloo processes counts every held-out token once: equal to one process."""
 import os
-import socket
 
 import pytest
 import torch
 from torch import distributed as dist
 from torch import multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler
+from _dist_run import free_port  # noqa: E402
 
 transformers = pytest.importorskip('transformers')
 
@@ -49,12 +49,6 @@ def worker(rank, world, port, out_dir):
         torch.save(evaluate(distributed=True), os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_three_processes_count_each_token_once(tmp_path):

@@ -2,7 +2,6 @@
 (GPT-2's learned positions and Qwen2's rotary ones), and 3 gloo processes give the one-process per-prompt scores
 in dataset order."""
 import os
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ datasets = pytest.importorskip('datasets')
 
 from pesf_ext.lm import data as lm_data  # noqa: E402
 from pesf_ext.lm.metrics import generation_rouge_l, greedy_responses, rouge_l, rouge_l_scores  # noqa: E402
+from _dist_run import free_port  # noqa: E402
 
 NUM_PROMPTS, NEW_TOKENS = 7, 6  # 7 prompts over 3 ranks: shards of 3, 2, 2
 
@@ -105,12 +105,6 @@ def worker(rank, world, port, out_dir, tokenizer_dir):
         torch.save({'scores': scores, 'mean': mean, 'calls': calls}, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_three_processes_give_the_one_process_scores(tokenizer_dir, tmp_path):

@@ -4,7 +4,6 @@ two-process single-node run, only global rank 0 writes checkpoints and the summa
 fills that node's data cache. Plus :func:`main_process_first` on 2 nodes x 2 processes."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ from torch import multiprocessing as mp
 from test_lm_configs import ROOT, shrink, tiny_dirs  # noqa: F401 (tiny_dirs: the module-scoped fixture)
 from pesf_ext.engine.config import load_config
 from pesf_ext.engine.distributed import main_process_first
+from _dist_run import free_port  # noqa: E402
 
 WORKER = os.path.join(ROOT, 'tests', '_multinode_worker.py')
 CONFIG = os.path.join(ROOT, 'configs/causal_lm_offline/gpt2_4l_gpt2_2l_stdlib_kd.yaml')
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def launch(launcher, config, out_dir, tag, cwd, shared):
