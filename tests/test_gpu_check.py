@@ -249,3 +249,87 @@ def test_lm_section_runs_the_runner_step_of_each_method_chunked_and_not(tmp_path
         ('frozen', ()), ('adapters', ('0', '1', '2')), ('adapters', ('1', '2')), ('full', ())) for chunk in (None, 16)
         for _ in range(2)]   # 2 steps per setting (1 warm-up, 1 timed), unchunked then chunked, one box per method
     assert steps == expected, steps
+
+
+FAKE_TORCHDISTILL = '''import os, sys, time
+args = sys.argv[1:]
+assert args[args.index('--device') + 1] == 'cpu' and args[args.index('--seed') + 1] == '0', args
+assert os.path.isfile(args[args.index('--config') + 1])
+sum(i * i for i in range(2000000))   # some CPU seconds
+time.sleep(0.2)
+print(' * Acc@1 ' + os.environ['FAKE_TD_TOP1'] + '\\tAcc@5 90.0000')
+'''
+FAKE_RUNNER = '''import json, os, sys, time
+args = sys.argv[1:]
+assert args[args.index('--device') + 1] == 'cpu' and args[args.index('--seed') + 1] == '0', args
+sum(i * i for i in range(1000000))
+time.sleep(0.1)
+with open(args[args.index('--summary_json') + 1], 'w') as f:
+    json.dump({'test': {'teacher': {'top1': 1.0}, 'student': {'top1': 12.5, 'top5': 90.0}}}, f)
+'''
+
+
+@pytest.mark.parametrize('td_top1', ['12.5000', '12.7500'])
+def test_torchdistill_cpu_mode_pairs_medians_and_top1(tmp_path, monkeypatch, td_top1):
+    """CPU mode of the torchdistill section: the cut-down Fashion-MNIST KD YAML and its random teacher, torchdistill's
+    example (a fake clone) and the runner (a fake here) alternately, a row per pair with wall and CPU seconds and
+    their ratios, the medians, and a FAILED result when the student's test top-1 differs."""
+    module = sys.modules[gpu_check.section_torchdistill.__module__]
+    clone = tmp_path / 'torchdistill'
+    (clone / 'examples' / 'torchvision').mkdir(parents=True)
+    (clone / 'examples' / 'torchvision' / 'image_classification.py').write_text(FAKE_TORCHDISTILL)
+    (tmp_path / 'runner.py').write_text(FAKE_RUNNER)
+    monkeypatch.setattr(module, 'RUNNER', str(tmp_path / 'runner.py'))
+    monkeypatch.setattr(module, 'CPU_KD_SAMPLES', {'num_train_samples': 32, 'num_val_samples': 16,
+                                                   'num_test_samples': 16})
+    monkeypatch.setenv('FAKE_TD_TOP1', td_top1)
+    work = tmp_path / 'work'
+    work.mkdir()
+    ctx = module.Context({'device': 'cpu', 'work': str(work), 'torchdistill_repo': str(clone), 'pairs': 3},
+                         'torchdistill', time.time() + 120)
+    lines, results = module.section_torchdistill(ctx)
+    text = '\n'.join(lines)
+    config = (work / 'torchdistill_cpu' / 'fashion_mnist_kd_cpu.yaml').read_text()
+    for setting in ('&num_epochs 1', '&num_train_samples 32', '&num_val_samples 16', '&num_test_samples 16'):
+        assert setting in config, setting
+    assert (work / 'torchdistill_cpu' / 'td_ckpt' / 'ce' / 'fashion_mnist-resnet56.pt').is_file()
+    rows = [line for line in lines if re.match(r'\| \d \|', line)]
+    assert len(rows) == 3, text
+    ratios = []
+    for number, row in enumerate(rows, 1):
+        cells = [cell.strip() for cell in row.strip('|').split('|')]
+        assert cells[0] == str(number)
+        td_wall, run_wall, td_cpu, run_cpu = float(cells[1]), float(cells[2]), float(cells[4]), float(cells[5])
+        assert td_wall > 0.2 and run_wall > 0.1 and td_cpu > 0 and run_cpu > 0, row
+        for ratio, (runner, torchdistill) in ((cells[3], (run_wall, td_wall)), (cells[6], (run_cpu, td_cpu))):
+            assert ratio.endswith('x') and abs(float(ratio[:-1]) - runner / torchdistill) <= 0.02 + 0.05 * runner / torchdistill
+        ratios.append((float(cells[3][:-1]), float(cells[6][:-1])))
+        assert cells[7:] == [td_top1, '12.5000', 'yes' if td_top1 == '12.5000' else 'NO'], row
+    assert '3 of 3 pairs ran' in text
+    median = re.search(r'median ratio: wall ([\d.]+)x, CPU ([\d.]+)x', text)
+    assert median and abs(float(median[1]) - sorted(r[0] for r in ratios)[1]) <= 0.011, text
+    assert abs(float(median[2]) - sorted(r[1] for r in ratios)[1]) <= 0.011, text
+    if td_top1 == '12.5000':
+        assert results == ['passed'] and lines[-1] == 'result: passed', text
+    else:
+        assert results == ['FAILED'] and lines[-1] == 'result: FAILED', text
+        assert 'pair 1: student test top-1 differs (torchdistill 12.7500, runner 12.5000)' in text
+
+
+def test_torchdistill_cpu_mode_stops_adding_pairs_at_the_time_limit(tmp_path, monkeypatch):
+    module = sys.modules[gpu_check.section_torchdistill.__module__]
+    clone = tmp_path / 'torchdistill'
+    (clone / 'examples' / 'torchvision').mkdir(parents=True)
+    (clone / 'examples' / 'torchvision' / 'image_classification.py').write_text(FAKE_TORCHDISTILL)
+    (tmp_path / 'runner.py').write_text(FAKE_RUNNER)
+    monkeypatch.setattr(module, 'RUNNER', str(tmp_path / 'runner.py'))
+    monkeypatch.setattr(module, 'CPU_KD_SAMPLES', {'num_train_samples': 32, 'num_val_samples': 16,
+                                                   'num_test_samples': 16})
+    monkeypatch.setenv('FAKE_TD_TOP1', '12.5000')
+    ctx = module.Context({'device': 'cpu', 'work': str(tmp_path), 'torchdistill_repo': str(clone), 'pairs': 50},
+                         'torchdistill', time.time() + 8)
+    lines, results = module.section_torchdistill(ctx)
+    text = '\n'.join(lines)
+    ran = len([line for line in lines if re.match(r'\| \d+ \|', line)])
+    assert 1 <= ran < 50 and f'{ran} of 50 pairs ran (time limit:' in text, text
+    assert results == ['passed'], text

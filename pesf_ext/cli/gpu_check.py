@@ -714,6 +714,145 @@ def kd_config_args(work, device, epochs, sizes):
             'train.val_data_loader.kwargs.num_workers=0', 'test.test_data_loader.kwargs.num_workers=0']
 
 
+# the CPU mode of the torchdistill section: Fashion-MNIST KD, this many samples per split (the test shrinks them)
+CPU_KD_CONFIG = os.path.join('fashion_mnist', 'resnet56_resnet20_kd.yaml')
+CPU_KD_SAMPLES = {'num_train_samples': 4096, 'num_val_samples': 512, 'num_test_samples': 512}
+CPU_KD_PAIRS = 3
+
+
+def timed_run(args, log_path, timeout):
+    """:func:`subprocess_run` plus the user + system CPU seconds of the child and the children it waited for
+    (``RUSAGE_CHILDREN`` before and after): (exit status or None, wall seconds, CPU seconds)."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code, seconds = subprocess_run(args, log_path, timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return code, seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _yaml_set(text, pattern, value):
+    """``text`` with the one match of ``pattern`` (a regex whose group 1 is kept) followed by ``value``."""
+    import re
+    new, count = re.subn(pattern + r"[^\s#]+", lambda m: m.group(1) + value, text)
+    if count != 1:
+        raise ValueError(f'{CPU_KD_CONFIG}: expected one `{pattern}`, found {count}')
+    return new
+
+
+def write_cpu_kd_config(work, samples):
+    """A cut-down copy of Fashion-MNIST ResNet-56 -> ResNet-20 KD in ``work`` (one epoch, ``samples`` per split,
+    checkpoints and the dataset's copy in ``work``) and a seeded random ResNet-56 teacher at its ``src_ckpt``:
+    (the YAML's path, the student's checkpoint folder)."""
+    import torch
+    from pesf_ext.data import fashion_mnist
+    from pesf_ext.engine.models import build_model
+    with open(os.path.join(configs_dir(), CPU_KD_CONFIG)) as f:
+        text = f.read()
+    ckpt_root, data_root = os.path.join(work, 'td_ckpt'), os.path.join(work, 'fashion_mnist')
+    text = _yaml_set(text, r'(num_epochs: &num_epochs )', '1')
+    for anchor, count in samples.items():
+        text = _yaml_set(text, rf'(&{anchor} )', str(int(count)))
+    text = _yaml_set(text, r'(ckpt_root: &ckpt_root )', json.dumps(ckpt_root))
+    text = _yaml_set(text, r'(root: &root_dir )', json.dumps(data_root))
+    path = os.path.join(work, 'fashion_mnist_kd_cpu.yaml')
+    with open(path, 'w') as f:
+        f.write(text)
+    models = raw_yaml(path)['models']
+    teacher, src_ckpt = models['teacher_model'], os.path.join(ckpt_root, 'ce', 'fashion_mnist-resnet56.pt')
+    assert models['teacher_model']['src_ckpt'] == [ckpt_root, '/ce/fashion_mnist-resnet56.pt'], models
+    torch.manual_seed(0)
+    model = build_model({'key': teacher['key'], 'kwargs': teacher['kwargs']}, torch.device('cpu'), False,
+                        'models.teacher_model')
+    os.makedirs(os.path.dirname(src_ckpt), exist_ok=True)
+    torch.save({'model': model.state_dict()}, src_ckpt)
+    fashion_mnist(data_root, split='test', num_samples=1, download=False)  # the copy out of Debian's files, untimed
+    return path, os.path.join(ckpt_root, 'kd')
+
+
+def torchdistill_top1(log_path):
+    """The student's test top-1 of torchdistill's example: its last `` * Acc@1 X`` line (the student is tested
+    last), or None."""
+    import re
+    with open(log_path, errors='replace') as f:
+        found = re.findall(r'\* Acc@1 ([\d.]+)', f.read())
+    return float(found[-1]) if found else None
+
+
+def runner_top1(summary_path):
+    try:
+        with open(summary_path) as f:
+            return float(json.load(f)['test']['student']['top1'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _top1_cell(value):
+    return 'n/a' if value is None else f'{value:.4f}'
+
+
+def section_torchdistill_cpu(ctx, script):
+    """CPU mode: the same Fashion-MNIST KD config (cut down) through torchdistill's example and this project's
+    runner, alternately, ``pairs`` pairs of whole processes; wall and CPU seconds, the ratios and their medians,
+    and the student's test top-1 of both, which must agree."""
+    import shutil
+    work = os.path.join(ctx.work, 'torchdistill_cpu')
+    os.makedirs(work, exist_ok=True)
+    samples = dict(CPU_KD_SAMPLES)
+    config, student_dir = write_cpu_kd_config(work, samples)
+    pairs = int(ctx.options.get('pairs') or CPU_KD_PAIRS)
+    common = ['--config', config, '--device', 'cpu', '--seed', '0']
+    lines = ["## The same KD config through torchdistill's own example script (CPU: Fashion-MNIST)", '',
+             f'{CPU_KD_CONFIG} cut down to one epoch of {samples["num_train_samples"]} training images, '
+             f'{samples["num_val_samples"]} validation and {samples["num_test_samples"]} test images (a seeded random '
+             'ResNet-56 teacher), through torchdistill\'s example and this project\'s runner alternately, each a '
+             'whole process: wall seconds and user + system CPU seconds (the process and its data-loader workers), '
+             'ratio = runner / torchdistill (target <= 1.00x)', '',
+             '| pair | torchdistill wall s | runner wall s | wall ratio | torchdistill CPU s | runner CPU s | '
+             'CPU ratio | torchdistill top-1 | runner top-1 | same top-1 |', '|---|---|---|---|---|---|---|---|---|---|']
+    rows, problems, slowest = [], [], 0.0
+    for pair in range(1, pairs + 1):
+        if pair > 1 and ctx.left() < slowest * 1.2 + 1:
+            break
+        ctx.current(f'torchdistill CPU pair {pair}')
+        results = {}
+        for i, name in enumerate(('torchdistill', 'runner')):
+            shutil.rmtree(student_dir, ignore_errors=True)  # no run sees the other's student checkpoints
+            log = os.path.join(work, f'{name}_{pair}.out')
+            summary = os.path.join(work, f'summary_{pair}.json')
+            argv = ([script] + common + ['--run_log', os.path.join(work, f'td_{pair}.log')] if name == 'torchdistill'
+                    else [RUNNER] + common + ['--summary_json', summary])
+            timeout = max(ctx.left() - 1, 1) / (2 - i)
+            code, wall, cpu = timed_run([sys.executable] + argv, log, timeout)
+            top1 = torchdistill_top1(log) if name == 'torchdistill' else runner_top1(summary)
+            if code != 0:
+                problems.append(f'pair {pair}: {name} exit {exit_cell(code, timeout)} ({tail(log)})')
+            results[name] = (wall, cpu, top1)
+        (td_wall, td_cpu, td_top1), (run_wall, run_cpu, run_top1) = results['torchdistill'], results['runner']
+        same = td_top1 is not None and run_top1 is not None and abs(td_top1 - run_top1) <= 1e-4
+        if not same:
+            problems.append(f'pair {pair}: student test top-1 differs (torchdistill {_top1_cell(td_top1)}, '
+                            f'runner {_top1_cell(run_top1)})')
+        rows.append((run_wall / td_wall, run_cpu / td_cpu if td_cpu > 0 else float('nan')))
+        slowest = max(slowest, td_wall + run_wall)
+        lines.append(f'| {pair} | {td_wall:.2f} | {run_wall:.2f} | {rows[-1][0]:.2f}x | {td_cpu:.2f} | {run_cpu:.2f} | '
+                     f'{rows[-1][1]:.2f}x | {_top1_cell(td_top1)} | {_top1_cell(run_top1)} | '
+                     f'{"yes" if same else "NO"} |')
+    wall_median, cpu_median = _median([r[0] for r in rows]), _median([r[1] for r in rows])
+    lines += ['', f'{len(rows)} of {pairs} pairs ran' + ('' if len(rows) == pairs else
+                                                          f' (time limit: {ctx.left():.0f} s left)'),
+              f'median ratio: wall {wall_median:.2f}x, CPU {cpu_median:.2f}x '
+              f'(target <= 1.00x: {"met" if wall_median <= 1.0 else "not met"} on wall seconds)']
+    lines += [f'- {problem}' for problem in problems]
+    ok = not problems
+    return lines + ['', f'result: {"passed" if ok else "FAILED"}'], ['passed' if ok else 'FAILED']
+
+
 def section_torchdistill(ctx):
     device, sizes, work, repo = ctx.device, ctx.sizes, ctx.work, ctx.options.get('torchdistill_repo')
     lines = ["## The same KD config through torchdistill's own example script", '']
@@ -724,6 +863,8 @@ def section_torchdistill(ctx):
                      'wheel does not ship its examples). Get it with `git clone https://github.com/yoshitomo-matsubara/'
                      'torchdistill` and pass `--torchdistill_repo <the clone>`.')
         return lines, ['skipped']
+    if device.type == 'cpu':
+        return section_torchdistill_cpu(ctx, script)
     num_samples = sizes.batch * 4
     runs = {'torchdistill example': [script, '--config', cifar('resnet56_resnet20_kd'), '--device', device.type,
                                      '--run_log', os.path.join(work, 'td.log')],
@@ -923,6 +1064,9 @@ def main(argv=None):
     parser.add_argument('--device', default=None, help='cuda (default when available) or cpu (tiny sizes)')
     parser.add_argument('--torchdistill_repo', default=os.environ.get('TORCHDISTILL_REPO'),
                         help="a clone of torchdistill's repository (its example script is timed side by side)")
+    parser.add_argument('--pairs', type=int, default=CPU_KD_PAIRS,
+                        help='CPU mode with --torchdistill_repo: pairs of whole-process runs (torchdistill, runner) '
+                             f'on Fashion-MNIST KD, fewer when the section time limit is spent (default {CPU_KD_PAIRS})')
     parser.add_argument('--budget_s', type=float, default=DEFAULT_BUDGET_S,
                         help='seconds for the whole run; each section gets a share plus what earlier ones left, '
                              'two-step rows beyond it are skipped and a section past its limit is stopped '
@@ -936,7 +1080,8 @@ def main(argv=None):
                              "sections' logs go to <its stem>_logs/")
     args = parser.parse_args(argv)
     sections = [s for s in SECTIONS if s[0] not in args.skip]
-    options = {'device': args.device, 'only': args.only, 'torchdistill_repo': args.torchdistill_repo}
+    options = {'device': args.device, 'only': args.only, 'torchdistill_repo': args.torchdistill_repo,
+               'pairs': args.pairs}
     return run_report(sections, args.output, args.budget_s, options)
 
 
