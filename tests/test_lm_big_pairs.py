@@ -100,4 +100,5 @@ def test_big_pair_config_trains_two_steps(path, tiny, tmp_path):
     assert results['counts']['student'][0] == memory.parameters(student_shape)
     models = results['_models']
     assert models['student'].get_output_embeddings().weight.shape[0] == student_shape.vocab
-    assert models['student'].is_gradient_checkpointing
+    student = models['student']
+    assert getattr(student, 'is_activation_checkpointing', None) or student.is_gradient_checkpointing
