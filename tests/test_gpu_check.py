@@ -269,11 +269,9 @@ with open(args[args.index('--summary_json') + 1], 'w') as f:
 '''
 
 
-@pytest.mark.parametrize('td_top1', ['12.5000', '12.7500'])
-def test_torchdistill_cpu_mode_pairs_medians_and_top1(tmp_path, monkeypatch, td_top1):
-    """CPU mode of the torchdistill section: the cut-down Fashion-MNIST KD YAML and its random teacher, torchdistill's
-    example (a fake clone) and the runner (a fake here) alternately, a row per pair with wall and CPU seconds and
-    their ratios, the medians, and a FAILED result when the student's test top-1 differs."""
+def fake_clone_and_runner(tmp_path, monkeypatch):
+    """(gpu_check's module, a fake torchdistill clone): its example script and the runner replaced by quick fakes,
+    the Fashion-MNIST sample counts cut to tiny ones."""
     module = sys.modules[gpu_check.section_torchdistill.__module__]
     clone = tmp_path / 'torchdistill'
     (clone / 'examples' / 'torchvision').mkdir(parents=True)
@@ -282,6 +280,15 @@ def test_torchdistill_cpu_mode_pairs_medians_and_top1(tmp_path, monkeypatch, td_
     monkeypatch.setattr(module, 'RUNNER', str(tmp_path / 'runner.py'))
     monkeypatch.setattr(module, 'CPU_KD_SAMPLES', {'num_train_samples': 32, 'num_val_samples': 16,
                                                    'num_test_samples': 16})
+    return module, clone
+
+
+@pytest.mark.parametrize('td_top1', ['12.5000', '12.7500'])
+def test_torchdistill_cpu_mode_pairs_medians_and_top1(tmp_path, monkeypatch, td_top1):
+    """CPU mode of the torchdistill section: the cut-down Fashion-MNIST KD YAML and its random teacher, torchdistill's
+    example (a fake clone) and the runner (a fake here) alternately, a row per pair with wall and CPU seconds and
+    their ratios, the medians, and a FAILED result when the student's test top-1 differs."""
+    module, clone = fake_clone_and_runner(tmp_path, monkeypatch)
     monkeypatch.setenv('FAKE_TD_TOP1', td_top1)
     work = tmp_path / 'work'
     work.mkdir()
@@ -317,14 +324,7 @@ def test_torchdistill_cpu_mode_pairs_medians_and_top1(tmp_path, monkeypatch, td_
 
 
 def test_torchdistill_cpu_mode_stops_adding_pairs_at_the_time_limit(tmp_path, monkeypatch):
-    module = sys.modules[gpu_check.section_torchdistill.__module__]
-    clone = tmp_path / 'torchdistill'
-    (clone / 'examples' / 'torchvision').mkdir(parents=True)
-    (clone / 'examples' / 'torchvision' / 'image_classification.py').write_text(FAKE_TORCHDISTILL)
-    (tmp_path / 'runner.py').write_text(FAKE_RUNNER)
-    monkeypatch.setattr(module, 'RUNNER', str(tmp_path / 'runner.py'))
-    monkeypatch.setattr(module, 'CPU_KD_SAMPLES', {'num_train_samples': 32, 'num_val_samples': 16,
-                                                   'num_test_samples': 16})
+    module, clone = fake_clone_and_runner(tmp_path, monkeypatch)
     monkeypatch.setenv('FAKE_TD_TOP1', '12.5000')
     ctx = module.Context({'device': 'cpu', 'work': str(tmp_path), 'torchdistill_repo': str(clone), 'pairs': 50},
                          'torchdistill', time.time() + 8)
