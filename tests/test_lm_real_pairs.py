@@ -137,27 +137,26 @@ def runner_args(tmp_path, *extra):
                         *extra])
 
 
+def two_step_run(method, pairs, tmp_path, teacher, student):
+    """(results, summary JSON, config) of two runner steps of ``method`` on the given model folders."""
+    config = tiny_config(method, pairs, tmp_path, teacher, student)
+    results = run_lm(runner_args(tmp_path), config=config)
+    with open(tmp_path / 'summary.json') as f:
+        return results, json.load(f), config
+
+
 @pytest.fixture(scope='module')
 def kd_run(pairs, tmp_path_factory):
     """KD, Qwen2.5 style: an 'Instruct' teacher (eos <|im_end|>, 64 more padded rows) and a 'base' student, both
     stored in bf16; two steps through the runner."""
-    tmp_path = tmp_path_factory.mktemp('kd')
-    config = tiny_config('kd', pairs, tmp_path, pairs['teacher_bf16'], pairs['student_bf16'])
-    results = run_lm(runner_args(tmp_path), config=config)
-    with open(tmp_path / 'summary.json') as f:
-        summary = json.load(f)
-    return results, summary, config
+    return two_step_run('kd', pairs, tmp_path_factory.mktemp('kd'), pairs['teacher_bf16'], pairs['student_bf16'])
 
 
 @pytest.fixture(scope='module')
 def pesf_run(pairs, tmp_path_factory):
     """PESF-KD: LoRA on a bf16-stored teacher, an fp32-stored student; two steps through the runner."""
-    tmp_path = tmp_path_factory.mktemp('pesf')
-    config = tiny_config('pesfkd', pairs, tmp_path, pairs['teacher_bf16'], pairs['student_fp32'])
-    results = run_lm(runner_args(tmp_path), config=config)
-    with open(tmp_path / 'summary.json') as f:
-        summary = json.load(f)
-    return results, summary, config
+    return two_step_run('pesfkd', pairs, tmp_path_factory.mktemp('pesf'), pairs['teacher_bf16'],
+                        pairs['student_fp32'])
 
 
 # 1. tokenizers: same ids, different end-of-text roles
