@@ -93,4 +93,5 @@ if __name__ == '__main__':
     results = evaluate_all(distributed=True)
     with open(os.path.join(sys.argv[1], f'rank{dist.get_rank()}.json'), 'w') as f:
         json.dump(results, f)
+    dist.barrier()  # every rank done with its collectives before any tears gloo down (else an abort at exit)
     dist.destroy_process_group()
